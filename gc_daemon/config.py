@@ -1,0 +1,278 @@
+"""The configuration model: loading, durations, validation that names the bad key, redaction."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .domain import Policy
+from .urls import default_blob_endpoint
+
+ENV_CONFIG = "VHD_GC_CONFIG"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key. Exit status 2."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):  # bool is an int: refuse `grace_period: true`
+        raise ValueError("a duration is an integer with a unit s, m, h or d (e.g. 90s, 15m, 12h, 7d)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError("a duration is an integer with a unit s, m, h or d (e.g. 90s, 15m, 12h, 7d)")
+
+
+def format_duration(td: timedelta) -> str:
+    seconds = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+
+
+def is_loopback_url(url: str) -> bool:
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageAccountConfig(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]{3,24}$")]
+    blob_endpoint: str | None = None
+    key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+    _check_endpoint = field_validator("blob_endpoint")(lambda v: None if v is None else _http_url(v))
+
+    @property
+    def endpoint(self) -> str:
+        return self.blob_endpoint or default_blob_endpoint(self.name)
+
+
+class AzureConfig(_Strict):
+    credential: Literal["default", "managed_identity", "azure_cli", "emulator"] = "default"
+    arm_endpoint: str = "https://management.azure.com"
+    subscriptions: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]],
+        Field(min_length=1),
+    ]
+    storage_accounts: Annotated[list[StorageAccountConfig], Field(min_length=1)]
+    # Beyond the contract: how hard to try before a source counts as failed, and how wide to read.
+    retry_total: Annotated[int, Field(ge=0, le=20)] = 6
+    timeout: Duration = timedelta(seconds=60)
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+
+    _check_arm = field_validator("arm_endpoint")(_http_url)
+
+    @field_validator("storage_accounts")
+    @classmethod
+    def _unique_accounts(cls, v: list[StorageAccountConfig]) -> list[StorageAccountConfig]:
+        names = [a.name for a in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"account listed twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("subscriptions")
+    @classmethod
+    def _lower_subs(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(s.lower() for s in v))
+
+
+class PolicyConfig(_Strict):
+    """Opt-ins beyond the contract's defaults (both off: such blobs are reported, never deleted)."""
+
+    delete_block_blob_vhds: bool = False
+    delete_non_vhd_page_blobs: bool = False
+
+
+class Config(_Strict):
+    database_url: str = "sqlite:///vhd-gc.db"
+    mode: Literal["dry-run", "delete"] = "dry-run"
+    grace_period: Duration = timedelta(days=7)
+    min_sightings: Annotated[int, Field(ge=1, le=1000)] = 3
+    min_age: Duration = timedelta(hours=24)
+    import_hold: Duration = timedelta(days=7)
+    interval: Duration = timedelta(hours=1)
+    max_deletes_per_pass: Annotated[int, Field(ge=0)] = 100
+    metrics_listen: str = "127.0.0.1:9465"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    policy: PolicyConfig = PolicyConfig()
+    azure: AzureConfig
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("interval must be longer than 0s")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError("not an SQLAlchemy database URL") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only sqlite and postgresql databases are supported")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9465")
+        return v
+
+    @model_validator(mode="after")
+    def _emulator_only_on_loopback(self) -> "Config":
+        if self.azure.credential != "emulator":
+            return self
+        if not is_loopback_url(self.azure.arm_endpoint):
+            raise ValueError(
+                "azure.arm_endpoint: the emulator credential is refused for a non-loopback endpoint"
+            )
+        for i, acct in enumerate(self.azure.storage_accounts):
+            if not is_loopback_url(acct.endpoint):
+                raise ValueError(
+                    f"azure.storage_accounts[{i}].blob_endpoint: the emulator credential is refused "
+                    f"for a non-loopback endpoint ({acct.endpoint})"
+                )
+        return self
+
+    @property
+    def policy_rules(self) -> Policy:
+        return Policy(
+            min_age=self.min_age,
+            grace_period=self.grace_period,
+            min_sightings=self.min_sightings,
+            import_hold=self.import_hold,
+            delete_block_blob_vhds=self.policy.delete_block_blob_vhds,
+            delete_non_vhd_page_blobs=self.policy.delete_non_vhd_page_blobs,
+        )
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ""
+        for part in err["loc"]:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("configuration must be a YAML mapping of keys to values")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        path = os.environ.get(ENV_CONFIG)
+    if not path:
+        raise ConfigError(f"no configuration: pass -c/--config PATH or set {ENV_CONFIG}")
+    return Path(path)
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    p = resolve_path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {p} is not valid YAML: {exc}") from None
+    return parse_config(data)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, with no secret in it.
+
+    The file itself holds no secret (keys come from environment variables), except a password a
+    database URL may carry.
+    """
+    from sqlalchemy.engine import make_url
+
+    data = config.model_dump(mode="json")
+    url = make_url(config.database_url)
+    if url.password:
+        data["database_url"] = url.render_as_string(hide_password=True)
+    for acct in data["azure"]["storage_accounts"]:
+        acct["blob_endpoint"] = acct["blob_endpoint"] or default_blob_endpoint(acct["name"])
+        if acct.get("key_env"):
+            present = bool(os.environ.get(acct["key_env"]))
+            acct["key"] = "<redacted: set>" if present else "<redacted: NOT SET>"
+    return data

@@ -1,0 +1,327 @@
+"""The decision: a pure function of (references, blobs, stored state, policy, now).
+
+Nothing here does I/O or reads a clock. ``classify`` says what a blob is at an instant (in use,
+too young, an orphan and whether it is held); ``decide_blob`` turns that and the stored row into
+the lifecycle transition of the contract; ``decide`` runs both over one account's listing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from .domain import (
+    BlobKey,
+    BlobSeen,
+    Change,
+    Classification,
+    ContainerKey,
+    Forget,
+    Hold,
+    Policy,
+    RawReference,
+    RefKind,
+    Reference,
+    State,
+    Tracked,
+    Verdict,
+)
+from .urls import UrlError, parse_blob_url, parse_container_url
+
+# States in which a row counts consecutive sightings (it is an orphan, seen by every complete pass).
+COUNTING = (State.CANDIDATE, State.DUE, State.KEPT)
+
+
+class ReferenceIndex:
+    """Every reference of a pass, indexed by the blob (or container) it protects."""
+
+    __slots__ = ("_blobs", "_containers", "_count")
+
+    def __init__(self, references: Iterable[Reference] = ()) -> None:
+        self._blobs: dict[BlobKey, tuple[Reference, ...]] = {}
+        self._containers: dict[ContainerKey, tuple[Reference, ...]] = {}
+        self._count = 0
+        for ref in references:
+            self.add(ref)
+
+    def add(self, ref: Reference) -> None:
+        self._count += 1
+        if ref.container is not None:
+            self._containers[ref.container] = self._containers.get(ref.container, ()) + (ref,)
+        else:
+            assert ref.key is not None
+            self._blobs[ref.key] = self._blobs.get(ref.key, ()) + (ref,)
+
+    @classmethod
+    def build(cls, raw: Iterable[RawReference]) -> tuple["ReferenceIndex", list[str]]:
+        """Parse every raw reference. Unparseable ones come back as errors (the pass fails closed)."""
+        index = cls()
+        errors: list[str] = []
+        for r in raw:
+            try:
+                if r.kind is RefKind.VMSS_CONTAINER:
+                    ref = Reference(r.kind, r.holder, r.uri, None, parse_container_url(r.uri))
+                else:
+                    ref = Reference(
+                        r.kind,
+                        r.holder,
+                        r.uri,
+                        parse_blob_url(r.uri),
+                        None,
+                        r.time_created,
+                        r.provisioning_state,
+                    )
+            except UrlError as exc:
+                errors.append(f"{r.kind.value} of {r.holder}: {exc}")
+                continue
+            index.add(ref)
+        return index, errors
+
+    def __len__(self) -> int:
+        return self._count
+
+    def lookup(self, key: BlobKey) -> tuple[Reference, ...]:
+        """Every reference naming this blob, directly or through its container."""
+        direct = self._blobs.get(key, ())
+        via_container = self._containers.get(ContainerKey(key.account, key.container), ())
+        return direct + via_container if via_container else direct
+
+    def union(self, other: "ReferenceIndex") -> "ReferenceIndex":
+        merged = ReferenceIndex()
+        for src in (self, other):
+            for refs in src._blobs.values():
+                for ref in refs:
+                    merged.add(ref)
+            for refs in src._containers.values():
+                for ref in refs:
+                    merged.add(ref)
+        return merged
+
+
+def is_tracked_kind(blob: BlobSeen) -> bool:
+    """Blobs vhd-gc looks at: anything named .vhd, and every page blob. Other block blobs are data."""
+    return blob.blob_type == "PageBlob" or blob.key.blob.lower().endswith(".vhd")
+
+
+def _describe(ref: Reference) -> str:
+    return f"{ref.kind.value} of {ref.holder}"
+
+
+def classify(
+    blob: BlobSeen,
+    refs: ReferenceIndex,
+    operator_holds: Mapping[BlobKey, str],
+    policy: Policy,
+    now: datetime,
+) -> Classification:
+    """What the blob is at ``now``. In use beats everything; then age; then the holds."""
+    found = refs.lookup(blob.key)
+    active = tuple(r for r in found if r.protects_at(now, policy.import_hold))
+    if active:
+        return Classification(Verdict.REFERENCED, references=active, reason=f"referenced: {_describe(active[0])}")
+    if blob.leased:
+        return Classification(Verdict.LEASED, reason=f"lease {blob.lease_state or blob.lease_status}")
+    # A clock that steps backwards makes everything young: uncertainty keeps.
+    if now - blob.last_modified < policy.min_age:
+        return Classification(Verdict.TOO_YOUNG, reason=f"modified {blob.last_modified.isoformat()}")
+    expired = found  # imports past their hold: they name the leftover's last owner
+    hold, why = _hold(blob, operator_holds, policy)
+    if hold is not None:
+        return Classification(Verdict.ORPHAN, hold=hold, references=expired, reason=why)
+    reason = "orphan: no reference, no lease"
+    if expired:
+        reason += f"; import finished: {_describe(expired[0])}"
+    return Classification(Verdict.ORPHAN, references=expired, reason=reason)
+
+
+def _hold(blob: BlobSeen, operator_holds: Mapping[BlobKey, str], policy: Policy) -> tuple[Hold | None, str]:
+    if blob.key in operator_holds:
+        return Hold.OPERATOR, f"kept by operator: {operator_holds[blob.key]}"
+    if blob.blob_type != "PageBlob":
+        if not policy.delete_block_blob_vhds:
+            return Hold.BLOCK_BLOB, f"a .vhd stored as a {blob.blob_type}: Azure cannot use it; not deleted by policy"
+    elif not blob.key.blob.lower().endswith(".vhd") and not policy.delete_non_vhd_page_blobs:
+        return Hold.NOT_VHD, "a page blob not named .vhd: reported, not deleted by policy"
+    if blob.snapshot_count:
+        return Hold.SNAPSHOTS, f"has {blob.snapshot_count} snapshot(s)"
+    if blob.keep_metadata:
+        return Hold.METADATA, "metadata vhdgc_keep"
+    if blob.keep_tag:
+        return Hold.TAG, "index tag vhdgc-keep"
+    return None, ""
+
+
+def _owner(c: Classification, blob: BlobSeen, prev: Tracked | None) -> str | None:
+    if c.references:
+        return c.references[0].holder
+    if blob.owner_hint:
+        return f"vm:{blob.owner_hint}"
+    return prev.last_owner if prev else None
+
+
+@dataclass(slots=True)
+class BlobDecision:
+    key: BlobKey
+    change: Change | None  # None: nothing to write
+    due: Tracked | None  # the row to hand the executor, when the blob is due
+    classification: Classification
+
+
+def decide_blob(
+    blob: BlobSeen,
+    prev: Tracked | None,
+    c: Classification,
+    policy: Policy,
+    now: datetime,
+    seq: int,
+) -> BlobDecision:
+    """The transition of one blob seen by complete pass number ``seq``."""
+    if c.verdict is not Verdict.ORPHAN:
+        if prev is None or prev.state is State.RELEASED:
+            return BlobDecision(blob.key, None, None, c)  # in use and not tracked (or already released): no write
+        row = replace(
+            prev,
+            state=State.RELEASED,
+            sightings_frozen=prev.sightings(seq - 1),
+            streak_start=None,
+            delete_after=None,
+            reason=c.reason,
+            updated_at=now,
+        )
+        return BlobDecision(blob.key, Change(row, event="released"), None, c)
+
+    counting = prev is not None and prev.state in COUNTING
+    same_blob = prev is not None and prev.etag == blob.etag
+    needs_measure = blob.blob_type == "PageBlob" and (not same_blob or prev is None or prev.billed_bytes is None)
+    billed = None if blob.blob_type == "PageBlob" else blob.size  # block blobs bill their size
+
+    if c.hold is not None:
+        if prev is not None and prev.state is State.KEPT and prev.hold is c.hold and same_blob and not needs_measure:
+            return BlobDecision(blob.key, None, None, c)
+        keep_streak = counting and same_blob
+        row = _fresh_row(blob, prev, c, now) if not keep_streak else replace(prev, updated_at=now)
+        row.state = State.KEPT
+        row.hold = c.hold
+        row.reason = c.reason
+        row.delete_after = None
+        row.streak_start = prev.streak_start if keep_streak else seq
+        if not needs_measure and prev is not None:
+            row.billed_bytes = prev.billed_bytes
+        elif billed is not None:
+            row.billed_bytes = billed
+        return BlobDecision(blob.key, Change(row, measure=needs_measure, event="kept"), None, c)
+
+    # An orphan that is not held.
+    if prev is None or prev.state not in (State.CANDIDATE, State.DUE) or not same_blob:
+        event = "restarted" if prev is not None and prev.state in (State.CANDIDATE, State.DUE) else "marked"
+        row = _fresh_row(blob, prev, c, now)
+        row.streak_start = seq
+        row.delete_after = now + policy.grace_period
+        if same_blob and prev is not None and not needs_measure:
+            row.billed_bytes = prev.billed_bytes
+        elif billed is not None:
+            row.billed_bytes = billed
+        # A grace period of 0s and min_sightings 1 make a blob due at its first sighting.
+        is_due = _is_due(row, policy, now, seq)
+        row.state = State.DUE if is_due else State.CANDIDATE
+        change = Change(row, measure=needs_measure, event="due" if is_due else event)
+        return BlobDecision(blob.key, change, row if is_due else None, c)
+
+    # A candidate seen again, unchanged: one more sighting, derived from seq, so no write is needed.
+    assert prev is not None and prev.first_orphaned_at is not None
+    delete_after = prev.first_orphaned_at + policy.grace_period  # the current grace period applies
+    row = prev if prev.delete_after == delete_after else replace(prev, delete_after=delete_after)
+    is_due = _is_due(row, policy, now, seq)
+    target = State.DUE if is_due else State.CANDIDATE
+    if row is prev and prev.state is target:
+        return BlobDecision(blob.key, None, prev if is_due else None, c)
+    row = replace(row, state=target, updated_at=now)
+    return BlobDecision(blob.key, Change(row, event="due" if is_due else "rescheduled"), row if is_due else None, c)
+
+
+def _is_due(row: Tracked, policy: Policy, now: datetime, seq: int) -> bool:
+    assert row.delete_after is not None and row.streak_start is not None
+    return now >= row.delete_after and seq - row.streak_start + 1 >= policy.min_sightings
+
+
+def _fresh_row(blob: BlobSeen, prev: Tracked | None, c: Classification, now: datetime) -> Tracked:
+    return Tracked(
+        key=blob.key,
+        url=blob.url,
+        state=State.CANDIDATE,
+        blob_type=blob.blob_type,
+        size_bytes=blob.size,
+        etag=blob.etag,
+        last_modified=blob.last_modified,
+        first_orphaned_at=now,
+        delete_after=None,
+        streak_start=None,
+        sightings_frozen=None,
+        billed_bytes=None,
+        hold=None,
+        reason=c.reason,
+        last_owner=_owner(c, blob, prev),
+        tier=blob.tier,
+        deleted_at=None,
+        updated_at=now,
+    )
+
+
+def vanished(left: Iterable[Tracked]) -> Iterator[Forget]:
+    """Rows whose blob a complete listing did not see: gone without vhd-gc. Deletions stay as history."""
+    for row in left:
+        if row.state is not State.DELETED:
+            yield Forget(row.key)
+
+
+@dataclass(slots=True)
+class Decision:
+    changes: list[Change | Forget] = field(default_factory=list)
+    due: list[Tracked] = field(default_factory=list)
+    classifications: dict[BlobKey, Classification] = field(default_factory=dict)
+
+
+def decide_stream(
+    blobs: Iterable[BlobSeen],
+    tracked: dict[BlobKey, Tracked],
+    refs: ReferenceIndex,
+    operator_holds: Mapping[BlobKey, str],
+    policy: Policy,
+    now: datetime,
+    seq: int,
+) -> Iterator[BlobDecision | Forget]:
+    """Decide one account's listing as it streams. ``tracked`` is consumed (what is left vanished)."""
+    for blob in blobs:
+        prev = tracked.pop(blob.key, None)
+        if not is_tracked_kind(blob):
+            if prev is not None and prev.state is not State.DELETED:
+                yield Forget(blob.key, reason="no longer a VHD")
+            continue
+        c = classify(blob, refs, operator_holds, policy, now)
+        yield decide_blob(blob, prev, c, policy, now, seq)
+    yield from vanished(tracked.values())
+    tracked.clear()
+
+
+def decide(
+    blobs: Iterable[BlobSeen],
+    tracked: Mapping[BlobKey, Tracked],
+    refs: ReferenceIndex,
+    operator_holds: Mapping[BlobKey, str],
+    policy: Policy,
+    now: datetime,
+    seq: int,
+) -> Decision:
+    """The whole decision for one complete listing, collected (tests and small estates)."""
+    out = Decision()
+    for d in decide_stream(blobs, dict(tracked), refs, operator_holds, policy, now, seq):
+        if isinstance(d, Forget):
+            out.changes.append(d)
+            continue
+        out.classifications[d.key] = d.classification
+        if d.change is not None:
+            out.changes.append(d.change)
+        if d.due is not None:
+            out.due.append(d.due)
+    return out

@@ -1,0 +1,253 @@
+"""The words of the domain as plain data: no I/O, no SDK types.
+
+Everything that crosses a module boundary (adapters -> passes -> decide -> state/execute) is one of
+these. They are deliberately small: a large estate holds millions of them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+
+class BlobKey(NamedTuple):
+    """The identity of a blob: what references and listings are matched on.
+
+    ``account`` and ``container`` are lower-case (Azure compares them without case); ``blob`` is the
+    exact, percent-decoded blob name (Azure blob names are case-sensitive).
+    """
+
+    account: str
+    container: str
+    blob: str
+
+    def __str__(self) -> str:
+        return f"{self.account}/{self.container}/{self.blob}"
+
+
+class ContainerKey(NamedTuple):
+    account: str
+    container: str
+
+
+class RefKind(str, enum.Enum):
+    """Where Azure Compute holds a blob URI (see AZURE-NOTES.md)."""
+
+    VM_OS_DISK = "vm_os_disk"  # virtualMachines: storageProfile.osDisk.vhd.uri
+    VM_DATA_DISK = "vm_data_disk"  # storageProfile.dataDisks[].vhd.uri
+    VM_IMAGE = "vm_image"  # osDisk.image.uri / dataDisks[].image.uri (user image of an unmanaged VM)
+    VMSS_CONTAINER = "vmss_vhd_container"  # scale set osDisk.vhdContainers[]: a whole container
+    VMSS_IMAGE = "vmss_image"  # scale set osDisk.image.uri
+    VMSS_VM_DISK = "vmss_vm_disk"  # scale-set instance osDisk.vhd.uri / dataDisks[].vhd.uri
+    VMSS_VM_IMAGE = "vmss_vm_image"  # scale-set instance osDisk.image.uri
+    IMAGE_BLOB = "image_blob"  # images: storageProfile.osDisk.blobUri / dataDisks[].blobUri
+    GALLERY_SOURCE = "gallery_source"  # gallery image versions: osDiskImage/dataDiskImages source.uri
+    DISK_IMPORT = "disk_import"  # disks: creationData.sourceUri (time-limited, see import_hold)
+    SNAPSHOT_IMPORT = "snapshot_import"  # snapshots: creationData.sourceUri (time-limited)
+    DISK_SECURITY = "disk_security"  # disks: securityDataUri / securityMetadataUri (kept, to be safe)
+
+    @property
+    def is_import(self) -> bool:
+        return self in (RefKind.DISK_IMPORT, RefKind.SNAPSHOT_IMPORT)
+
+
+@dataclass(frozen=True, slots=True)
+class RawReference:
+    """A blob or container URI exactly as an Azure Compute resource holds it.
+
+    Produced by the compute adapter; turned into a :class:`Reference` by parsing the URI (a URI
+    that cannot be parsed makes the pass incomplete).
+    """
+
+    kind: RefKind
+    holder: str  # ARM resource id of the resource that holds the reference
+    uri: str
+    # Imports only: when the disk/snapshot was created and whether it is provisioned yet.
+    time_created: datetime | None = None
+    provisioning_state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    kind: RefKind
+    holder: str
+    uri: str
+    key: BlobKey | None  # the blob, for every kind but VMSS_CONTAINER
+    container: ContainerKey | None  # VMSS_CONTAINER only: every blob in it is protected
+    time_created: datetime | None = None
+    provisioning_state: str | None = None
+
+    def protects_at(self, now: datetime, import_hold: timedelta) -> bool:
+        """Whether this reference keeps its blob in use at ``now``.
+
+        Everything but an import protects for as long as it exists. An import copies the data, so
+        it protects its source only until the disk/snapshot is provisioned and ``import_hold``
+        has passed since its creation. Missing facts keep the blob (uncertainty keeps).
+        """
+        if not self.kind.is_import:
+            return True
+        if (self.provisioning_state or "").lower() != "succeeded":
+            return True
+        if self.time_created is None:
+            return True
+        return now < self.time_created + import_hold
+
+
+class LeaseState(str, enum.Enum):
+    AVAILABLE = "available"
+    LEASED = "leased"
+    EXPIRED = "expired"
+    BREAKING = "breaking"
+    BROKEN = "broken"
+
+
+@dataclass(slots=True)
+class BlobSeen:
+    """One base blob as a listing (or a re-read) saw it. Snapshots are folded into ``snapshot_count``."""
+
+    key: BlobKey
+    url: str
+    blob_type: str  # "PageBlob" | "BlockBlob" | "AppendBlob"
+    size: int
+    etag: str
+    last_modified: datetime  # timezone-aware UTC
+    lease_state: str | None = None  # a LeaseState value; None when the service did not say
+    lease_status: str | None = None  # "locked" | "unlocked"
+    snapshot_count: int = 0
+    keep_metadata: bool = False  # metadata has the key vhdgc_keep (any value, any case of the key)
+    keep_tag: bool = False  # index tags have the key vhdgc-keep
+    owner_hint: str | None = None  # metadata MicrosoftAzureCompute_VMName, left by an attached VM
+    tier: str | None = None  # access tier; premium page blobs say P10, P20, ...
+
+    @property
+    def leased(self) -> bool:
+        """A blob holds a lease while one is active or still breaking; unknown counts as leased."""
+        if self.lease_state is None:
+            return (self.lease_status or "").lower() == "locked"
+        return self.lease_state.lower() in (LeaseState.LEASED.value, LeaseState.BREAKING.value) or (
+            (self.lease_status or "").lower() == "locked"
+        )
+
+    @property
+    def is_vhd(self) -> bool:
+        return self.blob_type == "PageBlob" and self.key.blob.lower().endswith(".vhd")
+
+
+class State(str, enum.Enum):
+    """Lifecycle of a tracked blob, as the report names it."""
+
+    CANDIDATE = "candidate"  # orphaned, not yet due
+    DUE = "due"  # would be deleted: dry-run, or over the pass limit
+    DELETED = "deleted"  # vhd-gc deleted it
+    KEPT = "kept"  # an orphan that is held (snapshots, opt-out, operator, not a VHD)
+    RELEASED = "released"  # was a candidate, is in use again (or was modified)
+
+
+class Hold(str, enum.Enum):
+    """Why an orphan is kept."""
+
+    SNAPSHOTS = "snapshots"
+    METADATA = "metadata"  # metadata key vhdgc_keep
+    TAG = "tag"  # index tag vhdgc-keep
+    OPERATOR = "operator"  # `vhd-gc keep`
+    BLOCK_BLOB = "block_blob"  # a .vhd uploaded as a block blob: reported, never deleted
+    NOT_VHD = "not_vhd"  # a page blob not named .vhd: reported, never deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    min_age: timedelta
+    grace_period: timedelta
+    min_sightings: int
+    import_hold: timedelta
+    delete_block_blob_vhds: bool = False
+    delete_non_vhd_page_blobs: bool = False
+
+
+@dataclass(slots=True)
+class Tracked:
+    """The stored state of one tracked blob (one row of the state database)."""
+
+    key: BlobKey
+    url: str
+    state: State
+    blob_type: str
+    size_bytes: int
+    etag: str | None  # the ETag recorded when it was marked (candidate) or last seen
+    last_modified: datetime | None
+    first_orphaned_at: datetime | None
+    delete_after: datetime | None
+    # Sequence number (among complete passes) of the first sighting of the current run of
+    # consecutive sightings. A row that is still candidate/due/kept after a complete pass was seen
+    # orphaned by it, so the count is derived, and an unchanged blob costs no write.
+    streak_start: int | None
+    sightings_frozen: int | None = None  # sightings when it left the counting states
+    billed_bytes: int | None = None
+    hold: Hold | None = None
+    reason: str | None = None
+    last_owner: str | None = None
+    tier: str | None = None
+    deleted_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def sightings(self, current_seq: int) -> int:
+        if self.state in (State.CANDIDATE, State.DUE, State.KEPT) and self.streak_start is not None:
+            return max(0, current_seq - self.streak_start + 1)
+        return self.sightings_frozen or 0
+
+
+@dataclass(slots=True)
+class Change:
+    """A row to write: the new stored state of a blob, and whether its billed bytes need measuring."""
+
+    row: Tracked
+    measure: bool = False  # measure billed bytes (new candidate, or its ETag changed)
+    event: str = ""  # what happened, for the log: marked, due, kept, released, restarted, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Stop tracking a blob (it vanished without vhd-gc deleting it)."""
+
+    key: BlobKey
+    reason: str = "vanished"
+
+
+class Verdict(str, enum.Enum):
+    """What the pure classifier says of one blob at one instant."""
+
+    REFERENCED = "referenced"
+    LEASED = "leased"
+    TOO_YOUNG = "too_young"
+    ORPHAN = "orphan"
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    verdict: Verdict
+    hold: Hold | None = None  # for orphans: why it is kept, if it is
+    references: tuple[Reference, ...] = ()  # the references that hold it (or expired imports)
+    reason: str = ""
+
+    @property
+    def deletable(self) -> bool:
+        return self.verdict is Verdict.ORPHAN and self.hold is None
+
+
+@dataclass(slots=True)
+class PassStats:
+    references: int = 0
+    references_by_kind: dict[str, int] = field(default_factory=dict)
+    blobs: int = 0
+    vhds: int = 0
+    changes: int = 0
+    marked: int = 0
+    due: int = 0
+    deleted: int = 0
+    refused: int = 0
+    failed: int = 0
+    released: int = 0
+    kept: int = 0
+    vanished: int = 0

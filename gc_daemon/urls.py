@@ -1,0 +1,124 @@
+"""Blob URL -> canonical (account, container, blob) key.
+
+The matching rule of the contract: the account is the host's first label (``<account>.blob.<any
+suffix>``, also Azure's DNS-zone endpoints ``<account>.zNN.blob.<suffix>``), or the first path
+segment when the host is an IP address or localhost (path-style, as Azurite and Azure Stack serve
+it). Host and container compare without case; the blob name exactly, after percent-decoding.
+
+Anything that does not fit is an error, never a guess: a reference we cannot place makes the pass
+incomplete, because a wrong key is how collectors delete disks in use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import quote, unquote, urlsplit
+
+from .domain import BlobKey, ContainerKey
+
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+_CONTAINER = re.compile(r"^(?:\$root|\$web|\$logs|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$")
+_ZONE = re.compile(r"^z[0-9]{2}$")
+MAX_BLOB_NAME = 1024
+
+
+class UrlError(ValueError):
+    """A URI that cannot be placed on exactly one (account, container[, blob])."""
+
+    def __init__(self, uri: str, why: str) -> None:
+        super().__init__(f"cannot parse blob URL {uri!r}: {why}")
+        self.uri = uri
+        self.why = why
+
+
+def _is_path_style(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    """(account, raw container segment, raw blob remainder) with nothing decoded yet."""
+    if not isinstance(uri, str) or not uri:
+        raise UrlError(str(uri), "empty")
+    if any(c in uri for c in "\r\n\t\x00") or uri != uri.strip():
+        raise UrlError(uri, "contains whitespace or control characters at its ends")
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise UrlError(uri, str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise UrlError(uri, "scheme is not http or https")
+    if not host:
+        raise UrlError(uri, "no host")
+    host = host.lower().rstrip(".")
+    path = parts.path
+    if not path.startswith("/"):
+        raise UrlError(uri, "no path")
+    path = path[1:]
+    if _is_path_style(host):
+        account, sep, path = path.partition("/")
+        if not sep:
+            raise UrlError(uri, "path-style URL without a container")
+        account = account.lower()
+    else:
+        labels = host.split(".")
+        if len(labels) >= 3 and labels[1] == "blob":
+            account = labels[0]
+        elif len(labels) >= 4 and _ZONE.match(labels[1]) and labels[2] == "blob":
+            account = labels[0]
+        else:
+            raise UrlError(uri, "host is not <account>.blob.<suffix> nor path-style")
+    if not _ACCOUNT.match(account):
+        raise UrlError(uri, f"{account!r} is not a storage account name")
+    container, _, blob = path.partition("/")
+    return account, container, blob
+
+
+def _container(uri: str, raw: str) -> str:
+    name = unquote(raw).lower()
+    if not _CONTAINER.match(name):
+        raise UrlError(uri, f"{name!r} is not a container name")
+    return name
+
+
+def parse_blob_url(uri: str) -> BlobKey:
+    """The key of the blob ``uri`` names. Query (SAS, snapshot) and fragment are ignored."""
+    account, raw_container, raw_blob = _split(uri)
+    if not raw_blob:
+        # A single segment addresses a blob in the root container.
+        raw_container, raw_blob = "$root", raw_container
+    container = _container(uri, raw_container)
+    try:
+        blob = unquote(raw_blob, errors="strict")
+    except UnicodeDecodeError:
+        raise UrlError(uri, "blob name is not valid UTF-8 after percent-decoding") from None
+    if not blob:
+        raise UrlError(uri, "empty blob name")
+    if len(blob) > MAX_BLOB_NAME:
+        raise UrlError(uri, "blob name longer than 1024 characters")
+    return BlobKey(account, container, blob)
+
+
+def parse_container_url(uri: str) -> ContainerKey:
+    """The container a URL names (scale-set ``vhdContainers``); a trailing slash is allowed."""
+    account, raw_container, raw_blob = _split(uri)
+    if raw_blob:
+        raise UrlError(uri, "a container URL must not name a blob")
+    return ContainerKey(account, _container(uri, raw_container))
+
+
+def blob_url(blob_endpoint: str, key: BlobKey) -> str:
+    """The canonical URL of a blob under an account's blob endpoint."""
+    return f"{blob_endpoint.rstrip('/')}/{key.container}/{quote(key.blob, safe='/')}"
+
+
+def default_blob_endpoint(account: str) -> str:
+    return f"https://{account}.blob.core.windows.net"
