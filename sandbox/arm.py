@@ -1,0 +1,1219 @@
+"""A wire-level stand-in for Azure Resource Manager: Microsoft.Compute lists and storage accounts.
+
+It serves the REST paths azure-mgmt-compute 39 calls, over HTTPS (azure-core refuses bearer tokens
+over plain HTTP), with ARM's paging (``nextLink`` is absolute and carries ``api-version`` and a
+``$skiptoken``), ARM's error bodies, and faults that can be injected per path.
+
+In-process::
+
+    with ArmStandIn(build_estate(vm(SUB, "rg", "vm1", os_vhd=URL)), page_size=2) as arm:
+        client = ComputeManagementClient(cred, SUB, base_url=arm.url, connection_verify=arm.cert_path)
+
+As its own process::
+
+    python -m sandbox.arm --port 0 --cert-dir DIR --estate estate.json [--page-size N]
+
+prints ``READY https://127.0.0.1:PORT CERT_PATH`` once listening and serves until SIGTERM. Another
+process steers it through ``/_control/...`` (see :class:`_Handler`).
+
+The estate is plain JSON-able data::
+
+    {"subscriptions": {SUB: {"virtualMachines": [...], "virtualMachineScaleSets": [...],
+        "virtualMachineScaleSetVMs": {"<rg>/<vmss>": [...]}, "images": [...], "disks": [...],
+        "snapshots": [...], "galleries": [...], "galleryImages": {"<rg>/<gallery>": [...]},
+        "galleryImageVersions": {"<rg>/<gallery>/<image>": [...]}, "storageAccounts": [...]}}}
+
+Resources are ARM's REST JSON (``id``, ``name``, ``type``, ``location``, ``properties``); the builder
+helpers below (:func:`vm`, :func:`disk`, ...) make them, and :func:`build_estate` files them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+from urllib.parse import parse_qs, quote, urlsplit
+
+from sandbox.tls import make_self_signed
+
+# A delay fault never holds a request longer than this, so a forgotten rule cannot hang a test run.
+MAX_DELAY_SECONDS = 30.0
+
+COMPUTE = "Microsoft.Compute"
+STORAGE = "Microsoft.Storage"
+
+# Estate buckets that are flat lists of top-level resources, by the REST type segment.
+TOP_LEVEL_KINDS = {
+    "virtualmachines": "virtualMachines",
+    "virtualmachinescalesets": "virtualMachineScaleSets",
+    "images": "images",
+    "disks": "disks",
+    "snapshots": "snapshots",
+    "galleries": "galleries",
+}
+SUBSCRIPTION_BUCKETS = (
+    "virtualMachines",
+    "virtualMachineScaleSets",
+    "virtualMachineScaleSetVMs",
+    "images",
+    "disks",
+    "snapshots",
+    "galleries",
+    "galleryImages",
+    "galleryImageVersions",
+    "storageAccounts",
+)
+_KEYED_BUCKETS = {"virtualMachineScaleSetVMs", "galleryImages", "galleryImageVersions"}
+
+DEFAULT_LOCATION = "westeurope"
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders: real-shaped ARM resources
+# --------------------------------------------------------------------------------------------------
+
+
+def rg_id(sub: str, rg: str) -> str:
+    return f"/subscriptions/{sub}/resourceGroups/{rg}"
+
+
+def compute_id(sub: str, rg: str, *type_and_names: str) -> str:
+    """``compute_id(S, RG, "virtualMachines", "vm1")`` -> ``/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/vm1``."""
+    return f"{rg_id(sub, rg)}/providers/{COMPUTE}/" + "/".join(type_and_names)
+
+
+def storage_account_id(sub: str, rg: str, name: str) -> str:
+    return f"{rg_id(sub, rg)}/providers/{STORAGE}/storageAccounts/{name}"
+
+
+def _iso(value: datetime | str | None) -> str:
+    if value is None:
+        value = datetime.now(timezone.utc)
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _disk_entry(spec: str | dict[str, Any], lun: int, owner: str) -> dict[str, Any]:
+    """A dataDisks[] element: ``spec`` is a VHD URL, or ``{"vhd": URL, "image": URL}``."""
+    if isinstance(spec, str):
+        spec = {"vhd": spec}
+    entry: dict[str, Any] = {
+        "lun": lun,
+        "name": f"{owner}-data{lun}",
+        "createOption": "FromImage" if spec.get("image") else "Empty",
+        "caching": "None",
+        "diskSizeGB": spec.get("size_gb", 32),
+        "toBeDetached": False,
+    }
+    if spec.get("vhd"):
+        entry["vhd"] = {"uri": spec["vhd"]}
+    else:
+        entry["managedDisk"] = {"storageAccountType": "Premium_LRS"}
+    if spec.get("image"):
+        entry["image"] = {"uri": spec["image"]}
+    return entry
+
+
+def _storage_profile(
+    owner: str,
+    sub: str,
+    rg: str,
+    os_vhd: str | None,
+    data_vhds: Iterable[str | dict[str, Any]],
+    os_image: str | None,
+) -> dict[str, Any]:
+    os_disk: dict[str, Any] = {
+        "osType": "Linux",
+        "name": f"{owner}-osdisk",
+        "createOption": "FromImage",
+        "caching": "ReadWrite",
+        "diskSizeGB": 30,
+    }
+    if os_vhd:
+        os_disk["vhd"] = {"uri": os_vhd}
+    else:
+        os_disk["managedDisk"] = {
+            "id": compute_id(sub, rg, "disks", f"{owner}-osdisk"),
+            "storageAccountType": "Premium_LRS",
+        }
+    if os_image:
+        os_disk["image"] = {"uri": os_image}
+    profile: dict[str, Any] = {
+        "osDisk": os_disk,
+        "dataDisks": [_disk_entry(spec, lun, owner) for lun, spec in enumerate(data_vhds)],
+    }
+    if not os_image and not os_vhd:
+        profile["imageReference"] = {
+            "publisher": "Canonical",
+            "offer": "ubuntu-24_04-lts",
+            "sku": "server",
+            "version": "latest",
+        }
+    return profile
+
+
+def vm(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    os_vhd: str | None = None,
+    data_vhds: Iterable[str | dict[str, Any]] = (),
+    os_image: str | None = None,
+    boot_diagnostics: str | None = None,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A virtual machine. Without ``os_vhd`` its OS disk is managed (no blob reference).
+
+    ``data_vhds`` elements are VHD URLs or ``{"vhd": URL, "image": URL}``.
+    ``boot_diagnostics`` is a storage URI that is NOT a VHD reference.
+    """
+    props: dict[str, Any] = {
+        "vmId": str(uuid.uuid5(uuid.NAMESPACE_URL, compute_id(sub, rg, "virtualMachines", name))),
+        "hardwareProfile": {"vmSize": "Standard_D2s_v3"},
+        "storageProfile": _storage_profile(name, sub, rg, os_vhd, data_vhds, os_image),
+        "osProfile": {"computerName": name, "adminUsername": "azureuser"},
+        "networkProfile": {
+            "networkInterfaces": [
+                {"id": f"{rg_id(sub, rg)}/providers/Microsoft.Network/networkInterfaces/{name}-nic"}
+            ]
+        },
+        "provisioningState": "Succeeded",
+    }
+    if boot_diagnostics:
+        props["diagnosticsProfile"] = {"bootDiagnostics": {"enabled": True, "storageUri": boot_diagnostics}}
+    return {
+        "id": compute_id(sub, rg, "virtualMachines", name),
+        "name": name,
+        "type": f"{COMPUTE}/virtualMachines",
+        "location": location,
+        "properties": props,
+    }
+
+
+def vmss(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    vhd_containers: Iterable[str] = (),
+    os_image: str | None = None,
+    capacity: int = 2,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A scale set. ``vhd_containers`` are container URLs (every blob in them is in use)."""
+    os_disk: dict[str, Any] = {"createOption": "FromImage", "caching": "ReadWrite", "osType": "Linux"}
+    containers = list(vhd_containers)
+    if containers or os_image:
+        os_disk["name"] = f"{name}-osdisk"
+    if containers:
+        os_disk["vhdContainers"] = containers
+    if os_image:
+        os_disk["image"] = {"uri": os_image}
+    if not containers and not os_image:
+        os_disk["managedDisk"] = {"storageAccountType": "Premium_LRS"}
+    return {
+        "id": compute_id(sub, rg, "virtualMachineScaleSets", name),
+        "name": name,
+        "type": f"{COMPUTE}/virtualMachineScaleSets",
+        "location": location,
+        "sku": {"name": "Standard_D2s_v3", "tier": "Standard", "capacity": capacity},
+        "properties": {
+            "upgradePolicy": {"mode": "Manual"},
+            "virtualMachineProfile": {
+                "osProfile": {"computerNamePrefix": name[:9], "adminUsername": "azureuser"},
+                "storageProfile": {"osDisk": os_disk},
+            },
+            "provisioningState": "Succeeded",
+            "overprovision": False,
+            "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, compute_id(sub, rg, "virtualMachineScaleSets", name))),
+        },
+    }
+
+
+def vmss_vm(
+    sub: str,
+    rg: str,
+    vmss_name: str,
+    instance_id: str | int,
+    *,
+    os_vhd: str | None = None,
+    data_vhds: Iterable[str | dict[str, Any]] = (),
+    os_image: str | None = None,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A scale-set instance (``virtual_machine_scale_set_vms.list(rg, vmss_name)``)."""
+    iid = str(instance_id)
+    name = f"{vmss_name}_{iid}"
+    rid = compute_id(sub, rg, "virtualMachineScaleSets", vmss_name, "virtualMachines", iid)
+    return {
+        "id": rid,
+        "name": name,
+        "type": f"{COMPUTE}/virtualMachineScaleSets/virtualMachines",
+        "location": location,
+        "instanceId": iid,
+        "sku": {"name": "Standard_D2s_v3", "tier": "Standard"},
+        "properties": {
+            "latestModelApplied": True,
+            "vmId": str(uuid.uuid5(uuid.NAMESPACE_URL, rid)),
+            "hardwareProfile": {"vmSize": "Standard_D2s_v3"},
+            "storageProfile": _storage_profile(name, sub, rg, os_vhd, data_vhds, os_image),
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def image(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    os_blob: str | None = None,
+    data_blobs: Iterable[str] = (),
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A managed image made from VHDs (``storageProfile.osDisk.blobUri``, ``dataDisks[].blobUri``)."""
+    os_disk: dict[str, Any] = {
+        "osType": "Linux",
+        "osState": "Generalized",
+        "caching": "ReadWrite",
+        "storageAccountType": "Standard_LRS",
+    }
+    if os_blob:
+        os_disk["blobUri"] = os_blob
+    else:
+        os_disk["managedDisk"] = {"id": compute_id(sub, rg, "disks", f"{name}-src")}
+    return {
+        "id": compute_id(sub, rg, "images", name),
+        "name": name,
+        "type": f"{COMPUTE}/images",
+        "location": location,
+        "properties": {
+            "storageProfile": {
+                "osDisk": os_disk,
+                "dataDisks": [
+                    {"lun": lun, "blobUri": uri, "caching": "None", "storageAccountType": "Standard_LRS"}
+                    for lun, uri in enumerate(data_blobs)
+                ],
+                "zoneResilient": False,
+            },
+            "provisioningState": "Succeeded",
+            "hyperVGeneration": "V1",
+        },
+    }
+
+
+def _managed_disk_like(
+    type_name: str,
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    source_uri: str | None,
+    storage_account: str | None,
+    time_created: datetime | str | None,
+    provisioning_state: str,
+    security_data_uri: str | None,
+    security_metadata_uri: str | None,
+    size_gb: int,
+    location: str,
+    sku: str,
+) -> dict[str, Any]:
+    creation: dict[str, Any]
+    if security_data_uri or security_metadata_uri:
+        creation = {"createOption": "ImportSecure"}
+        if source_uri:
+            creation["sourceUri"] = source_uri
+        if security_data_uri:
+            creation["securityDataUri"] = security_data_uri
+        if security_metadata_uri:
+            creation["securityMetadataUri"] = security_metadata_uri
+    elif source_uri:
+        creation = {"createOption": "Import", "sourceUri": source_uri}
+    else:
+        creation = {"createOption": "Empty"}
+    if storage_account:
+        creation["storageAccountId"] = storage_account
+    resource: dict[str, Any] = {
+        "id": compute_id(sub, rg, type_name, name),
+        "name": name,
+        "type": f"{COMPUTE}/{type_name}",
+        "location": location,
+        "sku": {"name": sku, "tier": sku.split("_")[0]},
+        "properties": {
+            "osType": "Linux",
+            "hyperVGeneration": "V1",
+            "creationData": creation,
+            "diskSizeGB": size_gb,
+            "diskSizeBytes": size_gb * 1024**3,
+            "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, compute_id(sub, rg, type_name, name))),
+            "timeCreated": _iso(time_created),
+            "provisioningState": provisioning_state,
+            "diskState": "Unattached",
+            "encryption": {"type": "EncryptionAtRestWithPlatformKey"},
+            "networkAccessPolicy": "AllowAll",
+            "publicNetworkAccess": "Enabled",
+        },
+    }
+    if type_name == "snapshots":
+        resource["properties"]["incremental"] = False
+    return resource
+
+
+def disk(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    source_uri: str | None = None,
+    storage_account: str | None = None,
+    time_created: datetime | str | None = None,
+    provisioning_state: str = "Succeeded",
+    security_data_uri: str | None = None,
+    security_metadata_uri: str | None = None,
+    size_gb: int = 32,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A managed disk; with ``source_uri`` it was imported from that VHD (``createOption: Import``)."""
+    return _managed_disk_like(
+        "disks",
+        sub,
+        rg,
+        name,
+        source_uri=source_uri,
+        storage_account=storage_account,
+        time_created=time_created,
+        provisioning_state=provisioning_state,
+        security_data_uri=security_data_uri,
+        security_metadata_uri=security_metadata_uri,
+        size_gb=size_gb,
+        location=location,
+        sku="Premium_LRS",
+    )
+
+
+def snapshot(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    source_uri: str | None = None,
+    storage_account: str | None = None,
+    time_created: datetime | str | None = None,
+    provisioning_state: str = "Succeeded",
+    size_gb: int = 32,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A snapshot; with ``source_uri`` it was imported from that VHD."""
+    return _managed_disk_like(
+        "snapshots",
+        sub,
+        rg,
+        name,
+        source_uri=source_uri,
+        storage_account=storage_account,
+        time_created=time_created,
+        provisioning_state=provisioning_state,
+        security_data_uri=None,
+        security_metadata_uri=None,
+        size_gb=size_gb,
+        location=location,
+        sku="Standard_LRS",
+    )
+
+
+def gallery(sub: str, rg: str, name: str, *, location: str = DEFAULT_LOCATION) -> dict[str, Any]:
+    return {
+        "id": compute_id(sub, rg, "galleries", name),
+        "name": name,
+        "type": f"{COMPUTE}/galleries",
+        "location": location,
+        "properties": {
+            "description": "",
+            "identifier": {"uniqueName": f"{sub}-{name.upper()}"},
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def gallery_image(
+    sub: str, rg: str, gallery_name: str, name: str, *, location: str = DEFAULT_LOCATION
+) -> dict[str, Any]:
+    return {
+        "id": compute_id(sub, rg, "galleries", gallery_name, "images", name),
+        "name": name,
+        "type": f"{COMPUTE}/galleries/images",
+        "location": location,
+        "properties": {
+            "osType": "Linux",
+            "osState": "Generalized",
+            "hyperVGeneration": "V1",
+            "identifier": {"publisher": "vhdgc", "offer": gallery_name, "sku": name},
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def gallery_image_version(
+    sub: str,
+    rg: str,
+    gallery_name: str,
+    image_name: str,
+    name: str,
+    *,
+    os_source: str | None = None,
+    data_sources: Iterable[str] = (),
+    storage_account: str | None = None,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A gallery image version made from VHDs (``osDiskImage.source.uri``, ``dataDiskImages[].source.uri``)."""
+
+    def source(uri: str) -> dict[str, Any]:
+        src: dict[str, Any] = {"uri": uri}
+        if storage_account:
+            src["storageAccountId"] = storage_account
+        return src
+
+    storage_profile: dict[str, Any] = {
+        "dataDiskImages": [
+            {"lun": lun, "hostCaching": "None", "sizeInGB": 32, "source": source(uri)}
+            for lun, uri in enumerate(data_sources)
+        ]
+    }
+    if os_source:
+        storage_profile["osDiskImage"] = {"hostCaching": "ReadWrite", "sizeInGB": 30, "source": source(os_source)}
+    else:
+        storage_profile["source"] = {"id": compute_id(sub, rg, "images", f"{image_name}-src")}
+        storage_profile["osDiskImage"] = {"hostCaching": "ReadWrite", "sizeInGB": 30}
+    return {
+        "id": compute_id(sub, rg, "galleries", gallery_name, "images", image_name, "versions", name),
+        "name": name,
+        "type": f"{COMPUTE}/galleries/images/versions",
+        "location": location,
+        "properties": {
+            "publishingProfile": {
+                "targetRegions": [{"name": location, "regionalReplicaCount": 1}],
+                "replicaCount": 1,
+                "excludeFromLatest": False,
+                "publishedDate": _iso(None),
+                "storageAccountType": "Standard_LRS",
+            },
+            "storageProfile": storage_profile,
+            "provisioningState": "Succeeded",
+        },
+    }
+
+
+def storage_account(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    blob_endpoint: str | None = None,
+    kind: str = "StorageV2",
+    sku: str = "Standard_LRS",
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    return {
+        "id": storage_account_id(sub, rg, name),
+        "name": name,
+        "type": f"{STORAGE}/storageAccounts",
+        "location": location,
+        "kind": kind,
+        "sku": {"name": sku, "tier": sku.split("_")[0]},
+        "properties": {
+            "primaryEndpoints": {"blob": blob_endpoint or f"https://{name}.blob.core.windows.net/"},
+            "primaryLocation": location,
+            "statusOfPrimary": "available",
+            "provisioningState": "Succeeded",
+            "creationTime": _iso(None),
+        },
+    }
+
+
+def empty_subscription() -> dict[str, Any]:
+    return {bucket: ({} if bucket in _KEYED_BUCKETS else []) for bucket in SUBSCRIPTION_BUCKETS}
+
+
+def empty_estate(*subscriptions: str) -> dict[str, Any]:
+    return {"subscriptions": {sub: empty_subscription() for sub in subscriptions}}
+
+
+_ID_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/(?P<rest>.+)$", re.I)
+
+
+def place(estate: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    """File ``resource`` in the right bucket of ``estate`` (by its ``id`` and ``type``); returns it."""
+    m = _ID_RE.match(resource["id"])
+    if not m:
+        raise ValueError(f"not a resource-group scoped ARM id: {resource['id']!r}")
+    sub, rg = m["sub"], m["rg"]
+    parts = m["rest"].split("/")  # Namespace/type/name[/type/name...]
+    subs = estate.setdefault("subscriptions", {})
+    bucket_set = subs.setdefault(sub, empty_subscription())
+    rtype = resource["type"].lower()
+    if rtype == f"{STORAGE}/storageAccounts".lower():
+        bucket_set.setdefault("storageAccounts", []).append(resource)
+    elif rtype == f"{COMPUTE}/virtualMachineScaleSets/virtualMachines".lower():
+        bucket_set.setdefault("virtualMachineScaleSetVMs", {}).setdefault(f"{rg}/{parts[2]}", []).append(resource)
+    elif rtype == f"{COMPUTE}/galleries/images".lower():
+        bucket_set.setdefault("galleryImages", {}).setdefault(f"{rg}/{parts[2]}", []).append(resource)
+    elif rtype == f"{COMPUTE}/galleries/images/versions".lower():
+        key = f"{rg}/{parts[2]}/{parts[4]}"
+        bucket_set.setdefault("galleryImageVersions", {}).setdefault(key, []).append(resource)
+    else:
+        kind = rtype.split("/", 1)[1] if "/" in rtype else rtype
+        if kind not in TOP_LEVEL_KINDS:
+            raise ValueError(f"unsupported resource type {resource['type']!r}")
+        bucket_set.setdefault(TOP_LEVEL_KINDS[kind], []).append(resource)
+    return resource
+
+
+def build_estate(*resources: dict[str, Any], subscriptions: Iterable[str] = ()) -> dict[str, Any]:
+    """An estate holding ``resources``; ``subscriptions`` adds (possibly empty) subscriptions."""
+    estate = empty_estate(*subscriptions)
+    for resource in resources:
+        place(estate, resource)
+    return estate
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------------
+
+FAULT_KINDS = ("error", "malformed", "truncate", "delay", "body")
+
+_DEFAULT_CODES = {
+    400: "BadRequest",
+    401: "AuthenticationFailed",
+    403: "AuthorizationFailed",
+    404: "ResourceNotFound",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+@dataclass
+class Fault:
+    """A rule that makes matching requests misbehave.
+
+    ``path`` is a regex searched in the request path (no query). ``kind``:
+
+    - ``error``: answer ``status`` with an ARM error body (``code``/``message``); ``retry_after``
+      (seconds) adds a ``Retry-After`` header.
+    - ``malformed``: 200 with a body that is not JSON.
+    - ``truncate``: 200 whose body stops halfway (Content-Length promises more; the connection closes).
+    - ``delay``: wait ``delay`` seconds (at most :data:`MAX_DELAY_SECONDS`), then answer normally.
+    - ``body``: 200 with ``body`` (any JSON value) verbatim, e.g. ``{}`` or ``{"value": "x"}``.
+
+    Which matching requests it hits: ``nth`` (1-based) only that one (and the ``times - 1`` after it
+    when ``times`` is also given); ``times`` alone, the next ``times``; neither, every one.
+    ``on_next_link`` restricts it to requests carrying ``$skiptoken`` (a nextLink follow-up).
+    """
+
+    path: str = ".*"
+    kind: str = "error"
+    status: int = 500
+    code: str | None = None
+    message: str | None = None
+    retry_after: float | int | None = None
+    delay: float = 0.0
+    body: Any = None
+    nth: int | None = None
+    times: int | None = None
+    on_next_link: bool = False
+    method: str = "GET"
+    seen: int = field(default=0, compare=False)
+    fired: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+        re.compile(self.path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Fault":
+        if not isinstance(data, dict):
+            raise ValueError("a fault must be a JSON object")
+        data = {k: v for k, v in data.items() if k not in ("seen", "fired")}  # counters restart
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fault keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hit(self, method: str, path: str, has_skiptoken: bool) -> bool:
+        """Count this request if it matches; return whether the fault fires on it. Caller holds the lock."""
+        if method.upper() != self.method.upper() or not re.search(self.path, path):
+            return False
+        if self.on_next_link and not has_skiptoken:
+            return False
+        self.seen += 1
+        if self.nth is not None:
+            last = self.nth + (self.times or 1) - 1
+            fire = self.nth <= self.seen <= last
+        elif self.times is not None:
+            fire = self.fired < self.times
+        else:
+            fire = True
+        if fire:
+            self.fired += 1
+        return fire
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------------
+
+
+class ArmError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def _not_found(what: str, rg: str | None) -> ArmError:
+    where = f" under resource group '{rg}'" if rg else ""
+    return ArmError(404, "ResourceNotFound", f"The Resource '{what}'{where} was not found.")
+
+
+def _lookup(mapping: dict[str, Any], key: str) -> Any:
+    """Case-insensitive dict lookup (ARM names compare without case)."""
+    if key in mapping:
+        return mapping[key]
+    low = key.lower()
+    for k, v in mapping.items():
+        if k.lower() == low:
+            return v
+    return None
+
+
+def _in_rg(resource: Any, rg: str | None) -> bool:
+    if rg is None:
+        return True
+    rid = resource.get("id", "") if isinstance(resource, dict) else ""
+    m = _ID_RE.match(rid)
+    return bool(m) and m["rg"].lower() == rg.lower()
+
+
+def _by_name(items: list[Any], name: str) -> Any:
+    for item in items:
+        if isinstance(item, dict) and str(item.get("name", "")).lower() == name.lower():
+            return item
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes ARM GETs and the control surface.
+
+    Control (no auth, no api-version):
+      ``PUT /_control/estate`` (JSON body replaces the estate), ``GET /_control/estate``,
+      ``POST /_control/faults`` (JSON list of :class:`Fault` dicts, replaces), ``DELETE /_control/faults``,
+      ``GET /_control/requests`` (``[[method, path+query], ...]``), ``DELETE /_control/requests``.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server_version = "vhdgc-arm-standin/1"
+    timeout = 30  # idle keep-alive connections give up after this
+
+    @property
+    def standin(self) -> "ArmStandIn":
+        return self.server.standin  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature from the base
+        pass
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-ms-request-id", str(uuid.uuid4()))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), headers)
+
+    def _send_error(self, err: ArmError) -> None:
+        self._send_json(err.status, {"error": {"code": err.code, "message": err.message}}, err.headers)
+
+    def _safe(self, fn: Any) -> None:
+        try:
+            fn()
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout):
+            self.close_connection = True
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._safe(self._dispatch)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._safe(self._dispatch)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._safe(self._dispatch)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._safe(self._dispatch)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        split = urlsplit(self.path)
+        path = split.path
+        if path.startswith("/_control/"):
+            self._control(path)
+            return
+        query = parse_qs(split.query, keep_blank_values=True)
+        standin = self.standin
+        body = self._read_body()  # drain, even though ARM GETs carry none
+        del body
+        standin._log(self.command, self.path)
+        fault = standin._match_fault(self.command, path, "$skiptoken" in query)
+        if fault is not None and fault.kind == "delay":
+            time.sleep(min(max(fault.delay, 0.0), MAX_DELAY_SECONDS))
+            fault = None
+        if fault is not None and fault.kind == "error":
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(fault.retry_after)
+            code = fault.code or _DEFAULT_CODES.get(fault.status, "InternalServerError")
+            message = fault.message or f"Injected fault: {code}."
+            self._send_error(ArmError(fault.status, code, message, headers))
+            return
+        if fault is not None and fault.kind == "malformed":
+            self._send(200, b'{"value": [{"id": "/subscriptions/oops", "name": nope')
+            return
+        if fault is not None and fault.kind == "body":
+            self._send_json(200, fault.body)
+            return
+        try:
+            status, payload = self._serve_arm(path, query)
+        except ArmError as err:
+            self._send_error(err)
+            return
+        raw = json.dumps(payload).encode()
+        if fault is not None and fault.kind == "truncate":
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw[: max(1, len(raw) // 2)])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._send(status, raw)
+
+    def _serve_arm(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise ArmError(
+                401,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+                {
+                    "WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
+                    'error="invalid_token", error_description="The authentication failed because of '
+                    "missing 'Authorization' header.\""
+                },
+            )
+        api_version = (query.get("api-version") or [""])[0]
+        if not api_version:
+            raise ArmError(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+        if self.command != "GET":
+            raise ArmError(405, "MethodNotAllowed", f"The stand-in serves GET only, not {self.command}.")
+        segs = [s for s in path.split("/") if s]
+        items = self._route(segs)
+        if isinstance(items, dict):  # a single resource
+            return 200, items
+        return 200, self._page(path, api_version, query, items)
+
+    def _page(self, path: str, api_version: str, query: dict[str, list[str]], items: list[Any]) -> dict[str, Any]:
+        token = (query.get("$skiptoken") or ["0"])[0]
+        try:
+            start = int(token)
+        except ValueError:
+            raise ArmError(400, "InvalidSkipToken", f"The skip token '{token}' is not valid.") from None
+        size = max(1, self.standin.page_size)
+        page: dict[str, Any] = {"value": items[start : start + size]}
+        if start + size < len(items):
+            page["nextLink"] = (
+                f"{self.standin.url}{quote(path)}?api-version={quote(api_version)}&%24skiptoken={start + size}"
+            )
+        return page
+
+    def _route(self, segs: list[str]) -> list[Any] | dict[str, Any]:
+        low = [s.lower() for s in segs]
+        estate = self.standin._estate_snapshot()
+        subs: dict[str, Any] = estate.get("subscriptions", {})
+        if low == ["subscriptions"]:
+            return [
+                {
+                    "id": f"/subscriptions/{s}",
+                    "subscriptionId": s,
+                    "displayName": f"stand-in {s}",
+                    "state": "Enabled",
+                    "tenantId": "00000000-0000-0000-0000-00000000aaaa",
+                }
+                for s in subs
+            ]
+        if len(low) < 2 or low[0] != "subscriptions":
+            raise _not_found("/" + "/".join(segs), None)
+        sub_id = segs[1]
+        sub = _lookup(subs, sub_id)
+        if sub is None:
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{sub_id}' could not be found.")
+        if len(low) == 2:
+            return {"id": f"/subscriptions/{sub_id}", "subscriptionId": sub_id, "state": "Enabled"}
+        rest, rest_low, rg = segs[2:], low[2:], None
+        if rest_low[0] == "resourcegroups" and len(rest) >= 2:
+            rg = rest[1]
+            rest, rest_low = rest[2:], rest_low[2:]
+        if len(rest_low) < 3 or rest_low[0] != "providers":
+            raise _not_found("/" + "/".join(segs), rg)
+        namespace, tail, tail_low = rest_low[1], rest[2:], rest_low[2:]
+        if namespace == STORAGE.lower() and tail_low[0] == "storageaccounts":
+            return self._list_or_get(sub.get("storageAccounts", []), tail, rg, f"{STORAGE}/storageAccounts")
+        if namespace != COMPUTE.lower():
+            raise _not_found("/" + "/".join(segs), rg)
+        kind = tail_low[0]
+        if kind not in TOP_LEVEL_KINDS:
+            raise _not_found(f"{COMPUTE}/{tail[0]}", rg)
+        top = sub.get(TOP_LEVEL_KINDS[kind], [])
+        type_name = f"{COMPUTE}/{TOP_LEVEL_KINDS[kind]}"
+        if len(tail) <= 2:
+            return self._list_or_get(top, tail, rg, type_name)
+        if rg is None:
+            raise _not_found("/" + "/".join(segs), rg)
+        parent = _by_name([r for r in top if _in_rg(r, rg)], tail[1])
+        if parent is None:
+            raise _not_found(f"{type_name}/{tail[1]}", rg)
+        if kind == "virtualmachinescalesets" and tail_low[2] == "virtualmachines" and len(tail) <= 4:
+            members = _lookup(sub.get("virtualMachineScaleSetVMs", {}), f"{rg}/{tail[1]}") or []
+            if len(tail) == 3:
+                return list(members)
+            found = _by_name(members, f"{tail[1]}_{tail[3]}") or next(
+                (m for m in members if isinstance(m, dict) and str(m.get("instanceId")) == tail[3]), None
+            )
+            if found is None:
+                raise _not_found(f"{type_name}/{tail[1]}/virtualMachines/{tail[3]}", rg)
+            return found
+        if kind == "galleries" and tail_low[2] == "images" and len(tail) <= 6:
+            images = _lookup(sub.get("galleryImages", {}), f"{rg}/{tail[1]}") or []
+            if len(tail) == 3:
+                return list(images)
+            img = _by_name(images, tail[3])
+            if img is None:
+                raise _not_found(f"{type_name}/{tail[1]}/images/{tail[3]}", rg)
+            if len(tail) == 4:
+                return img
+            if tail_low[4] != "versions":
+                raise _not_found("/" + "/".join(segs), rg)
+            versions = _lookup(sub.get("galleryImageVersions", {}), f"{rg}/{tail[1]}/{tail[3]}") or []
+            if len(tail) == 5:
+                return list(versions)
+            ver = _by_name(versions, tail[5])
+            if ver is None:
+                raise _not_found(f"{type_name}/{tail[1]}/images/{tail[3]}/versions/{tail[5]}", rg)
+            return ver
+        raise _not_found("/" + "/".join(segs), rg)
+
+    @staticmethod
+    def _list_or_get(
+        items: list[Any], tail: list[str], rg: str | None, type_name: str
+    ) -> list[Any] | dict[str, Any]:
+        scoped = [r for r in items if _in_rg(r, rg)]
+        if len(tail) == 1:
+            return scoped
+        if rg is None:
+            raise _not_found(f"{type_name}/{tail[1]}", rg)
+        found = _by_name(scoped, tail[1])
+        if found is None:
+            raise _not_found(f"{type_name}/{tail[1]}", rg)
+        return found
+
+    # -- control -------------------------------------------------------------------------------
+
+    def _control(self, path: str) -> None:
+        standin = self.standin
+        body = self._read_body()
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            self._send_error(ArmError(400, "InvalidJson", "The control request body is not JSON."))
+            return
+        route = (self.command, path.rstrip("/"))
+        try:
+            if route == ("PUT", "/_control/estate"):
+                standin.set_estate(payload)
+                self._send_json(200, {"ok": True})
+            elif route == ("GET", "/_control/estate"):
+                self._send_json(200, standin._estate_snapshot())
+            elif route == ("POST", "/_control/faults"):
+                if not isinstance(payload, list):
+                    raise ValueError("the faults body must be a JSON list")
+                standin.set_faults([Fault.from_dict(f) for f in payload])
+                self._send_json(200, {"ok": True, "faults": len(payload)})
+            elif route == ("GET", "/_control/faults"):
+                self._send_json(200, [f.to_dict() for f in standin.faults])
+            elif route == ("DELETE", "/_control/faults"):
+                standin.clear_faults()
+                self._send_json(200, {"ok": True})
+            elif route == ("GET", "/_control/requests"):
+                self._send_json(200, [list(r) for r in standin.requests])
+            elif route == ("DELETE", "/_control/requests"):
+                standin.clear_requests()
+                self._send_json(200, {"ok": True})
+            else:
+                self._send_error(ArmError(404, "ResourceNotFound", f"No control route {self.command} {path}."))
+        except (ValueError, TypeError) as exc:
+            self._send_error(ArmError(400, "InvalidControlRequest", str(exc)))
+
+
+class _TlsThreadingServer(ThreadingHTTPServer):
+    """Accepts plain TCP and does the TLS handshake in the worker thread, so a slow or rejecting
+    client never blocks ``accept``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], handler: type, context: ssl.SSLContext, standin: "ArmStandIn"):
+        self.ssl_context = context
+        self.standin = standin
+        super().__init__(addr, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(_Handler.timeout)
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+class ArmStandIn:
+    """The ARM stand-in. The constructor opens nothing; :meth:`start` binds 127.0.0.1:``port``."""
+
+    def __init__(
+        self,
+        estate: dict[str, Any] | None = None,
+        page_size: int = 2,
+        cert_dir: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.page_size = page_size
+        self._host = host
+        self._port = port
+        self._cert_dir = cert_dir
+        self._own_cert_dir = False
+        self._lock = threading.Lock()
+        self._estate: dict[str, Any] = {"subscriptions": {}}
+        self._faults: list[Fault] = []
+        self._requests: list[tuple[str, str]] = []
+        self._server: _TlsThreadingServer | None = None
+        self._thread: threading.Thread | None = None
+        self.cert_path: str | None = None
+        self.key_path: str | None = None
+        if estate is not None:
+            self.set_estate(estate)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "ArmStandIn":
+        if self._server is not None:
+            return self
+        if self._cert_dir is None:
+            self._cert_dir = tempfile.mkdtemp(prefix="arm-standin-")
+            self._own_cert_dir = True
+        self.cert_path, self.key_path = make_self_signed(self._cert_dir)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_path, self.key_path)
+        self._server = _TlsThreadingServer((self._host, self._port), _Handler, context, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="arm-standin", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._own_cert_dir and self._cert_dir:
+            shutil.rmtree(self._cert_dir, ignore_errors=True)
+            self._cert_dir = None
+            self._own_cert_dir = False
+
+    def __enter__(self) -> "ArmStandIn":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the ARM stand-in is not started")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self._host}:{self.port}"
+
+    # -- estate, faults, request log -------------------------------------------------------------
+
+    def set_estate(self, estate: dict[str, Any] | None) -> None:
+        """Replace the estate (deep-copied, so later changes by the caller do not leak in)."""
+        if estate is None:
+            estate = {"subscriptions": {}}
+        if not isinstance(estate, dict) or not isinstance(estate.get("subscriptions", {}), dict):
+            raise ValueError('the estate must be {"subscriptions": {SUB_ID: {...}}}')
+        fresh = json.loads(json.dumps(estate))
+        fresh.setdefault("subscriptions", {})
+        with self._lock:
+            self._estate = fresh
+
+    def _estate_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._estate  # replaced wholesale by set_estate, never mutated in place
+
+    @property
+    def estate(self) -> dict[str, Any]:
+        return copy.deepcopy(self._estate_snapshot())
+
+    def add_fault(self, path: str = ".*", kind: str = "error", **options: Any) -> Fault:
+        """Add a :class:`Fault` rule (see its docstring for ``kind`` and options); returns it."""
+        fault = Fault(path=path, kind=kind, **options)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def set_faults(self, faults: Iterable[Fault]) -> None:
+        with self._lock:
+            self._faults = list(faults)
+
+    def clear_faults(self) -> None:
+        self.set_faults([])
+
+    @property
+    def faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def _match_fault(self, method: str, path: str, has_skiptoken: bool) -> Fault | None:
+        with self._lock:
+            chosen = None
+            for fault in self._faults:
+                if fault.hit(method, path, has_skiptoken) and chosen is None:
+                    chosen = fault
+            return chosen
+
+    def _log(self, method: str, path_and_query: str) -> None:
+        with self._lock:
+            self._requests.append((method, path_and_query))
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """Every ARM request served so far, as ``(method, path+query)`` (control calls excluded)."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def reset(self, estate: dict[str, Any] | None = None) -> None:
+        """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log."""
+        self.set_estate(estate)
+        self.clear_faults()
+        self.clear_requests()
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m sandbox.arm
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.arm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--cert-dir", required=True, help="directory for the self-signed certificate")
+    parser.add_argument("--estate", help="JSON file holding the initial estate")
+    parser.add_argument("--page-size", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    estate = None
+    if args.estate:
+        with open(args.estate, encoding="utf-8") as fh:
+            estate = json.load(fh)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    standin = ArmStandIn(estate, page_size=args.page_size, cert_dir=args.cert_dir, port=args.port)
+    standin.start()
+    try:
+        print(f"READY {standin.url} {standin.cert_path}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        standin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
