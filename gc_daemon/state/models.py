@@ -1,0 +1,228 @@
+"""The state database: what vhd-gc remembers between passes.
+
+Four tables: ``tracked_blobs`` (one row per orphaned blob we follow through its lifecycle),
+``passes`` (one row per pass; complete passes get a sequence number that sightings are counted in),
+``audit_log`` (every deletion decision, intent before the act) and ``operator_holds``
+(``vhd-gc keep``).
+
+The schema is built and changed only by the Alembic migrations under ``migrations/``; these models
+must describe exactly what the migrations create (``gc_daemon.state.db.model_drift`` checks it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from gc_daemon.domain import State
+
+# Every constraint and index gets a predictable name, so a later migration can drop or alter it by
+# name on every backend (SQLite batch mode needs names to rebuild a table).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PASS_OUTCOMES = ("running", "complete", "incomplete", "failed")
+TRACKED_STATES = tuple(s.value for s in State)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    Naive datetimes are refused on write (a naive "now" is the classic off-by-hours bug). SQLite has
+    no time zones: it stores the UTC wall time and we put UTC back on when reading.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"UTCDateTime needs a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime refused (timezone-aware UTC required): {value!r}")
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# Reusable column types.
+intpk = Annotated[int, mapped_column(Integer, primary_key=True)]
+Account = Annotated[str, mapped_column(String(63))]  # storage account names: 3-24, containers: 3-63
+Container = Annotated[str, mapped_column(String(63))]
+BlobName = Annotated[str, mapped_column(String(1024))]  # Azure caps blob names at 1024 characters
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class TrackedBlob(Base):
+    __tablename__ = "tracked_blobs"
+    __table_args__ = (
+        UniqueConstraint("account", "container", "blob"),
+        CheckConstraint(_in("state", TRACKED_STATES), name="state"),
+        Index("ix_tracked_blobs_state", "state"),
+        Index("ix_tracked_blobs_account_state", "account", "state"),
+        {"comment": "Orphaned blobs vhd-gc follows from first sighting to deletion or release"},
+    )
+
+    id: Mapped[intpk]
+    account: Mapped[Account] = mapped_column(comment="Storage account name, lower-case")
+    container: Mapped[Container] = mapped_column(comment="Container name, lower-case")
+    blob: Mapped[BlobName] = mapped_column(comment="Blob name, percent-decoded, case as in Azure")
+    url: Mapped[str] = mapped_column(Text, comment="Canonical blob URL")
+    state: Mapped[str] = mapped_column(
+        String(16), comment="Lifecycle state: candidate, due, deleted, kept, released"
+    )
+    blob_type: Mapped[str] = mapped_column(
+        String(16), comment="PageBlob, BlockBlob or AppendBlob, as the listing said"
+    )
+    size_bytes: Mapped[int] = mapped_column(BigInteger, comment="Nominal size of the blob")
+    billed_bytes: Mapped[int | None] = mapped_column(
+        BigInteger, comment="Bytes actually stored (sum of written page ranges); NULL: not measured"
+    )
+    etag: Mapped[str | None] = mapped_column(
+        String(128), comment="ETag recorded when marked; a delete is conditional on it"
+    )
+    last_modified: Mapped[datetime | None] = mapped_column(comment="Last-Modified of the blob")
+    first_orphaned_at: Mapped[datetime | None] = mapped_column(
+        comment="When the current run of orphan sightings began"
+    )
+    delete_after: Mapped[datetime | None] = mapped_column(
+        comment="Earliest deletion time (first_orphaned_at + grace period)"
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(comment="When vhd-gc deleted it")
+    updated_at: Mapped[datetime | None] = mapped_column(comment="When this row was last written")
+    streak_start: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="passes.seq of the first sighting of the current run of consecutive sightings",
+    )
+    sightings_frozen: Mapped[int | None] = mapped_column(
+        Integer, comment="Sightings when the blob left the counting states (deleted, released)"
+    )
+    hold: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="Why a kept orphan is kept: snapshots, metadata, tag, operator, block_blob, not_vhd",
+    )
+    reason: Mapped[str | None] = mapped_column(Text, comment="Human-readable reason of the state")
+    last_owner: Mapped[str | None] = mapped_column(
+        Text, comment="VM that last held the blob (metadata MicrosoftAzureCompute_VMName)"
+    )
+    tier: Mapped[str | None] = mapped_column(
+        String(16), comment="Access tier; premium page blobs say P10, P20, ..."
+    )
+
+
+class Pass(Base):
+    __tablename__ = "passes"
+    __table_args__ = (
+        UniqueConstraint("seq"),
+        CheckConstraint(_in("outcome", PASS_OUTCOMES), name="outcome"),
+        {"comment": "One row per pass; complete passes are numbered by seq"},
+    )
+
+    id: Mapped[intpk]
+    seq: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="Number among complete passes (1, 2, 3...); NULL unless complete. "
+        "Unique, so two replicas can never both complete the same pass",
+    )
+    started_at: Mapped[datetime] = mapped_column(comment="When the pass began")
+    finished_at: Mapped[datetime | None] = mapped_column(comment="When the pass ended")
+    outcome: Mapped[str] = mapped_column(
+        String(16), comment="running, complete, incomplete (changed nothing) or failed"
+    )
+    mode: Mapped[str] = mapped_column(String(16), comment="dry-run or delete")
+    host: Mapped[str] = mapped_column(String(255), comment="Host (replica) that ran the pass")
+    error: Mapped[str | None] = mapped_column(Text, comment="Why the pass was incomplete or failed")
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, comment="Counts of the pass")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_account_container_blob", "account", "container", "blob"),
+        Index("ix_audit_log_action", "action"),
+        {"comment": "Append-only record of deletion decisions: an intent precedes every delete"},
+    )
+
+    id: Mapped[intpk]
+    at: Mapped[datetime] = mapped_column(comment="When it happened")
+    pass_id: Mapped[int | None] = mapped_column(
+        ForeignKey("passes.id"), comment="The pass that acted, if any"
+    )
+    intent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("audit_log.id"),
+        comment="For an outcome (deleted, delete-refused, delete-failed): its delete-intent row",
+    )
+    action: Mapped[str] = mapped_column(
+        String(32),
+        comment="delete-intent, deleted, delete-refused, delete-failed, keep, unkeep, ...",
+    )
+    account: Mapped[Account] = mapped_column(comment="Storage account name, lower-case")
+    container: Mapped[Container] = mapped_column(comment="Container name, lower-case")
+    blob: Mapped[BlobName] = mapped_column(comment="Blob name, percent-decoded")
+    url: Mapped[str] = mapped_column(Text, comment="Canonical blob URL")
+    etag: Mapped[str | None] = mapped_column(String(128), comment="ETag the action was bound to")
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, comment="Nominal size")
+    billed_bytes: Mapped[int | None] = mapped_column(BigInteger, comment="Bytes actually stored")
+    reason: Mapped[str | None] = mapped_column(Text, comment="Why")
+    error_code: Mapped[str | None] = mapped_column(
+        String(64), comment="Azure error code of a refused or failed delete"
+    )
+    actor: Mapped[str] = mapped_column(String(255), comment="Who acted: host of the daemon, or operator")
+
+
+class OperatorHold(Base):
+    __tablename__ = "operator_holds"
+    __table_args__ = ({"comment": "Blobs an operator asked vhd-gc to keep (vhd-gc keep)"},)
+
+    account: Mapped[Account] = mapped_column(primary_key=True, comment="Storage account name")
+    container: Mapped[Container] = mapped_column(primary_key=True, comment="Container name")
+    blob: Mapped[BlobName] = mapped_column(primary_key=True, comment="Blob name, percent-decoded")
+    reason: Mapped[str] = mapped_column(Text, comment="Why the operator keeps it")
+    created_by: Mapped[str] = mapped_column(String(255), comment="Who asked")
+    created_at: Mapped[datetime] = mapped_column(comment="When")
+
+
+tracked_blobs = TrackedBlob.__table__
+passes = Pass.__table__
+audit_log = AuditEntry.__table__
+operator_holds = OperatorHold.__table__

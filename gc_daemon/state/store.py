@@ -1,0 +1,470 @@
+"""Every query of the state database.
+
+:class:`Store` is cheap to build (no I/O until a method is called). Pass bookkeeping, holds and the
+audit log commit call by call; the state changes of one complete pass go through a single
+:class:`StateTx` (``with store.transaction() as tx``), so an interrupted pass changes nothing.
+
+While a ``StateTx`` is open on SQLite it holds the database's write lock from its first write on;
+write through ``tx`` only, not through other ``Store`` methods, until it has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
+from gc_daemon.state.models import (
+    PASS_OUTCOMES,
+    audit_log,
+    operator_holds,
+    passes,
+    tracked_blobs,
+)
+
+BATCH_SIZE = 1000
+STREAM_BATCH = 1000
+
+# Pass outcomes.
+RUNNING = "running"
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
+FAILED = "failed"
+
+# Audit actions (the column is free text; these are the ones vhd-gc writes).
+DELETE_INTENT = "delete-intent"
+DELETED = "deleted"
+DELETE_REFUSED = "delete-refused"
+DELETE_FAILED = "delete-failed"
+KEEP = "keep"
+UNKEEP = "unkeep"
+
+_KEY_COLUMNS = ("account", "container", "blob")
+_TRACKED_COLUMNS = tuple(c.name for c in tracked_blobs.columns if c.name != "id")
+_UPDATED_ON_CONFLICT = tuple(c for c in _TRACKED_COLUMNS if c not in _KEY_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class PassRecord:
+    id: int
+    seq: int | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    mode: str
+    host: str
+    error: str | None
+    stats: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    pass_id: int | None
+    intent_id: int | None
+    action: str
+    account: str
+    container: str
+    blob: str
+    url: str
+    etag: str | None
+    size_bytes: int | None
+    billed_bytes: int | None
+    reason: str | None
+    error_code: str | None
+    actor: str
+
+    @property
+    def key(self) -> BlobKey:
+        return BlobKey(self.account, self.container, self.blob)
+
+
+# -- row <-> domain --------------------------------------------------------------------------
+
+
+def tracked_to_row(t: Tracked) -> dict[str, Any]:
+    return {
+        "account": t.key.account,
+        "container": t.key.container,
+        "blob": t.key.blob,
+        "url": t.url,
+        "state": State(t.state).value,
+        "blob_type": t.blob_type,
+        "size_bytes": t.size_bytes,
+        "billed_bytes": t.billed_bytes,
+        "etag": t.etag,
+        "last_modified": t.last_modified,
+        "first_orphaned_at": t.first_orphaned_at,
+        "delete_after": t.delete_after,
+        "deleted_at": t.deleted_at,
+        "updated_at": t.updated_at,
+        "streak_start": t.streak_start,
+        "sightings_frozen": t.sightings_frozen,
+        "hold": Hold(t.hold).value if t.hold is not None else None,
+        "reason": t.reason,
+        "last_owner": t.last_owner,
+        "tier": t.tier,
+    }
+
+
+def row_to_tracked(r: Row[Any]) -> Tracked:
+    return Tracked(
+        key=BlobKey(r.account, r.container, r.blob),
+        url=r.url,
+        state=State(r.state),
+        blob_type=r.blob_type,
+        size_bytes=r.size_bytes,
+        etag=r.etag,
+        last_modified=r.last_modified,
+        first_orphaned_at=r.first_orphaned_at,
+        delete_after=r.delete_after,
+        streak_start=r.streak_start,
+        sightings_frozen=r.sightings_frozen,
+        billed_bytes=r.billed_bytes,
+        hold=Hold(r.hold) if r.hold is not None else None,
+        reason=r.reason,
+        last_owner=r.last_owner,
+        tier=r.tier,
+        deleted_at=r.deleted_at,
+        updated_at=r.updated_at,
+    )
+
+
+def _pass_record(r: Row[Any]) -> PassRecord:
+    return PassRecord(
+        id=r.id,
+        seq=r.seq,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        outcome=r.outcome,
+        mode=r.mode,
+        host=r.host,
+        error=r.error,
+        stats=r.stats,
+    )
+
+
+def _audit_record(r: Row[Any]) -> AuditRecord:
+    return AuditRecord(**{c.name: getattr(r, c.name) for c in audit_log.columns})
+
+
+def _dialect_insert(conn: Connection, table: Any) -> Insert:
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no upsert for the {name} dialect (PostgreSQL and SQLite only)")
+
+
+def _last_complete_seq(conn: Connection) -> int:
+    return conn.execute(select(func.coalesce(func.max(passes.c.seq), 0))).scalar_one()
+
+
+def _key_filter(key: BlobKey, table: Any = tracked_blobs) -> Any:
+    return and_(
+        table.c.account == key.account, table.c.container == key.container, table.c.blob == key.blob
+    )
+
+
+class StateTx:
+    """The one transaction of a complete pass: read the tracked rows, write the changes, complete."""
+
+    def __init__(self, conn: Connection, seq: int) -> None:
+        self._conn = conn
+        self.seq = seq  # the sequence number this pass takes if it completes
+
+    def tracked(self, account: str) -> dict[BlobKey, Tracked]:
+        stmt = select(tracked_blobs).where(tracked_blobs.c.account == account)
+        result = self._conn.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
+        return {t.key: t for t in map(row_to_tracked, result)}
+
+    def apply(self, changes: Iterable[Change | Forget]) -> int:
+        """Write ``changes`` in order (upserts and deletes in batches); returns the rows written."""
+        written = 0
+        upserts: list[dict[str, Any]] = []
+        forgets: list[BlobKey] = []
+        for item in changes:
+            if isinstance(item, Forget):
+                if upserts:
+                    written += self._upsert(upserts)
+                    upserts = []
+                forgets.append(item.key)
+                if len(forgets) >= BATCH_SIZE:
+                    written += self._delete(forgets)
+                    forgets = []
+            elif isinstance(item, Change):
+                if forgets:
+                    written += self._delete(forgets)
+                    forgets = []
+                upserts.append(tracked_to_row(item.row))
+                if len(upserts) >= BATCH_SIZE:
+                    written += self._upsert(upserts)
+                    upserts = []
+            else:
+                raise TypeError(f"apply() takes Change and Forget, not {type(item).__name__}")
+        if upserts:
+            written += self._upsert(upserts)
+        if forgets:
+            written += self._delete(forgets)
+        return written
+
+    def _upsert(self, rows: list[dict[str, Any]]) -> int:
+        stmt = _dialect_insert(self._conn, tracked_blobs)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(_KEY_COLUMNS),
+            set_={c: stmt.excluded[c] for c in _UPDATED_ON_CONFLICT},
+        )
+        self._conn.execute(stmt, rows)
+        return len(rows)
+
+    def _delete(self, keys: list[BlobKey]) -> int:
+        stmt = delete(tracked_blobs).where(
+            tuple_(tracked_blobs.c.account, tracked_blobs.c.container, tracked_blobs.c.blob).in_(
+                [tuple(k) for k in keys]
+            )
+        )
+        return self._conn.execute(stmt).rowcount
+
+    def complete_pass(self, pass_id: int, finished_at: datetime, stats: dict[str, Any]) -> None:
+        """Mark the pass complete with ``self.seq``.
+
+        ``passes.seq`` is unique: if another replica completed a pass with this number meanwhile,
+        this raises and the whole transaction (every change of this pass) rolls back.
+        """
+        result = self._conn.execute(
+            update(passes)
+            .where(passes.c.id == pass_id)
+            .values(outcome=COMPLETE, finished_at=finished_at, stats=stats, seq=self.seq)
+        )
+        if result.rowcount != 1:
+            raise LookupError(f"no pass with id {pass_id}")
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- passes --------------------------------------------------------------------------------
+
+    def begin_pass(self, started_at: datetime, mode: str, host: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(passes)
+                .values(started_at=started_at, outcome=RUNNING, mode=mode, host=host)
+                .returning(passes.c.id)
+            ).scalar_one()
+
+    def finish_pass(
+        self,
+        pass_id: int,
+        outcome: str,
+        finished_at: datetime,
+        error: str | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how a pass ended. ``error`` and ``stats`` are left as they are when None.
+
+        A pass finished as ``complete`` outside :meth:`StateTx.complete_pass` takes the next
+        sequence number unless it already has one; no other outcome ever takes one.
+        """
+        if outcome not in PASS_OUTCOMES or outcome == RUNNING:
+            raise ValueError(f"not a final pass outcome: {outcome!r}")
+        values: dict[str, Any] = {"outcome": outcome, "finished_at": finished_at}
+        if error is not None:
+            values["error"] = error
+        if stats is not None:
+            values["stats"] = stats
+        if outcome == COMPLETE:
+            other = passes.alias("other")
+            next_seq = select(func.coalesce(func.max(other.c.seq), 0) + 1).scalar_subquery()
+            values["seq"] = func.coalesce(passes.c.seq, next_seq)
+        with self.engine.begin() as conn:
+            result = conn.execute(update(passes).where(passes.c.id == pass_id).values(**values))
+            if result.rowcount != 1:
+                raise LookupError(f"no pass with id {pass_id}")
+
+    def last_complete_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return _last_complete_seq(conn)
+
+    def passes(self, limit: int = 20) -> list[PassRecord]:
+        """The newest ``limit`` passes, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(passes).order_by(passes.c.id.desc()).limit(limit))
+            return [_pass_record(r) for r in rows]
+
+    def last_complete_pass(self) -> PassRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(passes).where(passes.c.seq.is_not(None)).order_by(passes.c.seq.desc()).limit(1)
+            ).first()
+            return _pass_record(row) if row is not None else None
+
+    # -- the state of one complete pass ----------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[StateTx]:
+        """One transaction: committed on a clean exit, rolled back on an exception."""
+        with self.engine.begin() as conn:
+            yield StateTx(conn, _last_complete_seq(conn) + 1)
+
+    # -- report / explain ------------------------------------------------------------------------
+
+    def rows(self, states: Iterable[State] | None = None) -> Iterator[Tracked]:
+        """Tracked rows ordered by account, container, blob, streamed in batches."""
+        stmt = select(tracked_blobs).order_by(
+            tracked_blobs.c.account, tracked_blobs.c.container, tracked_blobs.c.blob
+        )
+        if states is not None:
+            stmt = stmt.where(tracked_blobs.c.state.in_([State(s).value for s in states]))
+        with self.engine.connect() as conn:
+            result = conn.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
+            for r in result:
+                yield row_to_tracked(r)
+
+    def row(self, key: BlobKey) -> Tracked | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(tracked_blobs).where(_key_filter(key))).first()
+            return row_to_tracked(r) if r is not None else None
+
+    def counts(self) -> list[tuple[str, str, int, int, int]]:
+        """(account, state, blobs, sum of size_bytes, sum of billed_bytes) per account and state."""
+        t = tracked_blobs
+        stmt = (
+            select(
+                t.c.account,
+                t.c.state,
+                func.count(),
+                func.coalesce(func.sum(t.c.size_bytes), 0),
+                func.coalesce(func.sum(t.c.billed_bytes), 0),
+            )
+            .group_by(t.c.account, t.c.state)
+            .order_by(t.c.account, t.c.state)
+        )
+        with self.engine.connect() as conn:
+            return [(a, s, int(n), int(size), int(billed)) for a, s, n, size, billed in conn.execute(stmt)]
+
+    # -- operator holds --------------------------------------------------------------------------
+
+    def holds(self) -> dict[BlobKey, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(operator_holds))
+            return {BlobKey(r.account, r.container, r.blob): r.reason for r in rows}
+
+    def add_hold(self, key: BlobKey, reason: str, created_by: str, at: datetime) -> None:
+        """Keep ``key``; holding it again replaces the reason, who and when."""
+        with self.engine.begin() as conn:
+            stmt = _dialect_insert(conn, operator_holds).values(
+                account=key.account,
+                container=key.container,
+                blob=key.blob,
+                reason=reason,
+                created_by=created_by,
+                created_at=at,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(_KEY_COLUMNS),
+                set_={c: stmt.excluded[c] for c in ("reason", "created_by", "created_at")},
+            )
+            conn.execute(stmt)
+
+    def remove_hold(self, key: BlobKey) -> bool:
+        """Stop keeping ``key``; False when it was not held."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(operator_holds).where(_key_filter(key, operator_holds))).rowcount > 0
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        action: str,
+        key: BlobKey,
+        url: str,
+        at: datetime,
+        actor: str,
+        pass_id: int | None = None,
+        intent_id: int | None = None,
+        etag: str | None = None,
+        size_bytes: int | None = None,
+        billed_bytes: int | None = None,
+        reason: str | None = None,
+        error_code: str | None = None,
+    ) -> int:
+        """Append one entry and commit it at once (an intent is durable before the delete)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(audit_log)
+                .values(
+                    at=at,
+                    pass_id=pass_id,
+                    intent_id=intent_id,
+                    action=action,
+                    account=key.account,
+                    container=key.container,
+                    blob=key.blob,
+                    url=url,
+                    etag=etag,
+                    size_bytes=size_bytes,
+                    billed_bytes=billed_bytes,
+                    reason=reason,
+                    error_code=error_code,
+                    actor=actor,
+                )
+                .returning(audit_log.c.id)
+            ).scalar_one()
+
+    def audit_log(
+        self,
+        key: BlobKey | None = None,
+        actions: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[AuditRecord]:
+        """Entries oldest first; with ``limit``, the newest ``limit`` of them (still oldest first)."""
+        stmt = select(audit_log)
+        if key is not None:
+            stmt = stmt.where(_key_filter(key, audit_log))
+        if actions is not None:
+            stmt = stmt.where(audit_log.c.action.in_(list(actions)))
+        if limit is not None:
+            stmt = stmt.order_by(audit_log.c.id.desc()).limit(limit)
+        else:
+            stmt = stmt.order_by(audit_log.c.id)
+        with self.engine.connect() as conn:
+            records = [_audit_record(r) for r in conn.execute(stmt)]
+        if limit is not None:
+            records.reverse()
+        return records
+
+    def unresolved_intents(self) -> list[AuditRecord]:
+        """Delete intents with no outcome recorded: the process stopped between intent and result."""
+        outcome = audit_log.alias("outcome")
+        stmt = (
+            select(audit_log)
+            .where(audit_log.c.action == DELETE_INTENT)
+            .where(~exists().where(outcome.c.intent_id == audit_log.c.id))
+            .order_by(audit_log.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [_audit_record(r) for r in conn.execute(stmt)]

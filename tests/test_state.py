@@ -1,0 +1,420 @@
+"""The state database on SQLite and PostgreSQL: migrations, round trips, bulk writes, passes, audit."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+
+from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
+from gc_daemon.state import db
+from gc_daemon.state.models import tracked_blobs
+from gc_daemon.state.store import DELETE_FAILED, DELETE_INTENT, DELETED, Store
+from sandbox.postgres import PostgresServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+KEY = BlobKey("gcacct1", "vhds", "Disk One.vhd")
+
+
+def tracked(key: BlobKey = KEY, **overrides: object) -> Tracked:
+    row = Tracked(
+        key=key,
+        url=f"https://{key.account}.blob.core.windows.net/{key.container}/{key.blob}",
+        state=State.CANDIDATE,
+        blob_type="PageBlob",
+        size_bytes=127 * 1024**3,
+        etag='"0x8DC0FFEE"',
+        last_modified=T0 - timedelta(days=30),
+        first_orphaned_at=T0,
+        delete_after=T0 + timedelta(days=7),
+        streak_start=1,
+    )
+    return dataclasses.replace(row, **overrides)
+
+
+def complete_pass(store: Store, changes: list[Change | Forget] = (), at: datetime = T0) -> int:
+    pass_id = store.begin_pass(at, "dry-run", "host-a")
+    with store.transaction() as tx:
+        tx.apply(changes)
+        tx.complete_pass(pass_id, at + timedelta(minutes=1), {"changes": len(changes)})
+    return pass_id
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+def test_migrations_reach_head_from_empty_without_drift(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    try:
+        assert db.current_revision(engine) is None
+        assert db.needs_upgrade(engine)
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.head_revision() is not None
+        assert not db.needs_upgrade(engine)
+        assert db.model_drift(engine) == []
+        db.upgrade(engine)  # at head already: a no-op
+        assert db.current_revision(engine) == db.head_revision()
+        names = set(sa.inspect(engine).get_table_names())
+        assert {"tracked_blobs", "passes", "audit_log", "operator_holds"} <= names
+        # The downgrade undoes it all, and the schema comes back the same.
+        config = db.alembic_config()
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+        assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+        db.upgrade(engine)
+        assert db.model_drift(engine) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_serialise_on_the_advisory_lock(postgres_server: PostgresServer) -> None:
+    # Separate processes, like replicas deploying at once (Alembic itself is not thread-safe).
+    url = postgres_server.create_database("concurrent_upgrade")
+    code = "import sys; from gc_daemon.state import db; db.upgrade(db.make_engine(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err  # none fails on "relation already exists"
+    engine = db.make_engine(url)
+    try:
+        assert db.current_revision(engine) == db.head_revision()
+        assert db.model_drift(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_engine_settings_all_good(tmp_path: Path) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_check_constraint_refuses_unknown_state_borked(store: Store) -> None:
+    row = {**_raw_row(), "state": "limbo"}
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.insert(tracked_blobs).values(**row))
+
+
+def test_foreign_key_refuses_unknown_intent_borked(store: Store) -> None:
+    with pytest.raises(IntegrityError):
+        store.audit(action=DELETED, key=KEY, url="u", at=T0, actor="me", intent_id=424242)
+
+
+def _raw_row() -> dict[str, object]:
+    return {
+        "account": "a",
+        "container": "c",
+        "blob": "b.vhd",
+        "url": "u",
+        "state": "candidate",
+        "blob_type": "PageBlob",
+        "size_bytes": 1,
+    }
+
+
+# -- tracked rows --------------------------------------------------------------------------
+
+
+def test_round_trip_every_field_set(store: Store) -> None:
+    row = tracked(
+        state=State.KEPT,
+        billed_bytes=10 * 1024**3,
+        sightings_frozen=4,
+        hold=Hold.SNAPSHOTS,
+        reason="has 2 snapshots",
+        last_owner="vm-web-01",
+        tier="P10",
+        deleted_at=T0 + timedelta(days=8),
+        updated_at=T0 + timedelta(seconds=1),
+    )
+    assert all(getattr(row, f.name) is not None for f in dataclasses.fields(row))
+    with store.transaction() as tx:
+        assert tx.apply([Change(row)]) == 1
+    back = store.row(KEY)
+    assert back == row
+    assert isinstance(back.state, State) and isinstance(back.hold, Hold)
+    for name in ("last_modified", "first_orphaned_at", "delete_after", "deleted_at", "updated_at"):
+        value = getattr(back, name)
+        assert value.tzinfo is not None and value.utcoffset() == timedelta(0), name
+    with store.transaction() as tx:
+        assert tx.tracked("gcacct1") == {KEY: row}
+        assert tx.tracked("elsewhere") == {}
+
+
+def test_round_trip_minimal_row_keeps_nones(store: Store) -> None:
+    row = tracked(etag=None, last_modified=None, first_orphaned_at=None, delete_after=None, streak_start=None)
+    with store.transaction() as tx:
+        tx.apply([Change(row)])
+    assert store.row(KEY) == row
+    assert store.row(BlobKey("gcacct1", "vhds", "disk one.vhd")) is None  # blob names keep their case
+
+
+def test_other_time_zones_are_stored_as_utc(store: Store) -> None:
+    cet = timezone(timedelta(hours=1))
+    row = tracked(first_orphaned_at=datetime(2026, 3, 1, 13, 0, tzinfo=cet))
+    with store.transaction() as tx:
+        tx.apply([Change(row)])
+    back = store.row(KEY)
+    assert back.first_orphaned_at == datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    assert back.first_orphaned_at.tzinfo == timezone.utc
+
+
+def test_naive_datetimes_refused_borked(store: Store) -> None:
+    naive = datetime(2026, 3, 1, 12, 0)
+    with pytest.raises(StatementError, match="naive datetime"):
+        store.begin_pass(naive, "dry-run", "host-a")
+    with pytest.raises(StatementError, match="naive datetime"), store.transaction() as tx:
+        tx.apply([Change(tracked(first_orphaned_at=naive))])
+    assert store.row(KEY) is None
+    assert store.passes() == []
+
+
+def test_apply_inserts_then_updates_then_forgets(store: Store) -> None:
+    other = BlobKey("gcacct1", "vhds", "other.vhd")
+    with store.transaction() as tx:
+        assert tx.apply([Change(tracked()), Change(tracked(other))]) == 2
+    updated = tracked(state=State.DUE, etag='"0x2"', streak_start=1, reason="due")
+    with store.transaction() as tx:
+        assert tx.apply([Change(updated)]) == 1
+    assert store.row(KEY) == updated
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tracked_blobs)).scalar_one() == 2
+    with store.transaction() as tx:
+        assert tx.apply([Forget(KEY), Forget(BlobKey("gcacct1", "vhds", "never-tracked.vhd"))]) == 1
+    assert store.row(KEY) is None
+    assert store.row(other) is not None
+
+
+def test_apply_keeps_the_order_of_changes_and_forgets(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.apply([Change(tracked()), Forget(KEY), Change(tracked(state=State.RELEASED))])
+    assert store.row(KEY).state is State.RELEASED
+
+
+def test_bulk_apply_of_5000_changes(store: Store) -> None:
+    keys = [BlobKey(f"gcacct{i % 3 + 1}", "vhds", f"disk-{i:05d}.vhd") for i in range(5000)]
+    with store.transaction() as tx:
+        assert tx.apply(Change(tracked(k)) for k in keys) == 5000
+    assert sum(n for _, _, n, _, _ in store.counts()) == 5000
+    with store.transaction() as tx:
+        mine = tx.tracked("gcacct2")
+        assert len(mine) == len([k for k in keys if k.account == "gcacct2"])
+        changes = [Change(tracked(k, state=State.DUE)) for k in keys[:2500]]
+        forgets = [Forget(k) for k in keys[2500:4000]]
+        assert tx.apply([*changes, *forgets]) == 4000
+    states = [t.state for t in store.rows()]
+    assert len(states) == 3500
+    assert states.count(State.DUE) == 2500
+    assert sum(n for _, state, n, _, _ in store.counts() if state == "due") == 2500
+
+
+def test_rows_ordered_and_filtered_by_state(store: Store) -> None:
+    rows = [
+        tracked(BlobKey("b", "c1", "z.vhd")),
+        tracked(BlobKey("a", "c2", "a.vhd"), state=State.DELETED),
+        tracked(BlobKey("a", "c1", "b.vhd"), state=State.KEPT, hold=Hold.OPERATOR),
+        tracked(BlobKey("a", "c1", "a.vhd")),
+    ]
+    with store.transaction() as tx:
+        tx.apply(Change(r) for r in rows)
+    assert [t.key for t in store.rows()] == sorted(r.key for r in rows)
+    assert [t.key for t in store.rows([State.CANDIDATE])] == [
+        BlobKey("a", "c1", "a.vhd"),
+        BlobKey("b", "c1", "z.vhd"),
+    ]
+    assert list(store.rows([])) == []
+
+
+def test_counts_per_account_and_state(store: Store) -> None:
+    rows = [
+        tracked(BlobKey("a", "c", "1.vhd"), size_bytes=100, billed_bytes=10),
+        tracked(BlobKey("a", "c", "2.vhd"), size_bytes=200, billed_bytes=None),
+        tracked(BlobKey("a", "c", "3.vhd"), size_bytes=50, billed_bytes=5, state=State.DUE),
+        tracked(BlobKey("b", "c", "1.vhd"), size_bytes=7, billed_bytes=7, state=State.KEPT, hold=Hold.TAG),
+    ]
+    with store.transaction() as tx:
+        tx.apply(Change(r) for r in rows)
+    assert store.counts() == [
+        ("a", "candidate", 2, 300, 10),
+        ("a", "due", 1, 50, 5),
+        ("b", "kept", 1, 7, 7),
+    ]
+
+
+# -- transactions and passes ---------------------------------------------------------------
+
+
+def test_transaction_rollback_on_exception_leaves_nothing(store: Store) -> None:
+    pass_id = store.begin_pass(T0, "delete", "host-a")
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        tx.apply([Change(tracked())])
+        tx.complete_pass(pass_id, T0 + timedelta(minutes=1), {"changes": 1})
+        raise RuntimeError("boom")
+    assert store.row(KEY) is None
+    assert list(store.rows()) == []
+    assert store.last_complete_seq() == 0
+    assert store.last_complete_pass() is None
+    (record,) = store.passes()
+    assert record.outcome == "running" and record.seq is None and record.finished_at is None
+
+
+def test_seq_increments_only_on_complete_passes(store: Store) -> None:
+    assert store.last_complete_seq() == 0
+    with store.transaction() as tx:
+        assert tx.seq == 1
+    first = complete_pass(store)
+    assert store.last_complete_seq() == 1
+
+    failed = store.begin_pass(T0 + timedelta(hours=1), "dry-run", "host-a")
+    store.finish_pass(failed, "incomplete", T0 + timedelta(hours=1, minutes=1), error="ARM 503")
+    crashed = store.begin_pass(T0 + timedelta(hours=2), "dry-run", "host-a")
+    store.finish_pass(crashed, "failed", T0 + timedelta(hours=2, minutes=1), error="bug")
+    assert store.last_complete_seq() == 1
+    with store.transaction() as tx:
+        assert tx.seq == 2
+
+    second = complete_pass(store, at=T0 + timedelta(hours=3))
+    assert store.last_complete_seq() == 2
+    records = store.passes()
+    assert [r.id for r in records] == [second, crashed, failed, first]  # newest first
+    assert [r.seq for r in records] == [2, None, None, 1]
+    assert [r.outcome for r in records] == ["complete", "failed", "incomplete", "complete"]
+    assert records[2].error == "ARM 503"
+    assert records[0].stats == {"changes": 0}
+    assert records[0].started_at == T0 + timedelta(hours=3)
+    assert store.last_complete_pass() == records[0]
+    assert store.passes(limit=1) == records[:1]
+
+    # Recording stats after the state transaction keeps the pass's number.
+    store.finish_pass(second, "complete", T0 + timedelta(hours=4), stats={"deleted": 3})
+    assert store.last_complete_pass().seq == 2
+    assert store.last_complete_pass().stats == {"deleted": 3}
+    # A complete pass that never went through a state transaction takes the next number.
+    bare = store.begin_pass(T0 + timedelta(hours=5), "dry-run", "host-b")
+    store.finish_pass(bare, "complete", T0 + timedelta(hours=5, minutes=1))
+    assert store.last_complete_pass().id == bare and store.last_complete_seq() == 3
+
+
+def test_finish_pass_refuses_running_and_unknown_outcomes_borked(store: Store) -> None:
+    pass_id = store.begin_pass(T0, "dry-run", "host-a")
+    for outcome in ("running", "great"):
+        with pytest.raises(ValueError):
+            store.finish_pass(pass_id, outcome, T0)
+    with pytest.raises(LookupError):
+        store.finish_pass(pass_id + 1000, "failed", T0)
+
+
+def test_unique_seq_refuses_two_passes_with_the_same_number_borked(store: Store) -> None:
+    a = store.begin_pass(T0, "delete", "replica-a")
+    b = store.begin_pass(T0, "delete", "replica-b")
+    # Both replicas read the same number; b completes first; a must not complete as well.
+    with pytest.raises(DBAPIError), store.transaction() as tx_a:
+        assert tx_a.seq == 1
+        tx_a.tracked("gcacct1")
+        with store.transaction() as tx_b:
+            assert tx_b.seq == 1
+            tx_b.apply([Change(tracked(state=State.DUE))])
+            tx_b.complete_pass(b, T0 + timedelta(minutes=1), {})
+        tx_a.apply([Change(tracked(BlobKey("gcacct1", "vhds", "from-a.vhd")))])
+        tx_a.complete_pass(a, T0 + timedelta(minutes=1), {})
+    assert {r.id: r.seq for r in store.passes()} == {a: None, b: 1}
+    assert store.row(BlobKey("gcacct1", "vhds", "from-a.vhd")) is None  # a's changes rolled back
+    assert store.row(KEY).state is State.DUE
+
+
+def test_unique_seq_constraint_borked(store: Store) -> None:
+    a = store.begin_pass(T0, "delete", "replica-a")
+    b = store.begin_pass(T0, "delete", "replica-b")
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:
+        passes = sa.table("passes", sa.column("id"), sa.column("seq"))
+        conn.execute(sa.update(passes).where(passes.c.id.in_([a, b])).values(seq=7))
+
+
+# -- holds and audit -----------------------------------------------------------------------
+
+
+def test_holds_add_and_remove(store: Store) -> None:
+    other = BlobKey("gcacct2", "vhds", "b.vhd")
+    assert store.holds() == {}
+    store.add_hold(KEY, "golden image", "alice", T0)
+    store.add_hold(other, "ticket 42", "bob", T0)
+    store.add_hold(KEY, "golden image, still", "carol", T0 + timedelta(days=1))  # replaces
+    assert store.holds() == {KEY: "golden image, still", other: "ticket 42"}
+    assert store.remove_hold(KEY) is True
+    assert store.remove_hold(KEY) is False
+    assert store.holds() == {other: "ticket 42"}
+
+
+def test_audit_intent_then_outcome_and_unresolved_intents(store: Store) -> None:
+    pass_id = store.begin_pass(T0, "delete", "host-a")
+    other = BlobKey("gcacct1", "vhds", "other.vhd")
+    common = {"at": T0, "actor": "host-a", "pass_id": pass_id}
+    i1 = store.audit(action=DELETE_INTENT, key=KEY, url="u1", etag='"e1"', size_bytes=10, billed_bytes=5, reason="due", **common)
+    i2 = store.audit(action=DELETE_INTENT, key=other, url="u2", etag='"e2"', **common)
+    i3 = store.audit(action=DELETE_INTENT, key=KEY, url="u1", etag='"e1"', **common)
+    assert [r.id for r in store.unresolved_intents()] == [i1, i2, i3]
+
+    d1 = store.audit(action=DELETED, key=KEY, url="u1", intent_id=i1, etag='"e1"', **common)
+    store.audit(action=DELETE_FAILED, key=KEY, url="u1", intent_id=i3, error_code="ServerBusy", **common)
+    assert [r.id for r in store.unresolved_intents()] == [i2]
+
+    log = store.audit_log(KEY)
+    assert [r.action for r in log] == [DELETE_INTENT, DELETE_INTENT, DELETED, DELETE_FAILED]
+    intent = log[0]
+    assert (intent.id, intent.key, intent.etag, intent.size_bytes, intent.billed_bytes) == (i1, KEY, '"e1"', 10, 5)
+    assert intent.at == T0 and intent.pass_id == pass_id and intent.intent_id is None
+    assert log[2].intent_id == i1 and log[2].id == d1
+    assert log[3].error_code == "ServerBusy"
+    assert [r.id for r in store.audit_log(actions=[DELETED])] == [d1]
+    assert [r.action for r in store.audit_log(limit=2)] == [DELETED, DELETE_FAILED]  # newest two, oldest first
+    assert len(store.audit_log()) == 5
+
+
+# -- the throwaway server ------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_sandbox_postgres_cli_ready_then_stops_on_sigterm(postgres_server: PostgresServer) -> None:
+    basedir = Path(tempfile.mkdtemp(prefix="vhdgc-pgcli-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.postgres", "--dir", str(basedir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY postgresql+psycopg://postgres@127.0.0.1:"), (line, proc.stderr)
+        engine = sa.create_engine(line.split()[1])
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+        engine.dispose()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not basedir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
