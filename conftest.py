@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.arm",
     "tests.support.azurite",
     "tests.support.postgres",
+    "tests.support.estate",
 ]

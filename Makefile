@@ -1,0 +1,44 @@
+# Everything a fresh machine needs comes from here: `make demo` and `make test` each set up what
+# they use (virtual environment, Python packages, Azurite from npm) and stop what they start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+AZURITE := node_modules/.bin/azurite-blob
+
+.PHONY: setup demo test test-fast check-migrations bench lint clean
+
+setup: $(STAMP) $(AZURITE)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(AZURITE)
+
+demo: setup
+	$(PY) -m sandbox.demo
+
+test: setup
+	$(PY) -m pytest
+
+# Fast tests only: no Azurite, ARM stand-in or PostgreSQL.
+test-fast: setup
+	$(PY) -m pytest tests/test_urls.py tests/test_decide.py tests/test_config.py
+
+# Models and migrations must not drift (what `alembic check` checks), on a scratch SQLite file.
+check-migrations: setup
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db upgrade head && \
+	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db check
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,298 @@
+"""Commands: parse, wire, print. No logic of their own.
+
+Exit status: 0 done; 1 anything unexpected; 2 bad configuration or usage (the message names the
+key or argument); 3 (scan) the pass was incomplete and changed nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+import yaml
+
+from .config import Config, ConfigError, load_config, redacted
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+
+class _Fail(click.ClickException):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file=None) -> None:
+        click.echo(f"vhd-gc: {self.format_message()}", err=True)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.find_root().obj
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj["config_path"])
+        except ConfigError as exc:
+            raise _Fail(f"config error: {exc}", EXIT_USAGE) from None
+        from .wiring import configure_logging
+
+        configure_logging(obj["config"])
+    return obj["config"]
+
+
+def _guard(fn):
+    """Map configuration errors to exit 2 and anything unexpected to exit 1, with one line."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ConfigError as exc:
+            raise _Fail(f"config error: {exc}", EXIT_USAGE) from None
+        except Exception as exc:  # noqa: BLE001
+            raise _Fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="VHD_GC_CONFIG",
+    help="Configuration file (default: $VHD_GC_CONFIG).",
+)
+@click.version_option(package_name="vhd-gc")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """vhd-gc: finds orphaned Azure VHD page blobs and, after a grace period, deletes them safely."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+# -- scan ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+@_guard
+def scan(ctx: click.Context) -> None:
+    """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
+    from .wiring import build_collector
+
+    config = _config(ctx)
+    result = build_collector(config).run_pass()
+    s = result.stats
+    summary = (
+        f"pass {result.pass_id} {result.outcome}: {s.references} references, {s.blobs} blobs "
+        f"({s.vhds} VHDs); marked {s.marked}, due {s.due}, deleted {s.deleted}, refused {s.refused}, "
+        f"failed {s.failed}, kept {s.kept}, released {s.released}; mode {config.mode}"
+    )
+    click.echo(summary)
+    if result.outcome == "incomplete":
+        click.echo("vhd-gc: the pass was incomplete and changed nothing:", err=True)
+        for e in result.errors:
+            click.echo(f"  - {e}", err=True)
+        ctx.exit(EXIT_INCOMPLETE)
+    if result.outcome != "complete":
+        click.echo(f"vhd-gc: the pass failed: {'; '.join(result.errors)}", err=True)
+        ctx.exit(EXIT_ERROR)
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one pass with the daemon's wiring, then exit.")
+@click.pass_context
+@_guard
+def run(ctx: click.Context, once: bool) -> None:
+    """The daemon: a pass every `interval`, metrics and health over HTTP, until SIGTERM/SIGINT."""
+    from .daemon import run_daemon
+
+    ctx.exit(run_daemon(_config(ctx), once=once))
+
+
+# -- report / explain --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "table", "csv"]), default="table", show_default=True
+)
+@click.option("--state", "states", multiple=True, type=click.Choice(["candidate", "due", "deleted", "kept", "released"]))
+@click.pass_context
+@_guard
+def report(ctx: click.Context, fmt: str, states: tuple[str, ...]) -> None:
+    """Every tracked blob (json, table or csv)."""
+    from .domain import State
+    from .report import render
+    from .wiring import open_store
+
+    store = open_store(_config(ctx))
+    seq = store.last_complete_seq()
+    rows = store.rows([State(s) for s in states] if states else None)
+    render(fmt, rows, seq, datetime.now(UTC), sys.stdout)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+@_guard
+def explain(ctx: click.Context, url: str, fmt: str) -> None:
+    """Why a blob is, or is not, a candidate: its references, lease, opt-outs, history."""
+    from .explain import explain as build
+    from .report import explain_text
+    from .urls import UrlError, parse_blob_url
+
+    try:
+        key = parse_blob_url(url)
+    except UrlError as exc:
+        raise _Fail(f"URL: {exc}", EXIT_USAGE) from None
+    data = build(_config(ctx), key)
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if fmt == "json" else explain_text(data), nl=fmt == "json")
+
+
+# -- operator holds and audit -----------------------------------------------------------------
+
+
+def _key(url: str):
+    from .urls import UrlError, parse_blob_url
+
+    try:
+        return parse_blob_url(url)
+    except UrlError as exc:
+        raise _Fail(f"URL: {exc}", EXIT_USAGE) from None
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--reason", required=True, help="Why it must stay (recorded in the audit log).")
+@click.pass_context
+@_guard
+def keep(ctx: click.Context, url: str, reason: str) -> None:
+    """Keep a blob: never a candidate while the hold stands."""
+    from .execute import default_actor
+    from .wiring import open_store
+
+    key = _key(url)
+    store = open_store(_config(ctx))
+    now = datetime.now(UTC)
+    store.add_hold(key, reason, default_actor(), now)
+    store.audit(action="keep", key=key, url=url, at=now, actor=default_actor(), reason=reason)
+    click.echo(f"kept {key}: {reason}")
+
+
+@cli.command()
+@click.argument("url")
+@click.pass_context
+@_guard
+def unkeep(ctx: click.Context, url: str) -> None:
+    """Lift an operator hold."""
+    from .execute import default_actor
+    from .wiring import open_store
+
+    key = _key(url)
+    store = open_store(_config(ctx))
+    if not store.remove_hold(key):
+        raise _Fail(f"URL: no operator hold on {key}", EXIT_USAGE)
+    store.audit(action="unkeep", key=key, url=url, at=datetime.now(UTC), actor=default_actor())
+    click.echo(f"hold lifted on {key}")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.pass_context
+@_guard
+def audit(ctx: click.Context, fmt: str, limit: int | None) -> None:
+    """The audit log: every deletion intent and outcome, holds, with who, when, size, ETag, reason."""
+    from .wiring import open_store
+
+    records = open_store(_config(ctx)).audit_log(limit=limit)
+    rows = [
+        {
+            "at": r.at.isoformat().replace("+00:00", "Z"),
+            "action": r.action,
+            "url": r.url,
+            "etag": r.etag,
+            "size_bytes": r.size_bytes,
+            "billed_bytes": r.billed_bytes,
+            "actor": r.actor,
+            "reason": r.reason,
+            "error_code": r.error_code,
+            "pass_id": r.pass_id,
+        }
+        for r in records
+    ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for r in rows:
+        click.echo(f"{r['at']}  {r['action']:<15} {r['url']}  etag={r['etag']} size={r['size_bytes']} by {r['actor']} {r['error_code'] or ''} {r['reason'] or ''}".rstrip())
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.pass_context
+@_guard
+def passes(ctx: click.Context, limit: int) -> None:
+    """The most recent passes and their outcomes."""
+    from .wiring import open_store
+
+    for p in open_store(_config(ctx)).passes(limit):
+        took = f"{(p.finished_at - p.started_at).total_seconds():.1f}s" if p.finished_at else "-"
+        click.echo(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip())
+
+
+# -- db / config -----------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """The state database."""
+
+
+@db.command("upgrade")
+@click.pass_context
+@_guard
+def db_upgrade(ctx: click.Context) -> None:
+    """Bring the state database to the newest schema (Alembic)."""
+    from .state.db import current_revision, head_revision, make_engine, upgrade
+
+    engine = make_engine(_config(ctx).database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    click.echo(f"database at {head_revision()} (was {before or 'empty'})")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The configuration file."""
+
+
+@config_group.command("check")
+@click.pass_context
+@_guard
+def config_check(ctx: click.Context) -> None:
+    """Validate the file and print the effective configuration, secrets redacted."""
+    from .wiring import account_keys
+
+    config = _config(ctx)
+    try:
+        account_keys(config)
+    except ConfigError as exc:  # the file is valid; the environment of this shell is not complete
+        click.echo(f"# warning: {exc} (scan and run will refuse to start)", err=True)
+    click.echo(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), nl=False)
+    if config.mode == "dry-run":
+        click.echo("# mode is dry-run: nothing will be deleted", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="vhd-gc", obj={})

@@ -1,0 +1,166 @@
+"""The executor: the only code that deletes, and the only place that honours dry-run.
+
+For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, classify it
+again against the freshest references and holds, and delete it only if it is still an orphan, not
+held, with the ETag recorded when it was marked, through a conditional (If-Match) delete that never
+takes snapshots with it. An audit row is committed before the call (intent) and after (outcome).
+"""
+
+from __future__ import annotations
+
+import socket
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from .azure.storage import DeleteRefused
+from .decide import ReferenceIndex, classify, decide_blob
+from .domain import BlobKey, BlobSeen, Change, Forget, Policy, State, Tracked
+
+log = structlog.get_logger("vhd-gc.execute")
+
+
+class BlobGateway(Protocol):
+    """What the executor needs of one storage account (gc_daemon.azure.storage.AccountStorage)."""
+
+    def read_blob(self, key: BlobKey) -> BlobSeen | None: ...
+
+    def delete_if_match(self, key: BlobKey, etag: str) -> None: ...
+
+
+class AuditSink(Protocol):
+    def audit(self, **fields) -> int: ...
+
+
+@dataclass(slots=True)
+class Execution:
+    deleted: list[Tracked] = field(default_factory=list)
+    refused: Counter = field(default_factory=Counter)  # reason -> count
+    failed: int = 0
+    skipped_dry_run: int = 0
+    skipped_over_limit: int = 0
+    changes: list[Change | Forget] = field(default_factory=list)
+
+    @property
+    def deleted_bytes(self) -> int:
+        return sum(r.size_bytes for r in self.deleted)
+
+
+def default_actor() -> str:
+    return f"vhd-gc@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Executor:
+    mode: str  # "dry-run" | "delete"
+    max_deletes: int
+    storage: Mapping[str, BlobGateway]
+    audit: AuditSink
+    policy: Policy
+    actor: str = field(default_factory=default_actor)
+    should_stop: Callable[[], bool] = lambda: False  # honoured between deletions, never during one
+
+    def execute(
+        self,
+        due: Sequence[Tracked],
+        refs: ReferenceIndex,
+        operator_holds: Mapping[BlobKey, str],
+        now: datetime,
+        seq: int,
+        pass_id: int | None = None,
+    ) -> Execution:
+        out = Execution()
+        ordered = sorted(due, key=lambda r: (r.delete_after or now, str(r.key)))
+        if self.mode != "delete":
+            out.skipped_dry_run = len(ordered)
+            return out
+        budget = max(0, self.max_deletes)
+        for row in ordered:
+            if budget == 0 or self.should_stop():
+                out.skipped_over_limit += 1
+                continue
+            attempted = self._one(row, refs, operator_holds, now, seq, pass_id, out)
+            if attempted:
+                budget -= 1
+        return out
+
+    def _one(self, row, refs, operator_holds, now, seq, pass_id, out: Execution) -> bool:
+        """Re-verify and delete one blob. Returns whether a delete call was made."""
+        key = row.key
+        gateway = self.storage[key.account]
+        try:
+            fresh = gateway.read_blob(key)
+        except Exception as exc:  # noqa: BLE001 - one blob's trouble never stops the others
+            out.failed += 1
+            log.warning("reverify_failed", url=row.url, error=_short(exc))
+            return False
+        if fresh is None:
+            out.refused["gone"] += 1
+            out.changes.append(Forget(key, reason="gone before deletion"))
+            log.info("delete_skipped", url=row.url, reason="gone")
+            return False
+        c = classify(fresh, refs, operator_holds, self.policy, now)
+        if fresh.etag != row.etag or not c.deletable:
+            reason = "etag_changed" if fresh.etag != row.etag else (c.hold.value if c.hold else c.verdict.value)
+            out.refused[reason] += 1
+            d = decide_blob(fresh, replace(row, state=State.CANDIDATE), c, self.policy, now, seq)
+            if d.change is not None:
+                out.changes.append(d.change)
+            self.audit.audit(
+                action="delete-refused", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+                etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
+                reason=f"re-verification: {reason}: {c.reason}",
+            )
+            log.info("delete_refused", url=row.url, reason=reason, detail=c.reason)
+            return False
+
+        intent = self.audit.audit(
+            action="delete-intent", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+            etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes, reason=row.reason,
+        )
+        try:
+            gateway.delete_if_match(key, row.etag or "")
+        except Exception as exc:  # noqa: BLE001
+            code = getattr(exc, "code", None) or type(exc).__name__
+            refused = isinstance(exc, DeleteRefused)
+            action = "delete-refused" if refused else "delete-failed"
+            self.audit.audit(
+                action=action, key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+                intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, error_code=str(code),
+                reason=_short(exc),
+            )
+            if refused:
+                out.refused[str(code)] += 1
+                if str(code) == "BlobNotFound":
+                    out.changes.append(Forget(key, reason="gone before deletion"))
+            else:
+                out.failed += 1
+            log.warning("delete_" + ("refused" if refused else "failed"), url=row.url, code=str(code))
+            return True
+        self.audit.audit(
+            action="deleted", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+            intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
+            reason=row.reason,
+        )
+        gone = replace(
+            row,
+            state=State.DELETED,
+            deleted_at=now,
+            sightings_frozen=row.sightings(seq),
+            streak_start=None,
+            updated_at=now,
+        )
+        out.deleted.append(gone)
+        out.changes.append(Change(gone, event="deleted"))
+        log.info("deleted", url=row.url, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes, etag=row.etag)
+        return True
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:limit]

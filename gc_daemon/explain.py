@@ -1,0 +1,86 @@
+"""`explain URL`: read the blob and the references now, classify with the pass's own rules, and add
+what the state database remembers. The verdict is the one a pass would reach at this instant."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from .config import Config
+from .decide import ReferenceIndex, classify, is_tracked_kind
+from .domain import BlobKey, Verdict
+from .report import _iso, classification_summary, record
+
+
+def explain(config: Config, key: BlobKey) -> dict:
+    from .wiring import build_accounts, build_credential, build_references, open_store
+
+    now = datetime.now(UTC)
+    store = open_store(config)
+    credential = build_credential(config)
+    accounts = build_accounts(config, credential)
+    data: dict = {"account": key.account, "container": key.container, "blob": key.blob}
+    storage = accounts.get(key.account)
+    data["url"] = storage.blob_url(key) if storage else f"{key.account}/{key.container}/{key.blob}"
+
+    refs = ReferenceIndex()
+    read = build_references(config, credential).read()
+    if read.errors:
+        data["references_error"] = "; ".join(f"{e.source}: {e.message}" for e in read.errors)
+    refs, parse_errors = ReferenceIndex.build(read.references)
+    if parse_errors:
+        data["references_error"] = "; ".join(filter(None, [data.get("references_error"), *parse_errors]))
+
+    found = refs.lookup(key)
+    data["references"] = [
+        {
+            "kind": r.kind.value,
+            "holder": r.holder,
+            "uri": r.uri,
+            "time_created": _iso(r.time_created),
+            "provisioning_state": r.provisioning_state,
+            "protects": r.protects_at(now, config.import_hold),
+        }
+        for r in found
+    ]
+    holds = store.holds()
+    data["operator_hold"] = holds.get(key)
+
+    live = storage.read_blob(key) if storage else None
+    if storage is None:
+        data.update(verdict="not collected", why=f"account {key.account} is not in azure.storage_accounts")
+    elif live is None:
+        data.update(verdict="absent", why="no such blob")
+    elif not is_tracked_kind(live):
+        data.update(verdict="not tracked", why="a block/append blob not named .vhd is data, not a disk")
+    else:
+        c = classify(live, refs, holds, config.policy_rules, now)
+        data.update(classification_summary(c))
+        if c.verdict is Verdict.ORPHAN and data.get("references_error"):
+            data["verdict"] = "unknown"
+            data["why"] = "references could not be read completely: a pass would change nothing"
+    if live is not None:
+        data["live"] = {
+            "blob_type": live.blob_type,
+            "size": live.size,
+            "etag": live.etag,
+            "last_modified": _iso(live.last_modified),
+            "lease_state": live.lease_state,
+            "snapshot_count": live.snapshot_count,
+            "keep_metadata": live.keep_metadata,
+            "keep_tag": live.keep_tag,
+            "owner_hint": live.owner_hint,
+        }
+    row = store.row(key)
+    data["stored"] = record(row, store.last_complete_seq()) if row else None
+    data["history"] = [
+        {
+            "at": _iso(a.at),
+            "action": a.action,
+            "actor": a.actor,
+            "etag": a.etag,
+            "reason": a.reason,
+            "error_code": a.error_code,
+        }
+        for a in store.audit_log(key=key)
+    ]
+    return data

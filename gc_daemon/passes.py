@@ -1,0 +1,235 @@
+"""One pass: gather references and blobs, decide, persist, execute.
+
+The order is what makes it safe:
+1. read every reference source; any error, or any URI we cannot place, ends the pass as incomplete;
+2. list every account, deciding blob by blob as the listing streams, inside ONE database
+   transaction; any listing error rolls it back, so an incomplete pass changes nothing;
+3. in delete mode with blobs due, read the references again: the executor checks against both reads;
+4. commit, then hand the due blobs to the executor (which re-reads each blob before deleting it).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from .config import Config
+from .decide import ReferenceIndex, decide_stream
+from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, Tracked
+from .execute import Execution, Executor
+
+log = structlog.get_logger("vhd-gc.pass")
+
+BATCH = 1000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReferenceSource(Protocol):
+    def read(self): ...  # -> gc_daemon.azure.compute.ReferenceRead
+
+
+class BlobSource(Protocol):
+    def list_blobs(self) -> Iterable[BlobSeen]: ...
+
+    def read_blob(self, key: BlobKey) -> BlobSeen | None: ...
+
+    def billed_bytes(self, key: BlobKey) -> int: ...
+
+    def delete_if_match(self, key: BlobKey, etag: str) -> None: ...
+
+
+class PassIncomplete(Exception):
+    """A source failed or was incomplete: the pass changes nothing."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class PassResult:
+    pass_id: int
+    outcome: str  # complete | incomplete | failed
+    started_at: datetime
+    finished_at: datetime
+    seq: int | None = None
+    errors: list[str] = field(default_factory=list)
+    stats: PassStats = field(default_factory=PassStats)
+    execution: Execution | None = None
+
+    @property
+    def duration(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass
+class Collector:
+    """Everything one pass needs, wired by the CLI or the daemon. Constructing it does no I/O."""
+
+    config: Config
+    store: object  # gc_daemon.state.store.Store
+    references: ReferenceSource
+    accounts: Mapping[str, BlobSource]
+    clock: Callable[[], datetime] = utcnow
+    host: str = field(default_factory=socket.gethostname)
+
+    def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
+        now = self.clock()
+        t0 = time.monotonic()
+        pass_id = self.store.begin_pass(now, self.config.mode, self.host)
+        stats = PassStats()
+        log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
+        try:
+            seq, due, refs, holds = self._inventory_and_decide(pass_id, now, stats)
+        except PassIncomplete as exc:
+            return self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            log.exception("pass_failed", pass_id=pass_id)
+            return self._end(pass_id, "failed", now, t0, stats, errors=[f"{type(exc).__name__}: {exc}"])
+
+        execution = None
+        if due:
+            executor = Executor(
+                mode=self.config.mode,
+                max_deletes=self.config.max_deletes_per_pass,
+                storage=self.accounts,
+                audit=self.store,
+                policy=self.config.policy_rules,
+                should_stop=should_stop,
+            )
+            execution = executor.execute(due, refs, holds, now, seq, pass_id)
+            if execution.changes:
+                with self.store.transaction() as tx:
+                    tx.apply(execution.changes)
+            stats.deleted = len(execution.deleted)
+            stats.refused = sum(execution.refused.values())
+            stats.failed = execution.failed
+        result = self._end(pass_id, "complete", now, t0, stats, seq=seq)
+        result.execution = execution
+        return result
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _read_references(self, stats: PassStats | None = None) -> ReferenceIndex:
+        read = self.references.read()
+        errors = [f"{e.source}: {e.message}" for e in read.errors]
+        if errors:
+            raise PassIncomplete(errors)
+        index, parse_errors = ReferenceIndex.build(read.references)
+        if parse_errors:
+            raise PassIncomplete([f"unparseable reference: {e}" for e in parse_errors])
+        if stats is not None:
+            stats.references = len(index)
+            by_kind: dict[str, int] = {}
+            for r in read.references:
+                by_kind[r.kind.value] = by_kind.get(r.kind.value, 0) + 1
+            stats.references_by_kind = by_kind
+        return index
+
+    def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats):
+        refs = self._read_references(stats)
+        holds = self.store.holds()
+        policy = self.config.policy_rules
+        due: list[Tracked] = []
+        with self.store.transaction() as tx:
+            seq = tx.seq
+            for name, account in self.accounts.items():
+                batch: list[Change | Forget] = []
+                tracked = tx.tracked(name)
+                try:
+                    blobs = self._counted(account.list_blobs(), stats)
+                    for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):
+                        if isinstance(d, Forget):
+                            batch.append(d)
+                            stats.vanished += 1
+                            continue
+                        if d.change is not None:
+                            batch.append(d.change)
+                            self._count_event(d.change.event, stats)
+                        if d.due is not None:
+                            due.append(d.due)
+                        if len(batch) >= BATCH:
+                            self._flush(tx, account, batch, stats)
+                except PassIncomplete:
+                    raise
+                except Exception as exc:  # a listing that fails fails the pass closed
+                    raise PassIncomplete([f"storage/{name}: {_short(exc)}"]) from exc
+                self._flush(tx, account, batch, stats)
+            stats.due = len(due)
+            if due and self.config.mode == "delete":
+                # Deleting is the one irreversible step: check against references read just now too.
+                refs = refs.union(self._read_references())
+            tx.complete_pass(pass_id, self.clock(), asdict(stats))
+        return seq, due, refs, holds
+
+    @staticmethod
+    def _counted(blobs: Iterable[BlobSeen], stats: PassStats) -> Iterable[BlobSeen]:
+        for b in blobs:
+            stats.blobs += 1
+            if b.is_vhd:
+                stats.vhds += 1
+            yield b
+
+    @staticmethod
+    def _count_event(event: str, stats: PassStats) -> None:
+        if event in ("marked", "restarted"):
+            stats.marked += 1
+        elif event == "released":
+            stats.released += 1
+        elif event == "kept":
+            stats.kept += 1
+
+    def _flush(self, tx, account: BlobSource, batch: list[Change | Forget], stats: PassStats) -> None:
+        if not batch:
+            return
+        to_measure = [c for c in batch if isinstance(c, Change) and c.measure]
+        if to_measure:
+            self._measure(account, to_measure)
+        stats.changes += tx.apply(batch)
+        batch.clear()
+
+    def _measure(self, account: BlobSource, changes: list[Change]) -> None:
+        """Billed bytes of new candidates and changed blobs, concurrently and bounded."""
+
+        def one(change: Change) -> None:
+            try:
+                change.row.billed_bytes = account.billed_bytes(change.row.key)
+            except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
+                log.warning("measure_failed", url=change.row.url, error=_short(exc))
+
+        workers = min(self.config.azure.max_concurrency, len(changes))
+        if workers <= 1:
+            for c in changes:
+                one(c)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="measure") as pool:
+            list(pool.map(one, changes))
+
+    def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
+        finished = self.clock()
+        errors = list(errors)
+        self.store.finish_pass(
+            pass_id, outcome, finished, error="; ".join(errors) or None, stats=asdict(stats)
+        )
+        result = PassResult(pass_id, outcome, started, finished, seq=seq, errors=errors, stats=stats)
+        event = {"complete": "pass_complete", "incomplete": "pass_incomplete", "failed": "pass_failed_end"}[outcome]
+        fields = {k: v for k, v in asdict(stats).items() if k != "references_by_kind"}
+        (log.info if outcome == "complete" else log.error)(
+            event, pass_id=pass_id, seq=seq, seconds=round(time.monotonic() - t0, 3), errors=errors, **fields
+        )
+        return result
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}"

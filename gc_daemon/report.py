@@ -1,0 +1,198 @@
+"""Rendering the stored state for people and programs: report (json, table, csv) and explain."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from datetime import datetime
+
+from .domain import Classification, State, Tracked
+
+GIB = 1024**3
+
+FIELDS = [
+    "url",
+    "account",
+    "container",
+    "blob",
+    "state",
+    "size_bytes",
+    "billed_bytes",
+    "first_orphaned_at",
+    "delete_after",
+    "sightings",
+    "hold",
+    "reason",
+    "last_owner",
+    "blob_type",
+    "etag",
+    "last_modified",
+    "deleted_at",
+    "tier",
+]
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def record(row: Tracked, seq: int) -> dict:
+    return {
+        "url": row.url,
+        "account": row.key.account,
+        "container": row.key.container,
+        "blob": row.key.blob,
+        "state": row.state.value,
+        "size_bytes": row.size_bytes,
+        "billed_bytes": row.billed_bytes,
+        "first_orphaned_at": _iso(row.first_orphaned_at),
+        "delete_after": _iso(row.delete_after),
+        "sightings": row.sightings(seq),
+        "hold": row.hold.value if row.hold else None,
+        "reason": row.reason,
+        "last_owner": row.last_owner,
+        "blob_type": row.blob_type,
+        "etag": row.etag,
+        "last_modified": _iso(row.last_modified),
+        "deleted_at": _iso(row.deleted_at),
+        "tier": row.tier,
+    }
+
+
+def render_json(rows: Iterable[Tracked], seq: int, out) -> None:
+    """A JSON array, written element by element (a large estate never sits in memory twice)."""
+    out.write("[")
+    first = True
+    for row in rows:
+        out.write("\n  " if first else ",\n  ")
+        out.write(json.dumps(record(row, seq), ensure_ascii=False))
+        first = False
+    out.write("\n]\n" if not first else "]\n")
+
+
+def render_csv(rows: Iterable[Tracked], seq: int, out) -> None:
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(record(row, seq))
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def _days(now: datetime, then: datetime | None) -> str:
+    return "-" if then is None else f"{(now - then).total_seconds() / 86400:.1f}"
+
+
+def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
+    """For people: sizes in GiB, ages in days, totals by state at the bottom."""
+    headers = ["STATE", "SIZE GiB", "BILLED GiB", "AGE d", "DUE IN d", "SEEN", "HOLD/OWNER", "BLOB"]
+    lines: list[list[str]] = []
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        due_in = "-"
+        if row.delete_after and row.state in (State.CANDIDATE, State.DUE):
+            due_in = f"{max(0.0, (row.delete_after - now).total_seconds() / 86400):.1f}"
+        note = row.hold.value if row.hold else (row.last_owner or "")
+        lines.append(
+            [
+                row.state.value,
+                _gib(row.size_bytes),
+                _gib(row.billed_bytes),
+                _days(now, row.first_orphaned_at),
+                due_in,
+                str(row.sightings(seq)),
+                note[-40:],
+                f"{row.key.account}/{row.key.container}/{row.key.blob}",
+            ]
+        )
+        t = totals.setdefault(row.state.value, [0, 0, 0])
+        t[0] += 1
+        t[1] += row.size_bytes
+        t[2] += row.billed_bytes or 0
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+
+    def emit(cells: list[str]) -> None:
+        out.write("  ".join(c.ljust(w) if i in (0, 6, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip() + "\n")
+
+    emit(headers)
+    for line in lines:
+        emit(line)
+    out.write("\n")
+    if not totals:
+        out.write("nothing tracked yet (run `vhd-gc scan`)\n")
+        return
+    out.write("TOTALS\n")
+    for state in (s.value for s in State):
+        if state in totals:
+            n, size, billed = totals[state]
+            out.write(f"  {state:<10} {n:>7} blobs  {size / GIB:>10.2f} GiB nominal  {billed / GIB:>10.2f} GiB billed\n")
+    wasted = [totals[s] for s in ("candidate", "due", "kept") if s in totals]
+    if wasted:
+        out.write(
+            f"  {'orphaned':<10} {sum(t[0] for t in wasted):>7} blobs  "
+            f"{sum(t[1] for t in wasted) / GIB:>10.2f} GiB nominal  {sum(t[2] for t in wasted) / GIB:>10.2f} GiB billed\n"
+        )
+
+
+def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
+    if fmt == "json":
+        render_json(rows, seq, out)
+    elif fmt == "csv":
+        render_csv(rows, seq, out)
+    else:
+        render_table(rows, seq, now, out)
+
+
+def explain_text(data: dict) -> str:
+    """The explain document (built by the CLI) as text for a person."""
+    buf = io.StringIO()
+    w = buf.write
+    w(f"blob:     {data['url']}\n")
+    w(f"key:      account={data['account']} container={data['container']} blob={data['blob']!r}\n")
+    w(f"verdict:  {data['verdict']}\n")
+    w(f"why:      {data['why']}\n")
+    live = data.get("live")
+    if live is None:
+        w("live:     the blob does not exist (or its account is not collected)\n")
+    else:
+        w(
+            f"live:     {live['blob_type']} {live['size']} bytes, etag {live['etag']}, modified {live['last_modified']}, "
+            f"lease {live['lease_state']}, snapshots {live['snapshot_count']}, "
+            f"keep-metadata {live['keep_metadata']}, keep-tag {live['keep_tag']}\n"
+        )
+    if data.get("references_error"):
+        w(f"references: NOT READ ({data['references_error']}): the verdict cannot rule out a reference\n")
+    refs = data.get("references") or []
+    w(f"references: {len(refs)}\n")
+    for r in refs:
+        extra = ""
+        if r.get("time_created"):
+            extra = f" (import created {r['time_created']}, {r['provisioning_state']}, protects: {r['protects']})"
+        w(f"  - {r['kind']} of {r['holder']}{extra}\n")
+    if data.get("operator_hold"):
+        w(f"operator hold: {data['operator_hold']}\n")
+    stored = data.get("stored")
+    if stored:
+        w(
+            f"stored:   state={stored['state']} sightings={stored['sightings']} first_orphaned_at={stored['first_orphaned_at']} "
+            f"delete_after={stored['delete_after']} etag={stored['etag']} hold={stored['hold']}\n"
+        )
+    else:
+        w("stored:   not tracked (never seen orphaned)\n")
+    history = data.get("history") or []
+    if history:
+        w("history:\n")
+        for h in history:
+            w(f"  {h['at']} {h['action']} by {h['actor']}: {h.get('reason') or ''} {h.get('error_code') or ''}\n")
+    return buf.getvalue()
+
+
+def classification_summary(c: Classification) -> dict:
+    return {
+        "verdict": c.verdict.value + (f" (kept: {c.hold.value})" if c.hold else ""),
+        "why": c.reason,
+    }

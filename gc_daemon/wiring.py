@@ -1,0 +1,113 @@
+"""Builds the real adapters from a configuration. Nothing here connects until first used."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+from .config import Config, ConfigError
+from .passes import Collector
+
+
+def configure_logging(config: Config | None = None, *, stream=None) -> None:
+    level = getattr(logging, (config.log_level if config else "info").upper())
+    fmt = config.log_format if config else "json"
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # The Azure SDKs log every request at INFO, headers included: keep them to warnings.
+    for noisy in ("azure", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def open_store(config: Config, *, migrate: bool = True):
+    """The state store; the schema is brought to head when it is empty or behind."""
+    from .state.db import make_engine, needs_upgrade, upgrade
+    from .state.store import Store
+
+    engine = make_engine(config.database_url)
+    if migrate and needs_upgrade(engine):
+        upgrade(engine)
+    return Store(engine)
+
+
+def account_keys(config: Config) -> dict[str, str | None]:
+    """Account keys from the environment variables the configuration names (never from the file)."""
+    keys: dict[str, str | None] = {}
+    for i, acct in enumerate(config.azure.storage_accounts):
+        if acct.key_env:
+            value = os.environ.get(acct.key_env)
+            if not value:
+                raise ConfigError(
+                    f"azure.storage_accounts[{i}].key_env: environment variable {acct.key_env} is not set"
+                )
+            keys[acct.name] = value
+        else:
+            keys[acct.name] = None
+    return keys
+
+
+def build_accounts(config: Config, credential=None):
+    from .azure.storage import AccountStorage
+
+    keys = account_keys(config)
+    accounts = {}
+    for acct in config.azure.storage_accounts:
+        secret = keys[acct.name]
+        if secret is None and credential is None:
+            credential = build_credential(config)
+        accounts[acct.name] = AccountStorage(
+            acct.name,
+            acct.endpoint,
+            secret if secret is not None else credential,
+            retry_total=min(config.azure.retry_total, 5),
+            read_timeout=config.azure.timeout.total_seconds(),
+        )
+    return accounts
+
+
+def build_credential(config: Config):
+    from .azure.credentials import build_credential as make
+
+    return make(config.azure.credential)
+
+
+def build_references(config: Config, credential=None):
+    from .azure.compute import ComputeInventory
+
+    return ComputeInventory(
+        credential or build_credential(config),
+        config.azure.arm_endpoint,
+        list(config.azure.subscriptions),
+        connection_verify=os.environ.get("REQUESTS_CA_BUNDLE") or True,
+        retry_total=config.azure.retry_total,
+        timeout=config.azure.timeout.total_seconds(),
+        max_workers=config.azure.max_concurrency,
+    )
+
+
+def build_collector(config: Config, store=None) -> Collector:
+    credential = build_credential(config)
+    return Collector(
+        config=config,
+        store=store if store is not None else open_store(config),
+        references=build_references(config, credential),
+        accounts=build_accounts(config, credential),
+    )
