@@ -28,6 +28,7 @@ from .urls import default_blob_endpoint
 ENV_CONFIG = "VHD_GC_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=3650)  # ten years: anything longer is a typo, and overflows dates
 
 
 class ConfigError(Exception):
@@ -35,6 +36,13 @@ class ConfigError(Exception):
 
 
 def parse_duration(value: Any) -> timedelta:
+    td = _parse_duration(value)
+    if td > MAX_DURATION:
+        raise ValueError("a duration longer than 3650d is not supported")
+    return td
+
+
+def _parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):  # bool is an int: refuse `grace_period: true`
@@ -42,11 +50,16 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if value > MAX_DURATION.total_seconds():
+            raise ValueError("a duration longer than 3650d is not supported")
         return timedelta(seconds=value)
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+            seconds = int(m.group(1)) * _UNITS[m.group(2)]
+            if seconds > MAX_DURATION.total_seconds():
+                raise ValueError("a duration longer than 3650d is not supported")
+            return timedelta(seconds=seconds)
     raise ValueError("a duration is an integer with a unit s, m, h or d (e.g. 90s, 15m, 12h, 7d)")
 
 
@@ -82,7 +95,8 @@ def _http_url(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `min_sightings: true` or `delete_block_blob_vhds: "yes"` is a mistake, not a 1 or a True.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class StorageAccountConfig(_Strict):
@@ -268,8 +282,10 @@ def redacted(config: Config) -> dict[str, Any]:
 
     data = config.model_dump(mode="json")
     url = make_url(config.database_url)
-    if url.password:
-        data["database_url"] = url.render_as_string(hide_password=True)
+    secret_words = ("pass", "secret", "token", "key")
+    query = {k: ("***" if any(w in k.lower() for w in secret_words) else v) for k, v in url.query.items()}
+    if url.password or query != dict(url.query):
+        data["database_url"] = url.set(query=query).render_as_string(hide_password=True)
     for acct in data["azure"]["storage_accounts"]:
         acct["blob_endpoint"] = acct["blob_endpoint"] or default_blob_endpoint(acct["name"])
         if acct.get("key_env"):

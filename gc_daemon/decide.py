@@ -183,7 +183,7 @@ def decide_blob(
         row = replace(
             prev,
             state=State.RELEASED,
-            sightings_frozen=prev.sightings(seq - 1),
+            sightings_frozen=0,  # in use: no orphan sightings now
             streak_start=None,
             delete_after=None,
             reason=c.reason,
@@ -234,10 +234,11 @@ def decide_blob(
     row = prev if prev.delete_after == delete_after else replace(prev, delete_after=delete_after)
     is_due = _is_due(row, policy, now, seq)
     target = State.DUE if is_due else State.CANDIDATE
-    if row is prev and prev.state is target:
+    if row is prev and prev.state is target and not needs_measure:
         return BlobDecision(blob.key, None, prev if is_due else None, c)
     row = replace(row, state=target, updated_at=now)
-    return BlobDecision(blob.key, Change(row, event="due" if is_due else "rescheduled"), row if is_due else None, c)
+    event = "due" if is_due and prev.state is not State.DUE else ("measured" if row.delete_after == prev.delete_after else "rescheduled")
+    return BlobDecision(blob.key, Change(row, measure=needs_measure, event=event), row if is_due else None, c)
 
 
 def _is_due(row: Tracked, policy: Policy, now: datetime, seq: int) -> bool:

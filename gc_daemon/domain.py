@@ -125,7 +125,7 @@ class BlobSeen:
     def leased(self) -> bool:
         """A blob holds a lease while one is active or still breaking; unknown counts as leased."""
         if self.lease_state is None:
-            return (self.lease_status or "").lower() == "locked"
+            return (self.lease_status or "locked").lower() == "locked"
         return self.lease_state.lower() in (LeaseState.LEASED.value, LeaseState.BREAKING.value) or (
             (self.lease_status or "").lower() == "locked"
         )

@@ -42,8 +42,8 @@ def _is_path_style(host: str) -> bool:
     return True
 
 
-def _split(uri: str) -> tuple[str, str, str]:
-    """(account, raw container segment, raw blob remainder) with nothing decoded yet."""
+def _split(uri: str) -> tuple[str, str, str | None]:
+    """(account, raw container segment, raw blob remainder or None without a slash), undecoded."""
     if not isinstance(uri, str) or not uri:
         raise UrlError(str(uri), "empty")
     if any(c in uri for c in "\r\n\t\x00") or uri != uri.strip():
@@ -78,8 +78,8 @@ def _split(uri: str) -> tuple[str, str, str]:
             raise UrlError(uri, "host is not <account>.blob.<suffix> nor path-style")
     if not _ACCOUNT.match(account):
         raise UrlError(uri, f"{account!r} is not a storage account name")
-    container, _, blob = path.partition("/")
-    return account, container, blob
+    container, sep, blob = path.partition("/")
+    return account, container, (blob if sep else None)
 
 
 def _container(uri: str, raw: str) -> str:
@@ -92,8 +92,8 @@ def _container(uri: str, raw: str) -> str:
 def parse_blob_url(uri: str) -> BlobKey:
     """The key of the blob ``uri`` names. Query (SAS, snapshot) and fragment are ignored."""
     account, raw_container, raw_blob = _split(uri)
-    if not raw_blob:
-        # A single segment addresses a blob in the root container.
+    if raw_blob is None:
+        # A single segment (no slash after it) addresses a blob in the root container.
         raw_container, raw_blob = "$root", raw_container
     container = _container(uri, raw_container)
     try:
@@ -102,6 +102,10 @@ def parse_blob_url(uri: str) -> BlobKey:
         raise UrlError(uri, "blob name is not valid UTF-8 after percent-decoding") from None
     if not blob:
         raise UrlError(uri, "empty blob name")
+    try:
+        blob.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UrlError(uri, "blob name holds a lone surrogate") from None
     if len(blob) > MAX_BLOB_NAME:
         raise UrlError(uri, "blob name longer than 1024 characters")
     return BlobKey(account, container, blob)
