@@ -83,10 +83,18 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @_guard
 def scan(ctx: click.Context) -> None:
     """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
-    from .wiring import build_collector
+    from .locks import replica_lock
+    from .wiring import build_collector, open_store
 
     config = _config(ctx)
-    result = build_collector(config).run_pass()
+    store = open_store(config)
+    lock = replica_lock(store.engine)
+    if not lock.try_acquire():
+        raise _Fail(f"another vhd-gc process is running passes on this database ({lock.describe()})", EXIT_ERROR)
+    try:
+        result = build_collector(config, store).run_pass()
+    finally:
+        lock.release()
     s = result.stats
     summary = (
         f"pass {result.pass_id} {result.outcome}: {s.references} references, {s.blobs} blobs "

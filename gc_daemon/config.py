@@ -148,6 +148,14 @@ class PolicyConfig(_Strict):
     delete_non_vhd_page_blobs: bool = False
 
 
+class PricesConfig(_Strict):
+    """For the cost estimate only: prices per GiB-month of the storage that orphans occupy."""
+
+    currency: Annotated[str, Field(min_length=1, max_length=8)] = "USD"
+    standard_gb_month: Annotated[float, Field(ge=0)] = 0.045  # standard page blobs: billed on written pages
+    premium_gb_month: Annotated[float, Field(ge=0)] = 0.15  # premium: provisioned size, rounded up to a disk size
+
+
 class Config(_Strict):
     database_url: str = "sqlite:///vhd-gc.db"
     mode: Literal["dry-run", "delete"] = "dry-run"
@@ -161,6 +169,7 @@ class Config(_Strict):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     policy: PolicyConfig = PolicyConfig()
+    prices: PricesConfig = PricesConfig()
     azure: AzureConfig
 
     @field_validator("interval")

@@ -241,6 +241,7 @@ class PassStats:
     references: int = 0
     references_by_kind: dict[str, int] = field(default_factory=dict)
     blobs: int = 0
+    blobs_by_account: dict[str, int] = field(default_factory=dict)
     vhds: int = 0
     changes: int = 0
     marked: int = 0

@@ -10,6 +10,7 @@ The order is what makes it safe:
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,9 +52,10 @@ class BlobSource(Protocol):
 class PassIncomplete(Exception):
     """A source failed or was incomplete: the pass changes nothing."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], sources: list[str] | None = None) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
+        self.sources = sources or []
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PassResult:
     finished_at: datetime
     seq: int | None = None
     errors: list[str] = field(default_factory=list)
+    sources_failed: list[str] = field(default_factory=list)  # labels for vhdgc_inventory_errors_total
     stats: PassStats = field(default_factory=PassStats)
     execution: Execution | None = None
 
@@ -81,7 +84,7 @@ class Collector:
     references: ReferenceSource
     accounts: Mapping[str, BlobSource]
     clock: Callable[[], datetime] = utcnow
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
         now = self.clock()
@@ -90,9 +93,11 @@ class Collector:
         stats = PassStats()
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
-            seq, due, refs, holds = self._inventory_and_decide(pass_id, now, stats)
+            seq, due, refs, holds = self._inventory_and_decide(pass_id, now, stats, should_stop)
         except PassIncomplete as exc:
-            return self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
+            result = self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
+            result.sources_failed = exc.sources
+            return result
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything
             log.exception("pass_failed", pass_id=pass_id)
             return self._end(pass_id, "failed", now, t0, stats, errors=[f"{type(exc).__name__}: {exc}"])
@@ -124,10 +129,10 @@ class Collector:
         read = self.references.read()
         errors = [f"{e.source}: {e.message}" for e in read.errors]
         if errors:
-            raise PassIncomplete(errors)
+            raise PassIncomplete(errors, sorted({e.source.split("/", 1)[-1] for e in read.errors}))
         index, parse_errors = ReferenceIndex.build(read.references)
         if parse_errors:
-            raise PassIncomplete([f"unparseable reference: {e}" for e in parse_errors])
+            raise PassIncomplete([f"unparseable reference: {e}" for e in parse_errors], ["references"])
         if stats is not None:
             stats.references = len(index)
             by_kind: dict[str, int] = {}
@@ -136,8 +141,10 @@ class Collector:
             stats.references_by_kind = by_kind
         return index
 
-    def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats):
+    def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
         refs = self._read_references(stats)
+        if should_stop():
+            raise PassIncomplete(["stopped by a signal"], [])
         holds = self.store.holds()
         policy = self.config.policy_rules
         due: list[Tracked] = []
@@ -147,7 +154,7 @@ class Collector:
                 batch: list[Change | Forget] = []
                 tracked = tx.tracked(name)
                 try:
-                    blobs = self._counted(account.list_blobs(), stats)
+                    blobs = self._counted(account.list_blobs(), stats, name, should_stop)
                     for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):
                         if isinstance(d, Forget):
                             batch.append(d)
@@ -163,7 +170,7 @@ class Collector:
                 except PassIncomplete:
                     raise
                 except Exception as exc:  # a listing that fails fails the pass closed
-                    raise PassIncomplete([f"storage/{name}: {_short(exc)}"]) from exc
+                    raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                 self._flush(tx, account, batch, stats)
             stats.due = len(due)
             if due and self.config.mode == "delete":
@@ -173,12 +180,17 @@ class Collector:
         return seq, due, refs, holds
 
     @staticmethod
-    def _counted(blobs: Iterable[BlobSeen], stats: PassStats) -> Iterable[BlobSeen]:
+    def _counted(blobs: Iterable[BlobSeen], stats: PassStats, account: str, should_stop) -> Iterable[BlobSeen]:
+        n = 0
         for b in blobs:
-            stats.blobs += 1
+            n += 1
+            if n % 1000 == 0 and should_stop():
+                raise PassIncomplete(["stopped by a signal during the listing"], [])
             if b.is_vhd:
                 stats.vhds += 1
             yield b
+        stats.blobs += n
+        stats.blobs_by_account[account] = n
 
     @staticmethod
     def _count_event(event: str, stats: PassStats) -> None:
@@ -223,7 +235,7 @@ class Collector:
         )
         result = PassResult(pass_id, outcome, started, finished, seq=seq, errors=errors, stats=stats)
         event = {"complete": "pass_complete", "incomplete": "pass_incomplete", "failed": "pass_failed_end"}[outcome]
-        fields = {k: v for k, v in asdict(stats).items() if k != "references_by_kind"}
+        fields = {k: v for k, v in asdict(stats).items() if not k.endswith("_by_kind") and not k.endswith("_by_account")}
         (log.info if outcome == "complete" else log.error)(
             event, pass_id=pass_id, seq=seq, seconds=round(time.monotonic() - t0, 3), errors=errors, **fields
         )

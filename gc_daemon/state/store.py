@@ -468,3 +468,38 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [_audit_record(r) for r in conn.execute(stmt)]
+
+    # -- aggregates for metrics (so every replica, and a restarted one, exports the same) -------
+
+    def audit_totals(self, action: str, by: str = "account") -> list[tuple[str, int, int]]:
+        """(label, entries, sum of size_bytes) of one audit action, grouped by a column."""
+        col = audit_log.c[by]
+        stmt = (
+            select(col, func.count(), func.coalesce(func.sum(audit_log.c.size_bytes), 0))
+            .where(audit_log.c.action == action)
+            .group_by(col)
+            .order_by(col)
+        )
+        with self.engine.connect() as conn:
+            return [(label or "", int(n), int(size)) for label, n, size in conn.execute(stmt)]
+
+    def pass_outcomes(self) -> dict[str, int]:
+        stmt = select(passes.c.outcome, func.count()).group_by(passes.c.outcome)
+        with self.engine.connect() as conn:
+            return {outcome: int(n) for outcome, n in conn.execute(stmt)}
+
+    def oldest_orphaned(self, states: Iterable[State]) -> datetime | None:
+        stmt = select(func.min(tracked_blobs.c.first_orphaned_at)).where(
+            tracked_blobs.c.state.in_([s.value for s in states])
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    def premium_rows(self, states: Iterable[State]) -> list[tuple[str, str, int, int]]:
+        """(account, state, size_bytes, billed_bytes) of premium page blobs (tier P*)."""
+        t = tracked_blobs
+        stmt = select(t.c.account, t.c.state, t.c.size_bytes, func.coalesce(t.c.billed_bytes, 0)).where(
+            t.c.state.in_([s.value for s in states]), t.c.tier.like("P%")
+        )
+        with self.engine.connect() as conn:
+            return [(a, s, int(size), int(billed)) for a, s, size, billed in conn.execute(stmt)]

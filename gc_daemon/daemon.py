@@ -1,0 +1,205 @@
+"""`vhd-gc run`: the scheduler, the signals, leadership among replicas, metrics and health over HTTP.
+
+A pass runs at start and then every ``interval`` (with jitter; coalesced; never two at once). Only
+the replica holding the lock runs passes; the others check every few seconds and take over when
+the leader goes. SIGTERM/SIGINT set a flag that a pass honours between blobs and between deletions,
+never inside one; the process then exits within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as ApsThreadPool
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import make_wsgi_app
+
+from .config import Config
+from .locks import FileLock, replica_lock
+from .metrics import Metrics
+
+log = structlog.get_logger("vhd-gc.daemon")
+
+PASS_JOB = "pass"
+LEASE_JOB = "leadership"
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the access log would drown the events
+        pass
+
+
+def health(store, config: Config, started_at: datetime, now: datetime) -> tuple[bool, dict]:
+    """Healthy while the last complete pass (by any replica) is no older than three intervals."""
+    limit = 3 * config.interval
+    last = store.last_complete_pass()
+    finished = last.finished_at if last and last.finished_at else None
+    reference = finished or started_at  # a daemon that just started has three intervals to succeed
+    healthy = now - reference <= limit
+    return healthy, {
+        "healthy": healthy,
+        "last_complete_pass": finished.isoformat() if finished else None,
+        "limit_seconds": limit.total_seconds(),
+    }
+
+
+def make_app(metrics: Metrics, store, config: Config, started_at: datetime):
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Content-Type", "text/plain")])
+            return [b"method not allowed\n"]
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            try:
+                ok, body = health(store, config, started_at, datetime.now(UTC))
+            except Exception as exc:  # noqa: BLE001 - an unreadable database is unhealthy
+                ok, body = False, {"healthy": False, "error": type(exc).__name__}
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            return [json.dumps(body).encode() + b"\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    return app
+
+
+class Daemon:
+    def __init__(self, config: Config, store, collector, lock, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.collector = collector
+        self.lock = lock
+        self.metrics = metrics
+        self.stop = threading.Event()
+        self.leader = False
+        self.started_at = datetime.now(UTC)
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ApsThreadPool(max_workers=2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def check_leadership(self) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            was = self.leader
+            self.leader = self.lock.held() or self.lock.try_acquire()
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+            log.warning("leadership_check_failed", error=str(exc)[:200])
+            self.leader = False
+            was = True
+        self.metrics.leader.set(1 if self.leader else 0)
+        if self.leader and not was:
+            log.info("leadership_acquired", lock=self.lock.describe())
+            self._schedule_pass_if_overdue()
+        elif was and not self.leader:
+            log.warning("leadership_lost")
+
+    def _schedule_pass_if_overdue(self) -> None:
+        try:
+            last = self.store.last_complete_pass()
+        except Exception:  # noqa: BLE001
+            last = None
+        due_at = (last.started_at + self.config.interval) if last else datetime.now(UTC)
+        if due_at <= datetime.now(UTC) + timedelta(seconds=1):
+            job = self.scheduler.get_job(PASS_JOB)
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+
+    def run_pass(self) -> None:
+        if self.stop.is_set():
+            return
+        if not self.lock.held():
+            self.leader = False
+            self.metrics.leader.set(0)
+            log.info("pass_skipped_standby", lock=self.lock.describe())
+            return
+        try:
+            result = self.collector.run_pass(should_stop=self.stop.is_set)
+            self.metrics.observe(result)
+        except Exception:  # noqa: BLE001 - nothing crashes the loop
+            log.exception("pass_crashed")
+
+    # -- life ------------------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        host, port = self.config.listen_address
+        server = make_server(host, port, make_app(self.metrics, self.store, self.config, self.started_at),
+                             server_class=_Server, handler_class=_QuietHandler)
+        http = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        http.start()
+        log.info("daemon_started", listen=f"{host}:{server.server_port}", interval=self.config.interval.total_seconds(),
+                 mode=self.config.mode, lock=self.lock.describe())
+
+        interval = self.config.interval.total_seconds()
+        self.check_leadership()
+        self.scheduler.add_job(
+            self.run_pass,
+            IntervalTrigger(seconds=interval, jitter=min(interval * 0.05, 120)),
+            id=PASS_JOB,
+            next_run_time=datetime.now(UTC) if self.leader else None,
+        )
+        if self.scheduler.get_job(PASS_JOB).next_run_time is None:
+            # Standby: no pass until leadership comes; then the pass is rescheduled.
+            self.scheduler.get_job(PASS_JOB).modify(next_run_time=datetime.now(UTC) + timedelta(seconds=interval))
+        self.scheduler.add_job(
+            self.check_leadership,
+            IntervalTrigger(seconds=max(1.0, min(interval / 4, 15.0))),
+            id=LEASE_JOB,
+        )
+        self.scheduler.start()
+
+        def on_signal(signum, _frame):
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.stop.wait()
+        self.scheduler.shutdown(wait=True)  # a running pass finishes its current blob, then stops
+        server.shutdown()
+        self.lock.release()
+        log.info("daemon_stopped")
+        return 0
+
+
+def run_daemon(config: Config, once: bool = False) -> int:
+    from .wiring import build_collector, configure_logging, open_store
+
+    configure_logging(config)
+    store = open_store(config)
+    lock = replica_lock(store.engine)
+    if isinstance(lock, FileLock) and not lock.try_acquire():
+        log.error("refused_second_daemon", lock=lock.describe())
+        raise SystemExit(
+            f"vhd-gc: another vhd-gc process is using this SQLite database: lock {lock.describe()}; "
+            "use PostgreSQL to run several replicas"
+        )
+    collector = build_collector(config, store)
+    if once:
+        if not lock.try_acquire():
+            raise SystemExit(f"vhd-gc: another vhd-gc process holds {lock.describe()}")
+        try:
+            result = collector.run_pass()
+        finally:
+            lock.release()
+        return {"complete": 0, "incomplete": 3}.get(result.outcome, 1)
+    return Daemon(config, store, collector, lock, Metrics(store, config)).serve()
