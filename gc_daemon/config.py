@@ -111,6 +111,18 @@ class StorageAccountConfig(_Strict):
         return self.blob_endpoint or default_blob_endpoint(self.name)
 
 
+class DiscoveryConfig(_Strict):
+    """When ``storage_accounts`` is absent: collect every account of the subscriptions that matches."""
+
+    include: list[str] = ["*"]  # fnmatch patterns on the account name
+    exclude: list[str] = []
+    resource_groups_include: list[str] = ["*"]
+    resource_groups_exclude: list[str] = []
+    # Account keys for discovered accounts: environment variable <prefix><NAME IN CAPITALS>, when set;
+    # otherwise the credential (Entra ID) reaches the blobs.
+    key_env_prefix: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+
+
 class AzureConfig(_Strict):
     credential: Literal["default", "managed_identity", "azure_cli", "emulator"] = "default"
     arm_endpoint: str = "https://management.azure.com"
@@ -118,7 +130,8 @@ class AzureConfig(_Strict):
         list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]],
         Field(min_length=1),
     ]
-    storage_accounts: Annotated[list[StorageAccountConfig], Field(min_length=1)]
+    storage_accounts: Annotated[list[StorageAccountConfig], Field(min_length=1)] | None = None
+    discovery: DiscoveryConfig | None = None
     # Beyond the contract: how hard to try before a source counts as failed, and how wide to read.
     retry_total: Annotated[int, Field(ge=0, le=20)] = 6
     timeout: Duration = timedelta(seconds=60)
@@ -126,9 +139,19 @@ class AzureConfig(_Strict):
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 
+    @model_validator(mode="after")
+    def _discovery_xor_list(self) -> "AzureConfig":
+        if self.storage_accounts is not None and self.discovery is not None:
+            raise ValueError("azure.discovery: applies only when azure.storage_accounts is absent")
+        if self.storage_accounts is None and self.discovery is None:
+            object.__setattr__(self, "discovery", DiscoveryConfig())
+        return self
+
     @field_validator("storage_accounts")
     @classmethod
-    def _unique_accounts(cls, v: list[StorageAccountConfig]) -> list[StorageAccountConfig]:
+    def _unique_accounts(cls, v: list[StorageAccountConfig] | None) -> list[StorageAccountConfig] | None:
+        if v is None:
+            return v
         names = [a.name for a in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -209,7 +232,7 @@ class Config(_Strict):
             raise ValueError(
                 "azure.arm_endpoint: the emulator credential is refused for a non-loopback endpoint"
             )
-        for i, acct in enumerate(self.azure.storage_accounts):
+        for i, acct in enumerate(self.azure.storage_accounts or []):
             if not is_loopback_url(acct.endpoint):
                 raise ValueError(
                     f"azure.storage_accounts[{i}].blob_endpoint: the emulator credential is refused "
@@ -295,7 +318,7 @@ def redacted(config: Config) -> dict[str, Any]:
     query = {k: ("***" if any(w in k.lower() for w in secret_words) else v) for k, v in url.query.items()}
     if url.password or query != dict(url.query):
         data["database_url"] = url.set(query=query).render_as_string(hide_password=True)
-    for acct in data["azure"]["storage_accounts"]:
+    for acct in data["azure"]["storage_accounts"] or []:
         acct["blob_endpoint"] = acct["blob_endpoint"] or default_blob_endpoint(acct["name"])
         if acct.get("key_env"):
             present = bool(os.environ.get(acct["key_env"]))

@@ -18,6 +18,11 @@ def explain(config: Config, key: BlobKey) -> dict:
     store = open_store(config)
     credential = build_credential(config)
     accounts = build_accounts(config, credential)
+    if callable(accounts):
+        try:
+            accounts = accounts()
+        except Exception:  # noqa: BLE001 - explain says what it could not see
+            accounts = {}
     data: dict = {"account": key.account, "container": key.container, "blob": key.blob}
     storage = accounts.get(key.account)
     data["url"] = storage.blob_url(key) if storage else f"{key.account}/{key.container}/{key.blob}"

@@ -82,7 +82,8 @@ class Collector:
     config: Config
     store: object  # gc_daemon.state.store.Store
     references: ReferenceSource
-    accounts: Mapping[str, BlobSource]
+    # The accounts to collect, or a callable that discovers them at each pass.
+    accounts: Mapping[str, BlobSource] | Callable[[], Mapping[str, BlobSource]]
     clock: Callable[[], datetime] = utcnow
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -93,7 +94,7 @@ class Collector:
         stats = PassStats()
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
-            seq, due, refs, holds = self._inventory_and_decide(pass_id, now, stats, should_stop)
+            seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, stats, should_stop)
         except PassIncomplete as exc:
             result = self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
             result.sources_failed = exc.sources
@@ -107,7 +108,7 @@ class Collector:
             executor = Executor(
                 mode=self.config.mode,
                 max_deletes=self.config.max_deletes_per_pass,
-                storage=self.accounts,
+                storage=accounts,
                 audit=self.store,
                 policy=self.config.policy_rules,
                 should_stop=should_stop,
@@ -143,6 +144,7 @@ class Collector:
 
     def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
         refs = self._read_references(stats)
+        accounts = self._resolve_accounts()
         if should_stop():
             raise PassIncomplete(["stopped by a signal"], [])
         holds = self.store.holds()
@@ -150,7 +152,7 @@ class Collector:
         due: list[Tracked] = []
         with self.store.transaction() as tx:
             seq = tx.seq
-            for name, account in self.accounts.items():
+            for name, account in accounts.items():
                 batch: list[Change | Forget] = []
                 tracked = tx.tracked(name)
                 try:
@@ -177,7 +179,16 @@ class Collector:
                 # Deleting is the one irreversible step: check against references read just now too.
                 refs = refs.union(self._read_references())
             tx.complete_pass(pass_id, self.clock(), asdict(stats))
-        return seq, due, refs, holds
+        return seq, due, refs, holds, accounts
+
+    def _resolve_accounts(self) -> Mapping[str, BlobSource]:
+        if not callable(self.accounts):
+            return self.accounts
+        try:
+            return self.accounts()
+        except Exception as exc:  # discovery failed: an account we did not see must not look empty
+            errors = getattr(exc, "errors", None) or [f"storageAccounts: {_short(exc)}"]
+            raise PassIncomplete(list(errors), list(getattr(exc, "sources", ["storageAccounts"]))) from exc
 
     @staticmethod
     def _counted(blobs: Iterable[BlobSeen], stats: PassStats, account: str, should_stop) -> Iterable[BlobSeen]:

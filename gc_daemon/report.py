@@ -79,6 +79,16 @@ def render_csv(rows: Iterable[Tracked], seq: int, out) -> None:
         writer.writerow(record(row, seq))
 
 
+def _owner_short(owner: str | None) -> str:
+    """`.../providers/Microsoft.Compute/disks/db-01` -> `disks/db-01`: the kind and the name."""
+    if not owner:
+        return ""
+    if "/providers/" in owner:
+        parts = owner.split("/providers/", 1)[1].split("/")
+        return "/".join(parts[1:]) if len(parts) > 1 else owner
+    return owner
+
+
 def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GIB:.2f}"
 
@@ -96,7 +106,7 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
         due_in = "-"
         if row.delete_after and row.state in (State.CANDIDATE, State.DUE):
             due_in = f"{max(0.0, (row.delete_after - now).total_seconds() / 86400):.1f}"
-        note = row.hold.value if row.hold else (row.last_owner or "")
+        note = row.hold.value if row.hold else _owner_short(row.last_owner)
         lines.append(
             [
                 row.state.value,
@@ -105,7 +115,7 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
                 _days(now, row.first_orphaned_at),
                 due_in,
                 str(row.sightings(seq)),
-                note[-40:],
+                note[:60],
                 f"{row.key.account}/{row.key.container}/{row.key.blob}",
             ]
         )

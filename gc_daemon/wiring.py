@@ -51,7 +51,7 @@ def open_store(config: Config, *, migrate: bool = True):
 def account_keys(config: Config) -> dict[str, str | None]:
     """Account keys from the environment variables the configuration names (never from the file)."""
     keys: dict[str, str | None] = {}
-    for i, acct in enumerate(config.azure.storage_accounts):
+    for i, acct in enumerate(config.azure.storage_accounts or []):
         if acct.key_env:
             value = os.environ.get(acct.key_env)
             if not value:
@@ -64,9 +64,73 @@ def account_keys(config: Config) -> dict[str, str | None]:
     return keys
 
 
+class DiscoveryFailed(Exception):
+    def __init__(self, errors: list[str], sources: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+        self.sources = sources
+
+
+class DiscoveredAccounts:
+    """The accounts to collect, discovered anew at each pass (accounts come and go)."""
+
+    def __init__(self, config: Config, credential) -> None:
+        from .azure.discovery import AccountDiscovery
+
+        self.config = config
+        self.credential = credential
+        self.discovery = AccountDiscovery(
+            credential,
+            config.azure.arm_endpoint,
+            list(config.azure.subscriptions),
+            connection_verify=os.environ.get("REQUESTS_CA_BUNDLE") or True,
+            retry_total=config.azure.retry_total,
+            timeout=config.azure.timeout.total_seconds(),
+        )
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def __call__(self) -> dict:
+        from .azure.discovery import matches
+        from .azure.storage import AccountStorage
+        from .config import is_loopback_url
+
+        rules = self.config.azure.discovery
+        found = self.discovery.discover()
+        if found.errors:
+            raise DiscoveryFailed([f"{e.source}: {e.message}" for e in found.errors], ["storageAccounts"])
+        accounts = {}
+        for acct in found.accounts:
+            if not acct.blob_endpoint:
+                continue  # file-only accounts hold no blobs
+            if not (matches(acct.name, rules.include, rules.exclude)
+                    and matches(acct.resource_group, rules.resource_groups_include, rules.resource_groups_exclude)):
+                continue
+            endpoint = acct.blob_endpoint.rstrip("/")
+            if self.config.azure.credential == "emulator" and not is_loopback_url(endpoint):
+                raise DiscoveryFailed(
+                    [f"storageAccounts: {acct.name}: the emulator credential is refused for {endpoint}"], ["storageAccounts"]
+                )
+            if acct.name in accounts:
+                raise DiscoveryFailed([f"storageAccounts: {acct.name} found in two subscriptions"], ["storageAccounts"])
+            key = os.environ.get(f"{rules.key_env_prefix}{acct.name.upper()}") if rules.key_env_prefix else None
+            cache_key = (acct.name, endpoint)
+            if cache_key not in self._cache:
+                self._cache[cache_key] = AccountStorage(
+                    acct.name,
+                    endpoint,
+                    key or self.credential,
+                    retry_total=min(self.config.azure.retry_total, 5),
+                    read_timeout=self.config.azure.timeout.total_seconds(),
+                )
+            accounts[acct.name] = self._cache[cache_key]
+        return accounts
+
+
 def build_accounts(config: Config, credential=None):
     from .azure.storage import AccountStorage
 
+    if config.azure.storage_accounts is None:
+        return DiscoveredAccounts(config, credential or build_credential(config))
     keys = account_keys(config)
     accounts = {}
     for acct in config.azure.storage_accounts:
