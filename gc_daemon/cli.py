@@ -84,9 +84,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 def scan(ctx: click.Context) -> None:
     """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
     from .locks import replica_lock
-    from .wiring import build_collector, open_store
+    from .wiring import account_keys, build_collector, open_store
 
     config = _config(ctx)
+    account_keys(config)  # an unset key_env is a configuration error: before touching the database
     store = open_store(config)
     lock = replica_lock(store.engine)
     if not lock.try_acquire():
@@ -179,6 +180,18 @@ def _key(url: str):
         raise _Fail(f"URL: {exc}", EXIT_USAGE) from None
 
 
+def _canonical_url(config: Config, key) -> str:
+    """The blob's canonical URL under its account's configured endpoint (never the operator's
+    spelling: a pasted SAS signature must not land in the audit log)."""
+    from .urls import blob_url, default_blob_endpoint
+
+    endpoint = next(
+        (a.endpoint for a in config.azure.storage_accounts or [] if a.name == key.account),
+        default_blob_endpoint(key.account),
+    )
+    return blob_url(endpoint, key)
+
+
 @cli.command()
 @click.argument("url")
 @click.option("--reason", required=True, help="Why it must stay (recorded in the audit log).")
@@ -190,10 +203,11 @@ def keep(ctx: click.Context, url: str, reason: str) -> None:
     from .wiring import open_store
 
     key = _key(url)
-    store = open_store(_config(ctx))
+    config = _config(ctx)
+    store = open_store(config)
     now = datetime.now(UTC)
     store.add_hold(key, reason, default_actor(), now)
-    store.audit(action="keep", key=key, url=url, at=now, actor=default_actor(), reason=reason)
+    store.audit(action="keep", key=key, url=_canonical_url(config, key), at=now, actor=default_actor(), reason=reason)
     click.echo(f"kept {key}: {reason}")
 
 
@@ -207,10 +221,11 @@ def unkeep(ctx: click.Context, url: str) -> None:
     from .wiring import open_store
 
     key = _key(url)
-    store = open_store(_config(ctx))
+    config = _config(ctx)
+    store = open_store(config)
     if not store.remove_hold(key):
         raise _Fail(f"URL: no operator hold on {key}", EXIT_USAGE)
-    store.audit(action="unkeep", key=key, url=url, at=datetime.now(UTC), actor=default_actor())
+    store.audit(action="unkeep", key=key, url=_canonical_url(config, key), at=datetime.now(UTC), actor=default_actor())
     click.echo(f"hold lifted on {key}")
 
 
