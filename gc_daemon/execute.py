@@ -114,7 +114,7 @@ class Executor:
             self.audit.audit(
                 action="delete-refused", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
                 etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
-                reason=f"re-verification: {reason}: {c.reason}",
+                error_code=reason, reason=f"re-verification: {reason}: {c.reason}",
             )
             log.info("delete_refused", url=row.url, reason=reason, detail=c.reason)
             return False

@@ -165,6 +165,11 @@ class Collector:
                         if d.change is not None:
                             batch.append(d.change)
                             self._count_event(d.change.event, stats)
+                            row = d.change.row
+                            log.info(
+                                "blob_" + d.change.event, url=row.url, state=row.state.value,
+                                hold=row.hold.value if row.hold else None, reason=row.reason,
+                            )
                         if d.due is not None:
                             due.append(d.due)
                         if len(batch) >= BATCH:
