@@ -34,68 +34,75 @@ COUNTING = (State.CANDIDATE, State.DUE, State.KEPT)
 
 
 class ReferenceIndex:
-    """Every reference of a pass, indexed by the blob (or container) it protects."""
+    """Every reference of a pass, indexed by the blob (or container) it protects.
 
-    __slots__ = ("_blobs", "_containers", "_count")
+    Compact for large estates: it keeps the raw references once and maps each key to their
+    positions; :class:`Reference` objects are made only when someone asks (:meth:`lookup`).
+    """
 
-    def __init__(self, references: Iterable[Reference] = ()) -> None:
-        self._blobs: dict[BlobKey, tuple[Reference, ...]] = {}
-        self._containers: dict[ContainerKey, tuple[Reference, ...]] = {}
-        self._count = 0
-        for ref in references:
-            self.add(ref)
+    __slots__ = ("_raw", "_blobs", "_containers")
 
-    def add(self, ref: Reference) -> None:
-        self._count += 1
-        if ref.container is not None:
-            self._containers[ref.container] = self._containers.get(ref.container, ()) + (ref,)
-        else:
-            assert ref.key is not None
-            self._blobs[ref.key] = self._blobs.get(ref.key, ()) + (ref,)
+    def __init__(self) -> None:
+        self._raw: list[RawReference] = []
+        self._blobs: dict[BlobKey, int | tuple[int, ...]] = {}
+        self._containers: dict[ContainerKey, tuple[int, ...]] = {}
 
     @classmethod
     def build(cls, raw: Iterable[RawReference]) -> tuple["ReferenceIndex", list[str]]:
         """Parse every raw reference. Unparseable ones come back as errors (the pass fails closed)."""
         index = cls()
         errors: list[str] = []
+        blobs, containers, keep = index._blobs, index._containers, index._raw
         for r in raw:
             try:
                 if r.kind is RefKind.VMSS_CONTAINER:
-                    ref = Reference(r.kind, r.holder, r.uri, None, parse_container_url(r.uri))
+                    ckey = parse_container_url(r.uri)
+                    containers[ckey] = containers.get(ckey, ()) + (len(keep),)
                 else:
-                    ref = Reference(
-                        r.kind,
-                        r.holder,
-                        r.uri,
-                        parse_blob_url(r.uri),
-                        None,
-                        r.time_created,
-                        r.provisioning_state,
-                    )
+                    key = parse_blob_url(r.uri)
+                    i = len(keep)
+                    old = blobs.get(key)
+                    blobs[key] = i if old is None else (old if isinstance(old, tuple) else (old,)) + (i,)
             except UrlError as exc:
                 errors.append(f"{r.kind.value} of {r.holder}: {exc}")
                 continue
-            index.add(ref)
+            keep.append(r)
         return index, errors
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._raw)
+
+    def _positions(self, key: BlobKey) -> tuple[int, ...]:
+        direct = self._blobs.get(key)
+        out = () if direct is None else (direct if isinstance(direct, tuple) else (direct,))
+        if self._containers:
+            out += self._containers.get(ContainerKey(key.account, key.container), ())
+        return out
+
+    def permanently_referenced(self, key: BlobKey) -> bool:
+        """Held by a reference that protects whatever the time (anything but an import)."""
+        direct = self._blobs.get(key)
+        if direct is not None:
+            if isinstance(direct, int):
+                if not self._raw[direct].kind.is_import:
+                    return True
+            elif any(not self._raw[i].kind.is_import for i in direct):
+                return True
+        return bool(self._containers) and ContainerKey(key.account, key.container) in self._containers
 
     def lookup(self, key: BlobKey) -> tuple[Reference, ...]:
         """Every reference naming this blob, directly or through its container."""
-        direct = self._blobs.get(key, ())
-        via_container = self._containers.get(ContainerKey(key.account, key.container), ())
-        return direct + via_container if via_container else direct
+        refs = []
+        for i in self._positions(key):
+            r = self._raw[i]
+            if r.kind is RefKind.VMSS_CONTAINER:
+                refs.append(Reference(r.kind, r.holder, r.uri, None, ContainerKey(key.account, key.container)))
+            else:
+                refs.append(Reference(r.kind, r.holder, r.uri, key, None, r.time_created, r.provisioning_state))
+        return tuple(refs)
 
     def union(self, other: "ReferenceIndex") -> "ReferenceIndex":
-        merged = ReferenceIndex()
-        for src in (self, other):
-            for refs in src._blobs.values():
-                for ref in refs:
-                    merged.add(ref)
-            for refs in src._containers.values():
-                for ref in refs:
-                    merged.add(ref)
+        merged, _ = ReferenceIndex.build(self._raw + other._raw)
         return merged
 
 
@@ -291,10 +298,16 @@ def decide_stream(
     policy: Policy,
     now: datetime,
     seq: int,
+    skip_quiet: bool = True,
 ) -> Iterator[BlobDecision | Forget]:
-    """Decide one account's listing as it streams. ``tracked`` is consumed (what is left vanished)."""
+    """Decide one account's listing as it streams. ``tracked`` is consumed (what is left vanished).
+
+    With ``skip_quiet``, untracked blobs that a permanent reference holds yield nothing at all.
+    """
     for blob in blobs:
         prev = tracked.pop(blob.key, None)
+        if skip_quiet and prev is None and refs.permanently_referenced(blob.key):
+            continue  # in use and untracked: the common case in a large estate, and no write
         if not is_tracked_kind(blob):
             if prev is not None and prev.state is not State.DELETED:
                 yield Forget(blob.key, reason="no longer a VHD")
@@ -316,7 +329,7 @@ def decide(
 ) -> Decision:
     """The whole decision for one complete listing, collected (tests and small estates)."""
     out = Decision()
-    for d in decide_stream(blobs, dict(tracked), refs, operator_holds, policy, now, seq):
+    for d in decide_stream(blobs, dict(tracked), refs, operator_holds, policy, now, seq, skip_quiet=False):
         if isinstance(d, Forget):
             out.changes.append(d)
             continue

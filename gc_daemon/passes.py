@@ -143,6 +143,7 @@ class Collector:
         return index
 
     def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
+        plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
         refs = self._read_references(stats)
         accounts = self._resolve_accounts()
         if should_stop():
@@ -166,7 +167,7 @@ class Collector:
                             batch.append(d.change)
                             self._count_event(d.change.event, stats)
                             row = d.change.row
-                            log.info(
+                            plog.info(
                                 "blob_" + d.change.event, url=row.url, state=row.state.value,
                                 hold=row.hold.value if row.hold else None, reason=row.reason,
                             )
@@ -227,21 +228,22 @@ class Collector:
         batch.clear()
 
     def _measure(self, account: BlobSource, changes: list[Change]) -> None:
-        """Billed bytes of new candidates and changed blobs, concurrently and bounded."""
+        """Billed bytes of new candidates and changed blobs: one call per blob, spread over a
+        bounded number of threads (each takes a share of the batch, not a task per blob)."""
 
-        def one(change: Change) -> None:
-            try:
-                change.row.billed_bytes = account.billed_bytes(change.row.key)
-            except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
-                log.warning("measure_failed", url=change.row.url, error=_short(exc))
+        def share(part: list[Change]) -> None:
+            for change in part:
+                try:
+                    change.row.billed_bytes = account.billed_bytes(change.row.key)
+                except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
+                    log.warning("measure_failed", url=change.row.url, error=_short(exc))
 
         workers = min(self.config.azure.max_concurrency, len(changes))
         if workers <= 1:
-            for c in changes:
-                one(c)
+            share(changes)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="measure") as pool:
-            list(pool.map(one, changes))
+            list(pool.map(share, [changes[i::workers] for i in range(workers)]))
 
     def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
         finished = self.clock()

@@ -143,7 +143,11 @@ def raw(
 
 
 def index(*refs: Reference) -> ReferenceIndex:
-    return ReferenceIndex(refs)
+    built, errors = ReferenceIndex.build(
+        RawReference(r.kind, r.holder, r.uri, r.time_created, r.provisioning_state) for r in refs
+    )
+    assert not errors, errors
+    return built
 
 
 def tracked(

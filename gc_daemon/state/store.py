@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    text,
     Connection,
     Engine,
     Insert,
@@ -35,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
 from gc_daemon.state.models import (
     PASS_OUTCOMES,
+    UTCDateTime,
     audit_log,
     operator_holds,
     passes,
@@ -187,6 +190,58 @@ def _key_filter(key: BlobKey, table: Any = tracked_blobs) -> Any:
     )
 
 
+_TRACKED_SQL = (
+    "SELECT blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at, "
+    "delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier, "
+    "deleted_at, updated_at FROM tracked_blobs WHERE account = "
+)
+_UPSERT_SQL = (
+    f"INSERT INTO tracked_blobs ({', '.join(_TRACKED_COLUMNS)}) VALUES ({', '.join('?' for _ in _TRACKED_COLUMNS)}) "
+    f"ON CONFLICT (account, container, blob) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_ON_CONFLICT)
+)
+_TIME_COLUMNS = frozenset(
+    c.name for c in tracked_blobs.columns if isinstance(c.type, UTCDateTime)
+)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime refused (timezone-aware UTC required): {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    # The text SQLAlchemy's SQLite DateTime writes and reads: "YYYY-MM-DD HH:MM:SS.ffffff" (UTC).
+    if value is None:
+        return None
+    return _aware(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _pg_time(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+def _upsert_params(t: Tracked, when) -> tuple:
+    row = tracked_to_row(t)
+    return tuple(when(row[c]) if c in _TIME_COLUMNS else row[c] for c in _TRACKED_COLUMNS)
+
+
+_STATES = {s.value: s for s in State}
+_HOLDS = {h.value: h for h in Hold}
+
+
+def _ts(value: Any) -> datetime | None:
+    """A stored timestamp as aware UTC: SQLite hands back text, PostgreSQL an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value + "+00:00")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 class StateTx:
     """The one transaction of a complete pass: read the tracked rows, write the changes, complete."""
 
@@ -195,9 +250,23 @@ class StateTx:
         self.seq = seq  # the sequence number this pass takes if it completes
 
     def tracked(self, account: str) -> dict[BlobKey, Tracked]:
-        stmt = select(tracked_blobs).where(tracked_blobs.c.account == account)
-        result = self._conn.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
-        return {t.key: t for t in map(row_to_tracked, result)}
+        """Every row of one account. The hot read of a pass: plain SQL, the driver's rows read
+        straight from its cursor, conversions by hand."""
+        marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
+        result = self._conn.exec_driver_sql(_TRACKED_SQL + marker, (account,))
+        out: dict[BlobKey, Tracked] = {}
+        intern, ts, states, holds = sys.intern, _ts, _STATES, _HOLDS
+        for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
+             delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
+             deleted_at, updated_at) in result.cursor:
+            key = BlobKey(account, intern(container), blob)
+            out[key] = Tracked(
+                key, url, states[state], blob_type, size_bytes, etag, ts(last_modified), ts(first_orphaned_at),
+                ts(delete_after), streak_start, sightings_frozen, billed_bytes,
+                holds[hold] if hold is not None else None, reason, last_owner, tier, ts(deleted_at), ts(updated_at),
+            )
+        result.close()
+        return out
 
     def apply(self, changes: Iterable[Change | Forget]) -> int:
         """Write ``changes`` in order (upserts and deletes in batches); returns the rows written."""
@@ -217,7 +286,7 @@ class StateTx:
                 if forgets:
                     written += self._delete(forgets)
                     forgets = []
-                upserts.append(tracked_to_row(item.row))
+                upserts.append(item.row)
                 if len(upserts) >= BATCH_SIZE:
                     written += self._upsert(upserts)
                     upserts = []
@@ -229,13 +298,14 @@ class StateTx:
             written += self._delete(forgets)
         return written
 
-    def _upsert(self, rows: list[dict[str, Any]]) -> int:
-        stmt = _dialect_insert(self._conn, tracked_blobs)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_KEY_COLUMNS),
-            set_={c: stmt.excluded[c] for c in _UPDATED_ON_CONFLICT},
-        )
-        self._conn.execute(stmt, rows)
+    def _upsert(self, rows: list[Tracked]) -> int:
+        """INSERT ... ON CONFLICT DO UPDATE through the driver's executemany: the bulk write of a
+        pass, without per-row ORM or type-processing overhead (same SQL on SQLite and PostgreSQL)."""
+        sqlite_ = self._conn.dialect.name == "sqlite"
+        marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
+        sql = _UPSERT_SQL.replace("?", marker) if marker != "?" else _UPSERT_SQL
+        when = _sqlite_time if sqlite_ else _pg_time
+        self._conn.exec_driver_sql(sql, [_upsert_params(t, when) for t in rows])
         return len(rows)
 
     def _delete(self, keys: list[BlobKey]) -> int:
