@@ -90,6 +90,12 @@ class ReferenceIndex:
                 return True
         return bool(self._containers) and ContainerKey(key.account, key.container) in self._containers
 
+    def mentions(self, key: BlobKey) -> bool:
+        """Any reference at all (permanent, import, or through the container)."""
+        return key in self._blobs or (
+            bool(self._containers) and ContainerKey(key.account, key.container) in self._containers
+        )
+
     def lookup(self, key: BlobKey) -> tuple[Reference, ...]:
         """Every reference naming this blob, directly or through its container."""
         refs = []
@@ -104,6 +110,10 @@ class ReferenceIndex:
     def union(self, other: "ReferenceIndex") -> "ReferenceIndex":
         merged, _ = ReferenceIndex.build(self._raw + other._raw)
         return merged
+
+
+ORPHAN_REASON = "orphan: no reference, no lease"
+QUIET_ORPHAN = Classification(Verdict.ORPHAN, reason=ORPHAN_REASON)
 
 
 def is_tracked_kind(blob: BlobSeen) -> bool:
@@ -136,7 +146,7 @@ def classify(
     hold, why = _hold(blob, operator_holds, policy)
     if hold is not None:
         return Classification(Verdict.ORPHAN, hold=hold, references=expired, reason=why)
-    reason = "orphan: no reference, no lease"
+    reason = ORPHAN_REASON
     if expired:
         reason += f"; import finished: {_describe(expired[0])}"
     return Classification(Verdict.ORPHAN, references=expired, reason=reason)
@@ -304,10 +314,39 @@ def decide_stream(
 
     With ``skip_quiet``, untracked blobs that a permanent reference holds yield nothing at all.
     """
+    grace, min_sightings, min_age = policy.grace_period, policy.min_sightings, policy.min_age
+    counting_orphan = (State.CANDIDATE, State.DUE)
+    due_state = State.DUE
     for blob in blobs:
-        prev = tracked.pop(blob.key, None)
-        if skip_quiet and prev is None and refs.permanently_referenced(blob.key):
-            continue  # in use and untracked: the common case in a large estate, and no write
+        key = blob.key
+        prev = tracked.pop(key, None)
+        if skip_quiet:
+            if prev is None:
+                if refs.permanently_referenced(key):
+                    continue  # in use and untracked: the common case in a large estate, and no write
+            elif (
+                # A candidate seen again exactly as it was: the other common case. This is what
+                # classify + decide_blob conclude for it (a property test holds the two together),
+                # without building their intermediate objects.
+                prev.state in counting_orphan
+                and prev.etag == blob.etag
+                and prev.billed_bytes is not None
+                and blob.blob_type == "PageBlob"
+                and not blob.snapshot_count
+                and not blob.keep_metadata
+                and not blob.keep_tag
+                and not blob.leased
+                and now - blob.last_modified >= min_age
+                and key.blob.lower().endswith(".vhd")
+                and key not in operator_holds
+                and not refs.mentions(key)
+                and prev.delete_after == prev.first_orphaned_at + grace
+            ):
+                is_due = now >= prev.delete_after and seq - prev.streak_start + 1 >= min_sightings
+                if is_due == (prev.state is due_state):
+                    if is_due:
+                        yield BlobDecision(key, None, prev, QUIET_ORPHAN)
+                    continue
         if not is_tracked_kind(blob):
             if prev is not None and prev.state is not State.DELETED:
                 yield Forget(blob.key, reason="no longer a VHD")

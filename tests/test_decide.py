@@ -20,6 +20,7 @@ from gc_daemon.domain import (
 )
 from tests.builders import (
     ACCOUNT,
+    GIB,
     DISK,
     NOW,
     container_ref,
@@ -644,3 +645,71 @@ def test_lifecycle_invariants_over_random_passes(passes, grace, min_sightings, m
         if prev is not None and prev.state in (State.CANDIDATE, State.DUE) and orphan_free and prev.etag != blob.etag:
             assert row.sightings(seq) == 1 and d.change.measure is True and row.first_orphaned_at == now
         prev = row
+
+
+# -- the streaming fast paths agree with classify + decide_blob ---------------------------------
+
+DISTURBANCES = {
+    # each thing that takes a candidate off the quiet path, as (parameter, value)
+    "not_vhd": ("name", "disk.bin"), "upper_case_name": ("name", "DISK.VHD"), "block_blob": ("blob_type", "BlockBlob"),
+    "leased": ("lease", "leased"), "breaking": ("lease", "breaking"), "lease_unknown": ("lease", None),
+    "lease_broken": ("lease", "broken"), "snapshots": ("snapshots", 1), "keep_metadata": ("keep_md", True),
+    "keep_tag": ("keep_tag", True), "young": ("age_h", 23), "referenced": ("ref_kind", RefKind.VM_OS_DISK),
+    "imported": ("ref_kind", RefKind.DISK_IMPORT), "operator_hold": ("operator", True),
+    "untracked": ("prev_state", None), "kept": ("prev_state", State.KEPT), "released": ("prev_state", State.RELEASED),
+    "deleted": ("prev_state", State.DELETED), "etag_changed": ("same_etag", False), "billed_unknown": ("billed_known", False),
+    "grace_changed": ("stale_delete_after", True),
+}
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    disturbances=st.sets(st.sampled_from(sorted(DISTURBANCES)), max_size=2),
+    prev_state=st.sampled_from([State.CANDIDATE, State.DUE]),
+    orphaned_days=st.integers(0, 20),
+    streak_start=st.integers(1, 13),
+    grace_days=st.integers(0, 10),
+    min_sightings=st.integers(1, 5),
+    age_h=st.sampled_from([24, 72]),
+)
+def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orphaned_days, streak_start, grace_days,
+                                                   min_sightings, age_h):
+    """Quiet blobs (untracked in-use ones, unchanged candidates) skip classify/decide_blob; for
+    the quiet case and each disturbance of it (one or two at a time) the outcome is the same."""
+    p = dict(name="disk.vhd", blob_type="PageBlob", lease="available", snapshots=0, keep_md=False, keep_tag=False,
+             age_h=age_h, ref_kind=None, operator=False, prev_state=prev_state, same_etag=True, billed_known=True,
+             stale_delete_after=False)
+    for d in sorted(disturbances):
+        param, value = DISTURBANCES[d]
+        p[param] = value
+    name, blob_type, lease, snapshots, keep_md, keep_tag, age_h, ref_kind, operator, prev_state, same_etag, \
+        billed_known, stale_delete_after = (p[k] for k in ("name", "blob_type", "lease", "snapshots", "keep_md",
+                                                          "keep_tag", "age_h", "ref_kind", "operator", "prev_state",
+                                                          "same_etag", "billed_known", "stale_delete_after"))
+    blob = seen(name, blob_type=blob_type, lease_state=lease, lease_status=None if lease is None else "unlocked",
+                snapshots=snapshots, keep_metadata=keep_md, keep_tag=keep_tag, age=timedelta(hours=age_h))
+    pol = policy(min_age=timedelta(hours=24), grace_period=timedelta(days=grace_days), min_sightings=min_sightings)
+    refs = index() if ref_kind is None else index(
+        ref(ref_kind, blob.key, time_created=NOW - timedelta(days=30), provisioning_state="Succeeded")
+    )
+    holds = {blob.key: "legal"} if operator else {}
+    prev = None
+    if prev_state is not None:
+        prev = tracked(blob, state=prev_state, first_orphaned_at=NOW - timedelta(days=orphaned_days),
+                       grace_period=timedelta(days=grace_days + (1 if stale_delete_after else 0)),
+                       streak_start=streak_start, billed_bytes=GIB if billed_known else None,
+                       etag=None if same_etag else '"other"')
+    seq = 12
+
+    def outcome(skip_quiet):
+        tracked_rows = {blob.key: prev} if prev is not None else {}
+        out = list(decide_stream([blob], tracked_rows, refs, holds, pol, NOW, seq, skip_quiet=skip_quiet))
+        changes = [d.change for d in out if not isinstance(d, Forget) and d.change is not None]
+        forgets = [d for d in out if isinstance(d, Forget)]
+        dues = [d.due for d in out if not isinstance(d, Forget) and d.due is not None]
+        return changes, forgets, dues
+
+    fast, slow = outcome(True), outcome(False)
+    assert fast[1] == slow[1]
+    assert fast[2] == slow[2]
+    assert [(c.row, c.measure) for c in fast[0]] == [(c.row, c.measure) for c in slow[0]]
