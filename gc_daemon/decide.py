@@ -40,22 +40,25 @@ class ReferenceIndex:
     positions; :class:`Reference` objects are made only when someone asks (:meth:`lookup`).
     """
 
-    __slots__ = ("_raw", "_blobs", "_containers")
+    __slots__ = ("_raw", "_blobs", "_containers", "_permanent")
 
     def __init__(self) -> None:
         self._raw: list[RawReference] = []
         self._blobs: dict[BlobKey, int | tuple[int, ...]] = {}
         self._containers: dict[ContainerKey, tuple[int, ...]] = {}
+        self._permanent: set[BlobKey] = set()  # keys held by a reference that is not an import
 
     @classmethod
     def build(cls, raw: Iterable[RawReference]) -> tuple["ReferenceIndex", list[str]]:
         """Parse every raw reference. Unparseable ones come back as errors (the pass fails closed)."""
         index = cls()
         errors: list[str] = []
-        blobs, containers, keep = index._blobs, index._containers, index._raw
+        blobs, containers, keep, permanent = index._blobs, index._containers, index._raw, index._permanent
+        vmss_container, imports = RefKind.VMSS_CONTAINER, _IMPORT_KINDS
         for r in raw:
             try:
-                if r.kind is RefKind.VMSS_CONTAINER:
+                kind = r.kind
+                if kind is vmss_container:
                     ckey = parse_container_url(r.uri)
                     containers[ckey] = containers.get(ckey, ()) + (len(keep),)
                 else:
@@ -63,6 +66,8 @@ class ReferenceIndex:
                     i = len(keep)
                     old = blobs.get(key)
                     blobs[key] = i if old is None else (old if isinstance(old, tuple) else (old,)) + (i,)
+                    if kind not in imports:
+                        permanent.add(key)
             except UrlError as exc:
                 errors.append(f"{r.kind.value} of {r.holder}: {exc}")
                 continue
@@ -81,20 +86,13 @@ class ReferenceIndex:
 
     def permanently_referenced(self, key: BlobKey) -> bool:
         """Held by a reference that protects whatever the time (anything but an import)."""
-        direct = self._blobs.get(key)
-        if direct is not None:
-            if isinstance(direct, int):
-                if not self._raw[direct].kind.is_import:
-                    return True
-            elif any(not self._raw[i].kind.is_import for i in direct):
-                return True
-        return bool(self._containers) and ContainerKey(key.account, key.container) in self._containers
+        return key in self._permanent or (
+            bool(self._containers) and (key[0], key[1]) in self._containers
+        )
 
     def mentions(self, key: BlobKey) -> bool:
         """Any reference at all (permanent, import, or through the container)."""
-        return key in self._blobs or (
-            bool(self._containers) and ContainerKey(key.account, key.container) in self._containers
-        )
+        return key in self._blobs or (bool(self._containers) and (key[0], key[1]) in self._containers)
 
     def lookup(self, key: BlobKey) -> tuple[Reference, ...]:
         """Every reference naming this blob, directly or through its container."""
@@ -112,6 +110,9 @@ class ReferenceIndex:
         return merged
 
 
+_IMPORT_KINDS = frozenset(k for k in RefKind if k.is_import)
+_UNLEASED = frozenset(("available", "expired", "broken"))
+_UNLOCKED = frozenset(("unlocked", None))
 ORPHAN_REASON = "orphan: no reference, no lease"
 QUIET_ORPHAN = Classification(Verdict.ORPHAN, reason=ORPHAN_REASON)
 
@@ -335,7 +336,8 @@ def decide_stream(
                 and not blob.snapshot_count
                 and not blob.keep_metadata
                 and not blob.keep_tag
-                and not blob.leased
+                and blob.lease_state in _UNLEASED
+                and blob.lease_status in _UNLOCKED
                 and now - blob.last_modified >= min_age
                 and key.blob.lower().endswith(".vhd")
                 and key not in operator_holds

@@ -123,12 +123,10 @@ class BlobSeen:
 
     @property
     def leased(self) -> bool:
-        """A blob holds a lease while one is active or still breaking; unknown counts as leased."""
-        if self.lease_state is None:
-            return (self.lease_status or "locked").lower() == "locked"
-        return self.lease_state.lower() in (LeaseState.LEASED.value, LeaseState.BREAKING.value) or (
-            (self.lease_status or "").lower() == "locked"
-        )
+        """A blob holds a lease unless the service says it has none (available, expired, broken)
+        and does not say it is locked: an unknown or unexpected lease state counts as leased."""
+        state = (self.lease_state or "").lower()
+        return state not in ("available", "expired", "broken") or (self.lease_status or "").lower() == "locked"
 
     @property
     def is_vhd(self) -> bool:

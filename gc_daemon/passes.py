@@ -198,15 +198,16 @@ class Collector:
 
     @staticmethod
     def _counted(blobs: Iterable[BlobSeen], stats: PassStats, account: str, should_stop) -> Iterable[BlobSeen]:
-        n = 0
+        n = vhds = 0
         for b in blobs:
             n += 1
-            if n % 1000 == 0 and should_stop():
+            if not n & 1023 and should_stop():
                 raise PassIncomplete(["stopped by a signal during the listing"], [])
-            if b.is_vhd:
-                stats.vhds += 1
+            if b.blob_type == "PageBlob" and b.key[2][-4:].lower() == ".vhd":
+                vhds += 1
             yield b
         stats.blobs += n
+        stats.vhds += vhds
         stats.blobs_by_account[account] = n
 
     @staticmethod

@@ -22,6 +22,7 @@ _ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _CONTAINER = re.compile(r"^(?:\$root|\$web|\$logs|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$")
 _ZONE = re.compile(r"^z[0-9]{2}$")
 MAX_BLOB_NAME = 1024
+_new_key = tuple.__new__  # BlobKey(a, c, b) without the NamedTuple constructor's Python frame
 # The shape nearly every reference has: public or sovereign cloud host in lower case, a lower-case
 # container, no percent-encoding, query or fragment. Parsed by one regex; anything else takes the
 # general path. Both give the same key (a property test holds them to it).
@@ -103,7 +104,7 @@ def parse_blob_url(uri: str) -> BlobKey:
     if m is not None:
         blob = m.group(3)
         if blob.isascii():
-            return BlobKey(sys.intern(m.group(1)), sys.intern(m.group(2)), blob)
+            return _new_key(BlobKey, (sys.intern(m.group(1)), sys.intern(m.group(2)), blob))
     return parse_blob_url_general(uri)
 
 

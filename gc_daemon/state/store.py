@@ -255,11 +255,11 @@ class StateTx:
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         result = self._conn.exec_driver_sql(_TRACKED_SQL + marker, (account,))
         out: dict[BlobKey, Tracked] = {}
-        intern, ts, states, holds = sys.intern, _ts, _STATES, _HOLDS
+        intern, ts, states, holds, new_key = sys.intern, _ts, _STATES, _HOLDS, tuple.__new__
         for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
              delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
              deleted_at, updated_at) in result.cursor:
-            key = BlobKey(account, intern(container), blob)
+            key = new_key(BlobKey, (account, intern(container), blob))
             out[key] = Tracked(
                 key, url, states[state], blob_type, size_bytes, etag, ts(last_modified), ts(first_orphaned_at),
                 ts(delete_after), streak_start, sightings_frozen, billed_bytes,
