@@ -164,3 +164,43 @@ class Executor:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:limit]
+
+
+def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, actor: str | None = None) -> int:
+    """Settle deletion intents that have no outcome: the process stopped between writing the
+    intent and writing the result (a crash, SIGKILL, a lost database connection). The blob says
+    what happened: gone means the delete went through; still there with the recorded ETag means it
+    did not; a new ETag means it changed and starts over. Returns how many were settled."""
+    actor = actor or default_actor()
+    settled = 0
+    for intent in store.unresolved_intents():
+        key = intent.key
+        gateway = storage.get(key.account)
+        if gateway is None:
+            continue  # its account is no longer collected: left for the operator (`vhd-gc audit`)
+        try:
+            fresh = gateway.read_blob(key)
+        except Exception as exc:  # noqa: BLE001 - try again at the next pass
+            log.warning("intent_unresolved", url=intent.url, error=_short(exc))
+            continue
+        common = dict(key=key, url=intent.url, at=now, actor=actor, pass_id=intent.pass_id, intent_id=intent.id,
+                      etag=intent.etag, size_bytes=intent.size_bytes, billed_bytes=intent.billed_bytes)
+        if fresh is None:
+            store.audit(action="deleted", reason="settled after an interruption: the blob is gone", **common)
+            row = store.row(key)
+            if row is not None and row.state is not State.DELETED:
+                gone = replace(row, state=State.DELETED, deleted_at=now, streak_start=None,
+                               sightings_frozen=row.sightings(store.last_complete_seq()), updated_at=now)
+                with store.transaction() as tx:
+                    tx.apply([Change(gone, event="deleted")])
+            log.info("intent_settled", url=intent.url, outcome="deleted")
+        elif fresh.etag == intent.etag:
+            store.audit(action="delete-failed", error_code="Interrupted",
+                        reason="settled after an interruption: the blob is still there", **common)
+            log.info("intent_settled", url=intent.url, outcome="not deleted")
+        else:
+            store.audit(action="delete-refused", error_code="etag_changed",
+                        reason="settled after an interruption: the blob changed", **common)
+            log.info("intent_settled", url=intent.url, outcome="changed")
+        settled += 1
+    return settled

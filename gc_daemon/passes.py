@@ -24,7 +24,7 @@ import structlog
 from .config import Config
 from .decide import ReferenceIndex, decide_stream
 from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, Tracked
-from .execute import Execution, Executor
+from .execute import Execution, Executor, resolve_intents
 
 log = structlog.get_logger("vhd-gc.pass")
 
@@ -146,6 +146,7 @@ class Collector:
         plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
         refs = self._read_references(stats)
         accounts = self._resolve_accounts()
+        resolve_intents(self.store, accounts, now)  # before the pass transaction: it writes on its own
         if should_stop():
             raise PassIncomplete(["stopped by a signal"], [])
         holds = self.store.holds()

@@ -441,3 +441,30 @@ def test_lifecycle_on_postgresql(gc):
     assert not gc.exists("vhds", "leftover.vhd") and gc.exists("vhds", "kept.vhd")
     report = gc.report()
     assert report[url]["state"] == "deleted" and report[keep]["state"] == "kept"
+
+
+def test_intents_left_by_a_crash_are_settled_by_looking_at_the_blob(gc):
+    from gc_daemon.config import load_config
+    from gc_daemon.wiring import open_store
+
+    gone_url = gc.page("vhds", "went.vhd")
+    kept_url = gc.page("vhds", "stayed.vhd")
+    gc.configure(mode="dry-run", grace_period="1d")
+    gc.scan()
+    store = open_store(load_config(gc.config_path))
+    rows = {r.url: r for r in store.rows()}
+    now = datetime.now(UTC)
+    for url in (gone_url, kept_url):  # a process wrote its intents, then died
+        row = rows[url]
+        store.audit(action="delete-intent", key=row.key, url=url, at=now, actor="crashed", etag=row.etag,
+                    size_bytes=row.size_bytes)
+    gc.svc().get_blob_client("vhds", "went.vhd").delete_blob()  # ...after one delete went through
+
+    assert gc.scan().outcome == "complete"
+
+    assert store.unresolved_intents() == []
+    outcomes = {r.url: r.action for r in store.audit_log() if r.intent_id is not None}
+    assert outcomes == {gone_url: "deleted", kept_url: "delete-failed"}
+    report = gc.report()
+    assert report[gone_url]["state"] == "deleted"
+    assert report[kept_url]["state"] == "candidate" and gc.exists("vhds", "stayed.vhd")
