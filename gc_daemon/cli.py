@@ -229,6 +229,26 @@ def unkeep(ctx: click.Context, url: str) -> None:
     click.echo(f"hold lifted on {key}")
 
 
+@cli.command("confirm-pass")
+@click.pass_context
+@_guard
+def confirm_pass(ctx: click.Context) -> None:
+    """Let the next pass mark what the blast-radius guard held back (about as many blobs and bytes)."""
+    from .execute import default_actor
+    from .wiring import open_store
+
+    store = open_store(_config(ctx))
+    blocked = store.last_blocked_pass()
+    if blocked is None:
+        raise _Fail("confirm-pass: the last pass was not held back by the blast-radius guard", EXIT_USAGE)
+    store.confirm_pass(blocked, default_actor(), datetime.now(UTC))
+    stats = blocked.stats or {}
+    click.echo(
+        f"confirmed: the next pass may newly mark about {stats.get('new_candidates')} blobs "
+        f"({stats.get('new_bytes')} bytes) held back by pass {blocked.id}: {stats.get('blocked')}"
+    )
+
+
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)

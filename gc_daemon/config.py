@@ -171,6 +171,15 @@ class PolicyConfig(_Strict):
     delete_non_vhd_page_blobs: bool = False
 
 
+class BlastRadiusConfig(_Strict):
+    """A pass that would newly mark more than this holds back and waits for an operator: the classic
+    disaster is a subscription missing from the configuration, making all its disks look orphaned."""
+
+    max_new_share: Annotated[float, Field(gt=0, le=1)] = 0.2  # of the VHDs the pass saw
+    max_new_bytes: Annotated[int, Field(gt=0)] | None = None  # nominal bytes newly marked
+    min_new: Annotated[int, Field(ge=0)] = 10  # the share rule applies above this many new candidates
+
+
 class PricesConfig(_Strict):
     """For the cost estimate only: prices per GiB-month of the storage that orphans occupy."""
 
@@ -193,6 +202,7 @@ class Config(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     policy: PolicyConfig = PolicyConfig()
     prices: PricesConfig = PricesConfig()
+    blast_radius: BlastRadiusConfig = BlastRadiusConfig()
     azure: AzureConfig
 
     @field_validator("interval")

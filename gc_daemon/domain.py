@@ -250,3 +250,6 @@ class PassStats:
     released: int = 0
     kept: int = 0
     vanished: int = 0
+    new_candidates: int = 0  # blobs this pass made candidates (first sighting of a run)
+    new_bytes: int = 0
+    blocked: str | None = None  # why the blast-radius guard held the pass back

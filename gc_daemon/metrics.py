@@ -124,6 +124,12 @@ class StateCollector(Collector):
             seen.add_metric([account], n)
         yield from (refs, seen)
 
+        blocked = GaugeMetricFamily(
+            "vhdgc_blast_radius_blocked", "1 while passes are held back by the blast-radius guard"
+        )
+        blocked.add_metric([], 1 if store.last_blocked_pass() is not None else 0)
+        yield blocked
+
         oldest = store.oldest_orphaned((State.CANDIDATE, State.DUE))
         age = GaugeMetricFamily("vhdgc_oldest_candidate_age_seconds", "Age of the oldest candidate or due blob")
         age.add_metric([], max(0.0, (self.clock() - oldest).total_seconds()) if oldest else 0)
@@ -154,9 +160,6 @@ class Metrics:
         self.dry_run = Gauge("vhdgc_dry_run", "1 in dry-run mode, 0 in delete mode", registry=self.registry)
         self.dry_run.set(1 if config.mode == "dry-run" else 0)
         self.leader = Gauge("vhdgc_leader", "1 on the replica that runs passes", registry=self.registry)
-        self.blocked = Gauge(
-            "vhdgc_blast_radius_blocked", "1 while passes are held back by the blast-radius guard", registry=self.registry
-        )
 
     def observe(self, result) -> None:
         self.pass_duration.observe(result.duration)

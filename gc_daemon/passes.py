@@ -23,7 +23,7 @@ import structlog
 
 from .config import Config
 from .decide import ReferenceIndex, decide_stream
-from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, Tracked
+from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, State, Tracked
 from .execute import Execution, Executor, resolve_intents
 
 log = structlog.get_logger("vhd-gc.pass")
@@ -168,6 +168,9 @@ class Collector:
                             batch.append(d.change)
                             self._count_event(d.change.event, stats)
                             row = d.change.row
+                            if row.streak_start == seq and row.state in (State.CANDIDATE, State.DUE):
+                                stats.new_candidates += 1
+                                stats.new_bytes += row.size_bytes
                             plog.info(
                                 "blob_" + d.change.event, url=row.url, state=row.state.value,
                                 hold=row.hold.value if row.hold else None, reason=row.reason,
@@ -182,11 +185,38 @@ class Collector:
                     raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                 self._flush(tx, account, batch, stats)
             stats.due = len(due)
+            self._check_blast_radius(stats)
             if due and self.config.mode == "delete":
                 # Deleting is the one irreversible step: check against references read just now too.
                 refs = refs.union(self._read_references())
             tx.complete_pass(pass_id, self.clock(), asdict(stats))
         return seq, due, refs, holds, accounts
+
+    def _check_blast_radius(self, stats: PassStats) -> None:
+        """Refuse to mark an implausible share of the estate at once (a missing subscription makes
+        its disks look orphaned): the pass changes nothing and waits for `vhd-gc confirm-pass`."""
+        rules = self.config.blast_radius
+        n, size, vhds = stats.new_candidates, stats.new_bytes, max(stats.vhds, 1)
+        why = None
+        if n > rules.min_new and n / vhds > rules.max_new_share:
+            why = (f"this pass would newly mark {n} of {stats.vhds} VHDs ({n / vhds:.0%}), over "
+                   f"blast_radius.max_new_share {rules.max_new_share:.0%}")
+        elif rules.max_new_bytes is not None and size > rules.max_new_bytes:
+            why = (f"this pass would newly mark {size} bytes, over blast_radius.max_new_bytes "
+                   f"{rules.max_new_bytes}")
+        if why is None:
+            return
+        confirmed = self.store.pass_confirmation()
+        if confirmed is not None and n <= confirmed["new"] * 1.1 + 1 and size <= confirmed["bytes"] * 1.1 + 1:
+            log.warning("blast_radius_confirmed", new=n, bytes=size, confirmed_by=confirmed.get("actor"))
+            return
+        stats.blocked = why
+        raise PassIncomplete(
+            [f"blast radius: {why}; nothing was marked. If this is expected (a first pass over an estate "
+             "full of leftovers), run `vhd-gc confirm-pass`; if not, check the subscriptions and accounts "
+             "in the configuration"],
+            ["blast_radius"],
+        )
 
     def _resolve_accounts(self) -> Mapping[str, BlobSource]:
         if not callable(self.accounts):

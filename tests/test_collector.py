@@ -468,3 +468,53 @@ def test_intents_left_by_a_crash_are_settled_by_looking_at_the_blob(gc):
     report = gc.report()
     assert report[gone_url]["state"] == "deleted"
     assert report[kept_url]["state"] == "candidate" and gc.exists("vhds", "stayed.vhd")
+
+
+# -- the blast-radius guard ------------------------------------------------------------------
+
+
+def test_blast_radius_guard_catches_a_missing_subscription(gc):
+    """The classic disaster: a subscription missing from the configuration makes its disks look
+    orphaned. 15 of 20 VHDs would be newly marked: the pass marks nothing and waits."""
+    ours = [gc.page("vhds", f"web-{i}.vhd") for i in range(5)]
+    theirs = [gc.page("vhds", f"db-{i}.vhd") for i in range(15)]
+    gc.compute(
+        *[a.vm(SUB, RG, f"web-{i}", os_vhd=u) for i, u in enumerate(ours)],
+        *[a.vm(SUB2, RG, f"db-{i}", os_vhd=u) for i, u in enumerate(theirs)],
+    )
+    gc.configure(mode="delete", blast_radius={"max_new_share": 0.2, "min_new": 10})  # SUB2 forgotten
+
+    run = gc.cli("scan")
+
+    assert run.code == 3 and "blast radius" in run.err and "15 of 20" in run.err
+    assert gc.report() == {}
+    assert len(seed.names(gc.svc())) == 20
+    assert gc.cli("passes").out.count("incomplete") == 1
+    # The operator adds the subscription: the next pass is complete and marks nothing.
+    gc.configure(mode="delete", blast_radius={"max_new_share": 0.2, "min_new": 10}, azure={"subscriptions": [SUB, SUB2]})
+    assert gc.cli("scan").code == 0
+    assert gc.report() == {} and len(seed.names(gc.svc())) == 20
+
+
+def test_blast_radius_confirm_pass_lets_one_pass_through(gc):
+    for i in range(15):
+        gc.page("vhds", f"leftover-{i}.vhd")
+    gc.page("vhds", "web.vhd", lease=True)
+    gc.configure(mode="delete", blast_radius={"max_new_share": 0.2, "min_new": 10})
+    assert gc.cli("scan").code == 3
+    assert gc.cli("confirm-pass").code == 0
+    assert gc.cli("scan").code == 0  # confirmed: the 15 are marked (and, grace 0s, deleted)
+    assert seed.names(gc.svc()) == {("vhds", "web.vhd")}
+    assert gc.cli("confirm-pass").code == 2  # nothing waits for a confirmation now
+
+
+def test_blast_radius_bytes_limit_and_a_configuration_change_lets_it_through(gc):
+    for i in range(3):
+        gc.page("vhds", f"big-{i}.vhd", size=8 << 20)
+    gc.configure(mode="dry-run", blast_radius={"max_new_bytes": 16 << 20})
+    run = gc.cli("scan")
+    assert run.code == 3 and "max_new_bytes" in run.err
+    assert gc.report() == {}
+    gc.configure(mode="dry-run", blast_radius={"max_new_bytes": 32 << 20})
+    assert gc.cli("scan").code == 0
+    assert len(gc.report()) == 3

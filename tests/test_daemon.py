@@ -147,6 +147,7 @@ def test_daemon_runs_passes_exports_metrics_and_stops_on_sigterm(gc, daemon_env)
     assert m[("vhdgc_last_complete_pass_timestamp_seconds", ())] > time.time() - 60
     assert m[("vhdgc_dry_run", ())] == 1 and m[("vhdgc_leader", ())] == 1
     assert m[("vhdgc_interval_seconds", ())] == 2
+    assert m[("vhdgc_blast_radius_blocked", ())] == 0
     assert m[("vhdgc_references_seen", (("kind", "vm_os_disk"),))] == 1
     assert m[("vhdgc_blobs_seen", (("account", "gcacct1"),))] == 3
     assert ("vhdgc_pass_duration_seconds_count", ()) in m

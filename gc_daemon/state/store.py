@@ -47,6 +47,8 @@ from gc_daemon.state.models import (
 BATCH_SIZE = 1000
 STREAM_BATCH = 1000
 
+CONFIRM_PASS = "confirm-pass"
+
 # Pass outcomes.
 RUNNING = "running"
 COMPLETE = "complete"
@@ -573,3 +575,42 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [(a, s, int(size), int(billed)) for a, s, size, billed in conn.execute(stmt)]
+
+    # -- the blast-radius guard ---------------------------------------------------------------
+
+    def last_blocked_pass(self) -> PassRecord | None:
+        """The most recent finished pass, if the blast-radius guard held it back."""
+        stmt = select(passes).where(passes.c.outcome != RUNNING).order_by(passes.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        record = _pass_record(row) if row is not None else None
+        if record is not None and (record.stats or {}).get("blocked"):
+            return record
+        return None
+
+    def confirm_pass(self, blocked: PassRecord, actor: str, at: datetime) -> None:
+        """Let the next pass mark about what `blocked` would have marked (recorded in the audit log)."""
+        stats = blocked.stats or {}
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(audit_log).values(
+                    at=at, pass_id=blocked.id, action=CONFIRM_PASS, account="*", container="*", blob="*",
+                    url="*", size_bytes=int(stats.get("new_bytes") or 0),
+                    billed_bytes=int(stats.get("new_candidates") or 0),
+                    reason=f"operator confirmed: {stats.get('blocked')}", actor=actor,
+                )
+            )
+
+    def pass_confirmation(self) -> dict | None:
+        """The operator's confirmation, if one was given after the last complete pass."""
+        stmt = (
+            select(audit_log).where(audit_log.c.action == CONFIRM_PASS).order_by(audit_log.c.id.desc()).limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        last = self.last_complete_pass()
+        if last is not None and last.finished_at is not None and last.finished_at >= row.at:
+            return None  # used up by a complete pass since
+        return {"new": row.billed_bytes or 0, "bytes": row.size_bytes or 0, "actor": row.actor}
