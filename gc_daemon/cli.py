@@ -229,6 +229,39 @@ def unkeep(ctx: click.Context, url: str) -> None:
     click.echo(f"hold lifted on {key}")
 
 
+@cli.command()
+@click.argument("url")
+@click.pass_context
+@_guard
+def restore(ctx: click.Context, url: str) -> None:
+    """Undelete a blob (blob soft delete must be on) and keep it with an operator hold."""
+    from .azure.storage import StorageError, soft_delete_days, undelete
+    from .execute import default_actor
+    from .wiring import build_accounts, open_store
+
+    key = _key(url)
+    config = _config(ctx)
+    store = open_store(config)
+    accounts = build_accounts(config)
+    accounts = accounts() if callable(accounts) else accounts
+    storage = accounts.get(key.account)
+    if storage is None:
+        raise _Fail(f"URL: account {key.account} is not collected by this configuration", EXIT_USAGE)
+    try:
+        days = soft_delete_days(storage)
+        if days is None:
+            raise _Fail(f"blob soft delete is off for account {key.account}: {key} cannot be restored", EXIT_ERROR)
+        undelete(storage, key)
+    except StorageError as exc:
+        raise _Fail(f"restore failed: {exc.code}: {exc}", EXIT_ERROR) from None
+    now = datetime.now(UTC)
+    canonical = _canonical_url(config, key)
+    store.add_hold(key, "restored by an operator", default_actor(), now)
+    store.audit(action="restore", key=key, url=canonical, at=now, actor=default_actor(),
+                reason="undeleted; kept by an operator hold (`vhd-gc unkeep` to let it be collected again)")
+    click.echo(f"restored {key}; kept by an operator hold")
+
+
 @cli.command("confirm-pass")
 @click.pass_context
 @_guard
@@ -320,18 +353,57 @@ def config_group() -> None:
     """The configuration file."""
 
 
+def _warn_soft_delete(config: Config, deadline: float = 10.0) -> None:
+    """Ask each account whether blob soft delete is on: one try each, all together, bounded."""
+    import threading
+
+    from .azure.storage import AccountStorage, soft_delete_days
+    from .wiring import account_keys, build_credential
+
+    keys = account_keys(config)
+    lines: dict[str, str] = {}
+
+    def check(acct) -> None:
+        secret = keys[acct.name]
+        storage = AccountStorage(acct.name, acct.endpoint, secret if secret is not None else build_credential(config),
+                                 retry_total=0, connection_timeout=5, read_timeout=5)
+        try:
+            days = soft_delete_days(storage)
+        except Exception as exc:  # noqa: BLE001 - a check, not a pass
+            lines[acct.name] = f"# warning: {acct.name}: could not read blob soft delete settings ({exc})"
+            return
+        lines[acct.name] = (
+            f"# warning: {acct.name}: blob soft delete is off: a VHD vhd-gc deletes cannot be restored"
+            if days is None
+            else f"# {acct.name}: blob soft delete on: deleted VHDs stay restorable for {days} days"
+        )
+
+    threads = [threading.Thread(target=check, args=(a,), daemon=True) for a in config.azure.storage_accounts or []]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=deadline)
+    for acct in config.azure.storage_accounts or []:
+        click.echo(lines.get(acct.name, f"# warning: {acct.name}: soft delete check timed out"), err=True)
+
+
 @config_group.command("check")
+@click.option("--offline", is_flag=True, help="Do not contact the storage accounts (soft-delete check).")
 @click.pass_context
 @_guard
-def config_check(ctx: click.Context) -> None:
+def config_check(ctx: click.Context, offline: bool) -> None:
     """Validate the file and print the effective configuration, secrets redacted."""
     from .wiring import account_keys
 
     config = _config(ctx)
     try:
         account_keys(config)
+        env_ok = True
     except ConfigError as exc:  # the file is valid; the environment of this shell is not complete
         click.echo(f"# warning: {exc} (scan and run will refuse to start)", err=True)
+        env_ok = False
+    if env_ok and not offline and config.azure.storage_accounts:
+        _warn_soft_delete(config)
     click.echo(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), nl=False)
     if config.mode == "dry-run":
         click.echo("# mode is dry-run: nothing will be deleted", err=True)

@@ -189,6 +189,7 @@ class Tracked:
     tier: str | None = None
     deleted_at: datetime | None = None
     updated_at: datetime | None = None
+    recoverable_until: datetime | None = None  # deleted with soft delete on: restorable until then
 
     def sightings(self, current_seq: int) -> int:
         if self.state in (State.CANDIDATE, State.DUE, State.KEPT) and self.streak_start is not None:

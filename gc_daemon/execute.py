@@ -13,12 +13,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
 
-from .azure.storage import DeleteRefused
+from .azure.storage import DeleteRefused, soft_delete_days
 from .decide import ReferenceIndex, classify, decide_blob
 from .domain import BlobKey, BlobSeen, Change, Forget, Policy, State, Tracked
 
@@ -64,6 +64,17 @@ class Executor:
     policy: Policy
     actor: str = field(default_factory=default_actor)
     should_stop: Callable[[], bool] = lambda: False  # honoured between deletions, never during one
+    _retention: dict = field(default_factory=dict, repr=False)
+
+    def retention_days(self, account: str) -> int | None:
+        """Blob soft-delete retention of an account (asked once per executor), None when off/unknown."""
+        if account not in self._retention:
+            try:
+                self._retention[account] = soft_delete_days(self.storage[account])
+            except Exception as exc:  # noqa: BLE001 - unknown: the report just will not promise a restore
+                log.warning("soft_delete_unknown", account=account, error=_short(exc))
+                self._retention[account] = None
+        return self._retention[account]
 
     def execute(
         self,
@@ -147,10 +158,12 @@ class Executor:
             intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
             reason=row.reason,
         )
+        days = self.retention_days(key.account)
         gone = replace(
             row,
             state=State.DELETED,
             deleted_at=now,
+            recoverable_until=now + timedelta(days=days) if days else None,
             sightings_frozen=row.sightings(seq),
             streak_start=None,
             updated_at=now,

@@ -30,6 +30,7 @@ FIELDS = [
     "etag",
     "last_modified",
     "deleted_at",
+    "recoverable_until",
     "tier",
 ]
 
@@ -57,6 +58,7 @@ def record(row: Tracked, seq: int) -> dict:
         "etag": row.etag,
         "last_modified": _iso(row.last_modified),
         "deleted_at": _iso(row.deleted_at),
+        "recoverable_until": _iso(row.recoverable_until),
         "tier": row.tier,
     }
 
@@ -107,6 +109,9 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
         if row.delete_after and row.state in (State.CANDIDATE, State.DUE):
             due_in = f"{max(0.0, (row.delete_after - now).total_seconds() / 86400):.1f}"
         note = row.hold.value if row.hold else _owner_short(row.last_owner)
+        if row.state is State.DELETED and row.recoverable_until:
+            left = (row.recoverable_until - now).total_seconds() / 86400
+            note = f"restorable {left:.1f}d" if left > 0 else "no longer restorable"
         lines.append(
             [
                 row.state.value,

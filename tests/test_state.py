@@ -145,6 +145,7 @@ def test_round_trip_every_field_set(store: Store) -> None:
         reason="has 2 snapshots",
         last_owner="vm-web-01",
         tier="P10",
+        recoverable_until=T0 + timedelta(days=15),
         deleted_at=T0 + timedelta(days=8),
         updated_at=T0 + timedelta(seconds=1),
     )

@@ -286,3 +286,30 @@ class AccountStorage:
             raise _storage_error(exc) from exc
         except AzureError as exc:
             raise _storage_error(exc) from exc
+
+
+def _soft_delete_days(client: BlobServiceClient) -> int | None:
+    policy = client.get_service_properties().get("delete_retention_policy")
+    if policy is None or not getattr(policy, "enabled", False):
+        return None
+    return int(policy.days or 0) or None
+
+
+def soft_delete_days(storage: "AccountStorage") -> int | None:
+    """Days a deleted blob stays recoverable (blob soft delete), or None when it is off."""
+    try:
+        return _soft_delete_days(storage.client)
+    except HttpResponseError as exc:
+        raise _storage_error(exc) from exc
+    except AzureError as exc:
+        raise _storage_error(exc) from exc
+
+
+def undelete(storage: "AccountStorage", key: BlobKey) -> None:
+    """Bring a soft-deleted blob back (and with it its soft-deleted snapshots)."""
+    try:
+        storage.client.get_blob_client(key.container, key.blob).undelete_blob()
+    except HttpResponseError as exc:
+        raise _storage_error(exc) from exc
+    except AzureError as exc:
+        raise _storage_error(exc) from exc

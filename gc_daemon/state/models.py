@@ -148,6 +148,9 @@ class TrackedBlob(Base):
     tier: Mapped[str | None] = mapped_column(
         String(16), comment="Access tier; premium page blobs say P10, P20, ..."
     )
+    recoverable_until: Mapped[datetime | None] = mapped_column(
+        comment="Deleted with blob soft delete on: until when `vhd-gc restore` can bring it back",
+    )
 
 
 class Pass(Base):

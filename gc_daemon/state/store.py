@@ -129,6 +129,7 @@ def tracked_to_row(t: Tracked) -> dict[str, Any]:
         "reason": t.reason,
         "last_owner": t.last_owner,
         "tier": t.tier,
+        "recoverable_until": t.recoverable_until,
     }
 
 
@@ -152,6 +153,7 @@ def row_to_tracked(r: Row[Any]) -> Tracked:
         tier=r.tier,
         deleted_at=r.deleted_at,
         updated_at=r.updated_at,
+        recoverable_until=r.recoverable_until,
     )
 
 
@@ -195,7 +197,7 @@ def _key_filter(key: BlobKey, table: Any = tracked_blobs) -> Any:
 _TRACKED_SQL = (
     "SELECT blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at, "
     "delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier, "
-    "deleted_at, updated_at FROM tracked_blobs WHERE account = "
+    "deleted_at, updated_at, recoverable_until FROM tracked_blobs WHERE account = "
 )
 _UPSERT_SQL = (
     f"INSERT INTO tracked_blobs ({', '.join(_TRACKED_COLUMNS)}) VALUES ({', '.join('?' for _ in _TRACKED_COLUMNS)}) "
@@ -260,12 +262,13 @@ class StateTx:
         intern, ts, states, holds, new_key = sys.intern, _ts, _STATES, _HOLDS, tuple.__new__
         for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
              delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
-             deleted_at, updated_at) in result.cursor:
+             deleted_at, updated_at, recoverable_until) in result.cursor:
             key = new_key(BlobKey, (account, intern(container), blob))
             out[key] = Tracked(
                 key, url, states[state], blob_type, size_bytes, etag, ts(last_modified), ts(first_orphaned_at),
                 ts(delete_after), streak_start, sightings_frozen, billed_bytes,
                 holds[hold] if hold is not None else None, reason, last_owner, tier, ts(deleted_at), ts(updated_at),
+                ts(recoverable_until),
             )
         result.close()
         return out
