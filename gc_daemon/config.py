@@ -135,7 +135,8 @@ class AzureConfig(_Strict):
     # Beyond the contract: how hard to try before a source counts as failed, and how wide to read.
     retry_total: Annotated[int, Field(ge=0, le=20)] = 6
     timeout: Duration = timedelta(seconds=60)
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # accounts listed at once; page-range calls at once
+    listing_prefetch: Annotated[int, Field(ge=1000, le=10_000_000)] = 10_000  # blobs listed ahead, per account
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 
