@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.azurite",
     "tests.support.postgres",
     "tests.support.estate",
+    "tests.support.tally",
 ]

@@ -88,7 +88,7 @@ class Reference:
         """
         if not self.kind.is_import:
             return True
-        if (self.provisioning_state or "").lower() != "succeeded":
+        if str(self.provisioning_state or "").lower() != "succeeded":
             return True
         if self.time_created is None:
             return True

@@ -153,11 +153,6 @@ class Executor:
                 out.failed += 1
             log.warning("delete_" + ("refused" if refused else "failed"), url=row.url, code=str(code))
             return True
-        self.audit.audit(
-            action="deleted", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
-            intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
-            reason=row.reason,
-        )
         days = self.retention_days(key.account)
         gone = replace(
             row,
@@ -168,8 +163,12 @@ class Executor:
             streak_start=None,
             updated_at=now,
         )
+        self.audit.audit(
+            action="deleted", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+            intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
+            reason=row.reason, changes=[Change(gone, event="deleted")],
+        )
         out.deleted.append(gone)
-        out.changes.append(Change(gone, event="deleted"))
         log.info("deleted", url=row.url, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes, etag=row.etag)
         return True
 
@@ -199,13 +198,14 @@ def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, ac
         common = dict(key=key, url=intent.url, at=now, actor=actor, pass_id=intent.pass_id, intent_id=intent.id,
                       etag=intent.etag, size_bytes=intent.size_bytes, billed_bytes=intent.billed_bytes)
         if fresh is None:
-            store.audit(action="deleted", reason="settled after an interruption: the blob is gone", **common)
             row = store.row(key)
+            changes = []
             if row is not None and row.state is not State.DELETED:
-                gone = replace(row, state=State.DELETED, deleted_at=now, streak_start=None,
-                               sightings_frozen=row.sightings(store.last_complete_seq()), updated_at=now)
-                with store.transaction() as tx:
-                    tx.apply([Change(gone, event="deleted")])
+                changes.append(Change(replace(row, state=State.DELETED, deleted_at=now, streak_start=None,
+                                              sightings_frozen=row.sightings(store.last_complete_seq()),
+                                              updated_at=now), event="deleted"))
+            store.audit(action="deleted", reason="settled after an interruption: the blob is gone",
+                        changes=changes, **common)
             log.info("intent_settled", url=intent.url, outcome="deleted")
         elif fresh.etag == intent.etag:
             store.audit(action="delete-failed", error_code="Interrupted",

@@ -9,6 +9,7 @@ from .config import Config
 from .decide import ReferenceIndex, classify, is_tracked_kind
 from .domain import BlobKey, Verdict
 from .report import _iso, classification_summary, record
+from .urls import redact_query
 
 
 def explain(config: Config, key: BlobKey) -> dict:
@@ -40,7 +41,7 @@ def explain(config: Config, key: BlobKey) -> dict:
         {
             "kind": r.kind.value,
             "holder": r.holder,
-            "uri": r.uri,
+            "uri": redact_query(r.uri),
             "time_created": _iso(r.time_created),
             "provisioning_state": r.provisioning_state,
             "protects": r.protects_at(now, config.import_hold),

@@ -105,6 +105,8 @@ class Collector:
     def _run_pass(self, should_stop: Callable[[], bool]) -> PassResult:
         now = self.clock()
         t0 = time.monotonic()
+        # Only the lock holder runs passes: a pass still "running" is one whose process died.
+        self.store.abandon_running(now)
         pass_id = self.store.begin_pass(now, self.config.mode, self.host)
         stats = PassStats()
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
@@ -204,9 +206,8 @@ class Collector:
                                     batch = []
                                     for ready in measurer.ready():
                                         stats.changes += tx.apply(ready)
-                        except PassIncomplete:
-                            raise
-                        except Exception as exc:  # a listing that fails fails the pass closed
+                        except ListingFailed as failed:  # a listing that fails fails the pass closed
+                            exc = failed.cause
                             raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                         measurer.submit(account, batch)
                     for ready in measurer.drain():
@@ -284,9 +285,12 @@ class Collector:
     def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
         finished = self.clock()
         errors = list(errors)
-        self.store.finish_pass(
-            pass_id, outcome, finished, error="; ".join(errors) or None, stats=asdict(stats)
-        )
+        try:
+            self.store.finish_pass(
+                pass_id, outcome, finished, error="; ".join(errors) or None, stats=asdict(stats)
+            )
+        except Exception as exc:  # noqa: BLE001 - the database may be what failed; the next pass cleans up
+            log.error("pass_record_failed", pass_id=pass_id, error=_short(exc))
         result = PassResult(pass_id, outcome, started, finished, seq=seq, errors=errors, stats=stats)
         event = {"complete": "pass_complete", "incomplete": "pass_incomplete", "failed": "pass_failed_end"}[outcome]
         fields = {k: v for k, v in asdict(stats).items() if not k.endswith("_by_kind") and not k.endswith("_by_account")}
@@ -302,6 +306,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 _END = object()
+
+
+class ListingFailed(Exception):
+    """The listing of an account failed (the cause is the storage error)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Failed:
@@ -323,6 +335,7 @@ class Listing:
         self.queues = {name: queue.Queue(maxsize=max(2, prefetch // self.CHUNK)) for name in accounts}
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[str, object] = {}
 
     def start(self) -> None:
         if not self.accounts:
@@ -330,7 +343,7 @@ class Listing:
         self._pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(self.accounts)),
                                         thread_name_prefix="list")
         for name, account in self.accounts.items():  # in order: the decision consumes them in order
-            self._pool.submit(self._list, account, self.queues[name])
+            self._futures[name] = self._pool.submit(self._list, account, self.queues[name])
 
     def _put(self, q: queue.Queue, item) -> bool:
         while not self._stop.is_set():
@@ -361,11 +374,18 @@ class Listing:
     def blobs(self, name: str) -> Iterator[BlobSeen]:
         q = self.queues[name]
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=1.0)
+            except queue.Empty:
+                future = self._futures.get(name)
+                if future is not None and future.done() and q.empty():
+                    # The worker ended without saying how: never wait for it forever.
+                    raise ListingFailed(RuntimeError("the listing worker stopped without finishing")) from None
+                continue
             if item is _END:
                 return
             if isinstance(item, _Failed):
-                raise item.exc
+                raise ListingFailed(item.exc) from item.exc
             yield from item
 
     def stop(self) -> None:

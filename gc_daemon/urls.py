@@ -36,9 +36,16 @@ class UrlError(ValueError):
     """A URI that cannot be placed on exactly one (account, container[, blob])."""
 
     def __init__(self, uri: str, why: str) -> None:
-        super().__init__(f"cannot parse blob URL {uri!r}: {why}")
+        super().__init__(f"cannot parse blob URL {redact_query(uri)!r}: {why}")
         self.uri = uri
         self.why = why
+
+
+def redact_query(uri: object) -> str:
+    """The URI without its query: a SAS signature must not reach a log, an error or a report."""
+    text = str(uri)
+    head, sep, _ = text.partition("?")
+    return head + ("?<query redacted>" if sep else "")
 
 
 def _is_path_style(host: str) -> bool:
@@ -103,7 +110,7 @@ def parse_blob_url(uri: str) -> BlobKey:
     m = _FAST.match(uri) if isinstance(uri, str) else None
     if m is not None:
         blob = m.group(3)
-        if blob.isascii():
+        if blob.isascii() and "/." not in blob and not blob.startswith("."):
             return _new_key(BlobKey, (sys.intern(m.group(1)), sys.intern(m.group(2)), blob))
     return parse_blob_url_general(uri)
 
@@ -115,6 +122,9 @@ def parse_blob_url_general(uri: str) -> BlobKey:
         # A single segment (no slash after it) addresses a blob in the root container.
         raw_container, raw_blob = "$root", raw_container
     container = _container(uri, raw_container)
+    if "\\" in raw_blob:
+        # WHATWG parsers and .NET read a backslash as a slash; Python does not: refuse, never guess.
+        raise UrlError(uri, "a backslash in the path")
     try:
         blob = unquote(raw_blob, errors="strict")
     except UnicodeDecodeError:
@@ -127,6 +137,9 @@ def parse_blob_url_general(uri: str) -> BlobKey:
         raise UrlError(uri, "blob name holds a lone surrogate") from None
     if len(blob) > MAX_BLOB_NAME:
         raise UrlError(uri, "blob name longer than 1024 characters")
+    if any(seg in (".", "..") for seg in blob.split("/")):
+        # HTTP clients resolve dot segments before sending: `a/../os.vhd` addresses `os.vhd`.
+        raise UrlError(uri, "a '.' or '..' path segment")
     return BlobKey(sys.intern(account), sys.intern(container), blob)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    text,
+
     Connection,
     Engine,
     Insert,
@@ -379,6 +379,16 @@ class Store:
             if result.rowcount != 1:
                 raise LookupError(f"no pass with id {pass_id}")
 
+    def abandon_running(self, at: datetime) -> int:
+        """Passes left `running` by a process that died: recorded as failed."""
+        stmt = (
+            update(passes)
+            .where(passes.c.outcome == RUNNING)
+            .values(outcome=FAILED, finished_at=at, error="interrupted: the process stopped during the pass")
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
     def last_complete_seq(self) -> int:
         with self.engine.connect() as conn:
             return _last_complete_seq(conn)
@@ -486,9 +496,17 @@ class Store:
         billed_bytes: int | None = None,
         reason: str | None = None,
         error_code: str | None = None,
+        changes: Iterable[Change | Forget] = (),
     ) -> int:
-        """Append one entry and commit it at once (an intent is durable before the delete)."""
+        """Append one entry and commit it at once (an intent is durable before the delete).
+
+        ``changes`` are written in the same transaction: an outcome and the row it settles are
+        recorded together or not at all (a crash between them would lose a deletion's record).
+        """
         with self.engine.begin() as conn:
+            changes = list(changes)
+            if changes:
+                StateTx(conn, 0).apply(changes)
             return conn.execute(
                 insert(audit_log)
                 .values(
