@@ -182,7 +182,7 @@ class Collector:
                         batch: list[Change | Forget] = []
                         tracked = tx.tracked(name)
                         try:
-                            blobs = self._counted(listing.blobs(name), stats, name, should_stop)
+                            blobs = listing.blobs(name, stats, should_stop)
                             for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):
                                 if isinstance(d, Forget):
                                     batch.append(d)
@@ -260,20 +260,6 @@ class Collector:
             raise PassIncomplete(list(errors), list(getattr(exc, "sources", ["storageAccounts"]))) from exc
 
     @staticmethod
-    def _counted(blobs: Iterable[BlobSeen], stats: PassStats, account: str, should_stop) -> Iterable[BlobSeen]:
-        n = vhds = 0
-        for b in blobs:
-            n += 1
-            if not n & 1023 and should_stop():
-                raise PassIncomplete(["stopped by a signal during the listing"], [])
-            if b.blob_type == "PageBlob" and b.key[2][-4:].lower() == ".vhd":
-                vhds += 1
-            yield b
-        stats.blobs += n
-        stats.vhds += vhds
-        stats.blobs_by_account[account] = n
-
-    @staticmethod
     def _count_event(event: str, stats: PassStats) -> None:
         if event in ("marked", "restarted"):
             stats.marked += 1
@@ -306,6 +292,11 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 _END = object()
+
+
+def _vhds(chunk: list[BlobSeen]) -> int:
+    """VHDs in a chunk (counted by the listing thread, while the decision waits for references)."""
+    return sum(1 for b in chunk if b.blob_type == "PageBlob" and b.key[2][-4:].lower() == ".vhd")
 
 
 class ListingFailed(Exception):
@@ -362,17 +353,19 @@ class Listing:
             for blob in account.list_blobs():
                 chunk.append(blob)
                 if len(chunk) >= self.CHUNK:
-                    if not self._put(q, chunk):
+                    if not self._put(q, (chunk, _vhds(chunk))):
                         return
                     chunk = []
-            if chunk and not self._put(q, chunk):
+            if chunk and not self._put(q, (chunk, _vhds(chunk))):
                 return
             self._put(q, _END)
         except BaseException as exc:  # noqa: BLE001 - handed to the decision, which fails the pass
             self._put(q, _Failed(exc))
 
-    def blobs(self, name: str) -> Iterator[BlobSeen]:
+    def blobs(self, name: str, stats: PassStats, should_stop: Callable[[], bool]) -> Iterator[BlobSeen]:
+        """One account's blobs in listing order; counts them (and its VHDs) into ``stats``."""
         q = self.queues[name]
+        stats.blobs_by_account[name] = 0
         while True:
             try:
                 item = q.get(timeout=1.0)
@@ -386,7 +379,13 @@ class Listing:
                 return
             if isinstance(item, _Failed):
                 raise ListingFailed(item.exc) from item.exc
-            yield from item
+            if should_stop():
+                raise PassIncomplete(["stopped by a signal during the listing"], [])
+            chunk, vhds = item
+            stats.blobs += len(chunk)
+            stats.vhds += vhds
+            stats.blobs_by_account[name] += len(chunk)
+            yield from chunk
 
     def stop(self) -> None:
         """Stop the workers (a failed pass leaves them blocked on full queues) and free the queues."""

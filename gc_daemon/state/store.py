@@ -259,7 +259,18 @@ class StateTx:
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         result = self._conn.exec_driver_sql(_TRACKED_SQL + marker, (account,))
         out: dict[BlobKey, Tracked] = {}
-        intern, ts, states, holds, new_key = sys.intern, _ts, _STATES, _HOLDS, tuple.__new__
+        memo: dict = {None: None}  # rows marked by one pass share their timestamps: parse each once
+
+        def ts(value):
+            try:
+                return memo[value]
+            except KeyError:
+                parsed = memo[value] = _ts(value)
+                return parsed
+            except TypeError:  # unhashable: never, but a cache must not change the answer
+                return _ts(value)
+
+        intern, states, holds, new_key = sys.intern, _STATES, _HOLDS, tuple.__new__
         for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
              delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
              deleted_at, updated_at, recoverable_until) in result.cursor:
