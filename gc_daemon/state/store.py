@@ -37,7 +37,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
 from gc_daemon.state.models import (
     PASS_OUTCOMES,
-    UTCDateTime,
     audit_log,
     operator_holds,
     passes,
@@ -199,13 +198,18 @@ _TRACKED_SQL = (
     "delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier, "
     "deleted_at, updated_at, recoverable_until FROM tracked_blobs WHERE account = "
 )
-_UPSERT_SQL = (
-    f"INSERT INTO tracked_blobs ({', '.join(_TRACKED_COLUMNS)}) VALUES ({', '.join('?' for _ in _TRACKED_COLUMNS)}) "
-    f"ON CONFLICT (account, container, blob) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED_ON_CONFLICT)
+# The bulk write's column order, spelled out so a row becomes a tuple without an intermediate dict;
+# it must name every column of the table (checked at import).
+_UPSERT_COLUMNS = (
+    "account", "container", "blob", "url", "state", "blob_type", "size_bytes", "billed_bytes", "etag",
+    "last_modified", "first_orphaned_at", "delete_after", "deleted_at", "updated_at", "streak_start",
+    "sightings_frozen", "hold", "reason", "last_owner", "tier", "recoverable_until",
 )
-_TIME_COLUMNS = frozenset(
-    c.name for c in tracked_blobs.columns if isinstance(c.type, UTCDateTime)
+assert set(_UPSERT_COLUMNS) == set(_TRACKED_COLUMNS), "store._UPSERT_COLUMNS is out of step with the model"
+_UPSERT_SQL = (
+    f"INSERT INTO tracked_blobs ({', '.join(_UPSERT_COLUMNS)}) VALUES ({', '.join('?' for _ in _UPSERT_COLUMNS)}) "
+    f"ON CONFLICT (account, container, blob) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPSERT_COLUMNS if c not in _KEY_COLUMNS)
 )
 
 
@@ -227,8 +231,13 @@ def _pg_time(value: datetime | None) -> datetime | None:
 
 
 def _upsert_params(t: Tracked, when) -> tuple:
-    row = tracked_to_row(t)
-    return tuple(when(row[c]) if c in _TIME_COLUMNS else row[c] for c in _TRACKED_COLUMNS)
+    k = t.key
+    return (
+        k[0], k[1], k[2], t.url, t.state.value, t.blob_type, t.size_bytes, t.billed_bytes, t.etag,
+        when(t.last_modified), when(t.first_orphaned_at), when(t.delete_after), when(t.deleted_at),
+        when(t.updated_at), t.streak_start, t.sightings_frozen, t.hold.value if t.hold is not None else None,
+        t.reason, t.last_owner, t.tier, when(t.recoverable_until),
+    )
 
 
 _STATES = {s.value: s for s in State}
@@ -320,7 +329,16 @@ class StateTx:
         sqlite_ = self._conn.dialect.name == "sqlite"
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         sql = _UPSERT_SQL.replace("?", marker) if marker != "?" else _UPSERT_SQL
-        when = _sqlite_time if sqlite_ else _pg_time
+        convert = _sqlite_time if sqlite_ else _pg_time
+        memo: dict = {None: None}  # one pass writes the same few instants into many rows
+
+        def when(value):
+            try:
+                return memo[value]
+            except KeyError:
+                out = memo[value] = convert(value)
+                return out
+
         self._conn.exec_driver_sql(sql, [_upsert_params(t, when) for t in rows])
         return len(rows)
 
