@@ -247,7 +247,7 @@ class Collector:
             [f"blast radius: {why}; nothing was marked. If this is expected (a first pass over an estate "
              "full of leftovers), run `vhd-gc confirm-pass`; if not, check the subscriptions and accounts "
              "in the configuration"],
-            ["blast_radius"],
+            [],  # not an inventory error: vhdgc_blast_radius_blocked says it
         )
 
     def _resolve_accounts(self) -> Mapping[str, BlobSource]:
