@@ -287,6 +287,11 @@ def _fresh_row(blob: BlobSeen, prev: Tracked | None, c: Classification, now: dat
     )
 
 
+def _full(row) -> Tracked:
+    """A stored row as a Tracked (the store may hand over rows that materialize on demand)."""
+    return row if type(row) is Tracked else row.materialize()
+
+
 def vanished(left: Iterable[Tracked]) -> Iterator[Forget]:
     """Rows whose blob a complete listing did not see: gone without vhd-gc. Deletions stay as history."""
     for row in left:
@@ -347,8 +352,10 @@ def decide_stream(
                 is_due = now >= prev.delete_after and seq - prev.streak_start + 1 >= min_sightings
                 if is_due == (prev.state is due_state):
                     if is_due:
-                        yield BlobDecision(key, None, prev, QUIET_ORPHAN)
+                        yield BlobDecision(key, None, _full(prev), QUIET_ORPHAN)
                     continue
+        if prev is not None:
+            prev = _full(prev)
         if not is_tracked_kind(blob):
             if prev is not None and prev.state is not State.DELETED:
                 yield Forget(blob.key, reason="no longer a VHD")

@@ -180,7 +180,7 @@ class Collector:
                     seq = tx.seq
                     for name, account in accounts.items():
                         batch: list[Change | Forget] = []
-                        tracked = tx.tracked(name)
+                        tracked = tx.stored_rows(name)
                         try:
                             blobs = listing.blobs(name, stats, should_stop)
                             for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):

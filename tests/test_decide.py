@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gc_daemon.state.store import StoredRow
 from gc_daemon.decide import ReferenceIndex, classify, decide, decide_stream, is_tracked_kind
 from gc_daemon.domain import (
     Change,
@@ -701,15 +702,17 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
                        etag=None if same_etag else '"other"')
     seq = 12
 
-    def outcome(skip_quiet):
-        tracked_rows = {blob.key: prev} if prev is not None else {}
+    def outcome(skip_quiet, stored=False):
+        row = StoredRow.stored(prev) if stored and prev is not None else prev
+        tracked_rows = {blob.key: row} if row is not None else {}
         out = list(decide_stream([blob], tracked_rows, refs, holds, pol, NOW, seq, skip_quiet=skip_quiet))
         changes = [d.change for d in out if not isinstance(d, Forget) and d.change is not None]
         forgets = [d for d in out if isinstance(d, Forget)]
         dues = [d.due for d in out if not isinstance(d, Forget) and d.due is not None]
         return changes, forgets, dues
 
-    fast, slow = outcome(True), outcome(False)
-    assert fast[1] == slow[1]
-    assert fast[2] == slow[2]
-    assert [(c.row, c.measure) for c in fast[0]] == [(c.row, c.measure) for c in slow[0]]
+    slow = outcome(False)
+    for fast in (outcome(True), outcome(True, stored=True)):  # rows as Tracked, and as the store hands them
+        assert fast[1] == slow[1]
+        assert fast[2] == slow[2]
+        assert [(c.row, c.measure) for c in fast[0]] == [(c.row, c.measure) for c in slow[0]]

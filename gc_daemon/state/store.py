@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 import sys
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -255,6 +256,45 @@ def _ts(value: Any) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+class StoredRow(tuple):
+    """One tracked row as stored: the fields a decision reads first are ready (state, ETag, billed
+    bytes, the schedule); the rest becomes a :class:`Tracked` only through :meth:`materialize`."""
+
+    __slots__ = ()
+
+    key = property(itemgetter(0))
+    etag = property(itemgetter(5))
+    first_orphaned_at = property(itemgetter(7))
+    delete_after = property(itemgetter(8))
+    streak_start = property(itemgetter(9))
+    billed_bytes = property(itemgetter(11))
+
+    @property
+    def state(self) -> State:
+        return _STATES[self[2]]
+
+    @classmethod
+    def stored(cls, t: Tracked) -> "StoredRow":
+        """The row SQLite would hand back for ``t`` (timestamps as its text)."""
+        return tuple.__new__(cls, (
+            t.key, t.url, t.state.value, t.blob_type, t.size_bytes, t.etag, _sqlite_time(t.last_modified),
+            t.first_orphaned_at, t.delete_after, t.streak_start, t.sightings_frozen, t.billed_bytes,
+            t.hold.value if t.hold is not None else None, t.reason, t.last_owner, t.tier,
+            _sqlite_time(t.deleted_at), _sqlite_time(t.updated_at), _sqlite_time(t.recoverable_until),
+        ))
+
+    def materialize(self) -> Tracked:
+        (key, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at, delete_after,
+         streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier, deleted_at, updated_at,
+         recoverable_until) = self
+        return Tracked(
+            key, url, _STATES[state], blob_type, size_bytes, etag, _ts(last_modified), first_orphaned_at,
+            delete_after, streak_start, sightings_frozen, billed_bytes,
+            _HOLDS[hold] if hold is not None else None, reason, last_owner, tier, _ts(deleted_at), _ts(updated_at),
+            _ts(recoverable_until),
+        )
+
+
 class StateTx:
     """The one transaction of a complete pass: read the tracked rows, write the changes, complete."""
 
@@ -263,11 +303,15 @@ class StateTx:
         self.seq = seq  # the sequence number this pass takes if it completes
 
     def tracked(self, account: str) -> dict[BlobKey, Tracked]:
-        """Every row of one account. The hot read of a pass: plain SQL, the driver's rows read
-        straight from its cursor, conversions by hand."""
+        """Every row of one account, as Tracked values."""
+        return {key: row.materialize() for key, row in self.stored_rows(account).items()}
+
+    def stored_rows(self, account: str) -> dict[BlobKey, "StoredRow"]:
+        """Every row of one account, as the database gave it (the hot read of a pass): the
+        decision reads the few fields it needs and materializes a Tracked only for what changes."""
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         result = self._conn.exec_driver_sql(_TRACKED_SQL + marker, (account,))
-        out: dict[BlobKey, Tracked] = {}
+        out: dict[BlobKey, StoredRow] = {}
         memo: dict = {None: None}  # rows marked by one pass share their timestamps: parse each once
 
         def ts(value):
@@ -276,20 +320,17 @@ class StateTx:
             except KeyError:
                 parsed = memo[value] = _ts(value)
                 return parsed
-            except TypeError:  # unhashable: never, but a cache must not change the answer
-                return _ts(value)
 
-        intern, states, holds, new_key = sys.intern, _STATES, _HOLDS, tuple.__new__
+        intern, new_key, new_row = sys.intern, tuple.__new__, tuple.__new__
         for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
              delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
              deleted_at, updated_at, recoverable_until) in result.cursor:
             key = new_key(BlobKey, (account, intern(container), blob))
-            out[key] = Tracked(
-                key, url, states[state], blob_type, size_bytes, etag, ts(last_modified), ts(first_orphaned_at),
-                ts(delete_after), streak_start, sightings_frozen, billed_bytes,
-                holds[hold] if hold is not None else None, reason, last_owner, tier, ts(deleted_at), ts(updated_at),
-                ts(recoverable_until),
-            )
+            out[key] = new_row(StoredRow, (
+                key, url, state, blob_type, size_bytes, etag, last_modified, ts(first_orphaned_at),
+                ts(delete_after), streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
+                deleted_at, updated_at, recoverable_until,
+            ))
         result.close()
         return out
 
