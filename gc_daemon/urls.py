@@ -23,6 +23,7 @@ _CONTAINER = re.compile(r"^(?:\$root|\$web|\$logs|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-
 _ZONE = re.compile(r"^z[0-9]{2}$")
 MAX_BLOB_NAME = 1024
 _new_key = tuple.__new__  # BlobKey(a, c, b) without the NamedTuple constructor's Python frame
+_intern = sys.intern
 # The shape nearly every reference has: public or sovereign cloud host in lower case, a lower-case
 # container, no percent-encoding, query or fragment. Parsed by one regex; anything else takes the
 # general path. Both give the same key (a property test holds them to it).
@@ -109,9 +110,9 @@ def parse_blob_url(uri: str) -> BlobKey:
     """The key of the blob ``uri`` names. Query (SAS, snapshot) and fragment are ignored."""
     m = _FAST.match(uri) if isinstance(uri, str) else None
     if m is not None:
-        blob = m.group(3)
-        if blob.isascii() and "/." not in blob and not blob.startswith("."):
-            return _new_key(BlobKey, (sys.intern(m.group(1)), sys.intern(m.group(2)), blob))
+        account, container, blob = m.groups()
+        if blob.isascii() and "/." not in blob and blob[0] != ".":
+            return _new_key(BlobKey, (_intern(account), _intern(container), blob))
     return parse_blob_url_general(uri)
 
 
