@@ -150,6 +150,19 @@ def make_config(db_path: Path, n_accounts: int, overrides: dict[str, Any] | None
 # --------------------------------------------------------------------------------------------------
 
 
+def peak_rss_mib() -> float:
+    """Peak resident set of this process image. Not ru_maxrss: Linux carries that across execve
+    from the forked parent, so a worker started by a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.million --worker")
     p.add_argument("--db", required=True)
@@ -173,7 +186,7 @@ def worker(argv: list[str]) -> int:
     read = build_references(args.refs, args.accounts, per)
     out["refs_build_s"] = time.perf_counter() - t0
     accounts = {account_name(i): MemAccount(i, per, args.changed if i == 0 else 0) for i in range(args.accounts)}
-    out["rss_before_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["rss_before_mib"] = peak_rss_mib()
 
     if args.phase == "source":
         t0 = time.perf_counter()
@@ -193,6 +206,11 @@ def worker(argv: list[str]) -> int:
     from gc_daemon.wiring import open_store
 
     config = make_config(Path(args.db), args.accounts, json.loads(args.overrides))
+    # The configuration's own log level (warning): at info, a first pass writes one JSON line per
+    # newly marked blob, 500,000 here, which is the logging's cost, not the decision's.
+    from gc_daemon.wiring import configure_logging
+
+    configure_logging(config, stream=open(args.log, "a", encoding="utf-8"))  # noqa: SIM115
     t0 = time.perf_counter()
     store = open_store(config)
     out["open_store_s"] = time.perf_counter() - t0
@@ -234,7 +252,7 @@ def worker(argv: list[str]) -> int:
     out["errors"] = result.errors
     s = result.stats
     out["stats"] = {k: getattr(s, k) for k in ("blobs", "vhds", "references", "changes", "marked", "due", "released", "kept", "vanished")}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     store.engine.dispose()
     with sqlite3.connect(args.db) as conn:
         out["tracked_rows"] = conn.execute("select count(*) from tracked_blobs").fetchone()[0]
