@@ -369,6 +369,24 @@ def describe_error(exc: BaseException) -> str:
     return text[:_MAX_MESSAGE]
 
 
+def arm_client_kwargs(
+    arm_endpoint: str, connection_verify: str | bool | None, retry_total: int, timeout: float, retry_backoff: float = 0.8
+) -> dict[str, Any]:
+    """azure-core settings for an ARM management client (compute, storage discovery)."""
+    kwargs: dict[str, Any] = {
+        "base_url": arm_endpoint,
+        "credential_scopes": [arm_endpoint + "/.default"],
+        "retry_total": retry_total,
+        "retry_backoff_factor": retry_backoff,
+        "retry_backoff_max": max(retry_backoff * 16, 1.0),
+        "connection_timeout": timeout,
+        "read_timeout": timeout,
+    }
+    if connection_verify is not None:
+        kwargs["connection_verify"] = connection_verify
+    return kwargs
+
+
 class ComputeInventory:
     """Reads every reference Azure Compute holds, in the given subscriptions. No I/O until :meth:`read`."""
 
@@ -403,17 +421,9 @@ class ComputeInventory:
             if client is None:
                 from azure.mgmt.compute import ComputeManagementClient
 
-                kwargs: dict[str, Any] = {
-                    "base_url": self._arm_endpoint,
-                    "credential_scopes": [self._arm_endpoint + "/.default"],
-                    "retry_total": self._retry_total,
-                    "retry_backoff_factor": self._retry_backoff,
-                    "retry_backoff_max": max(self._retry_backoff * 16, 1.0),
-                    "connection_timeout": self._timeout,
-                    "read_timeout": self._timeout,
-                }
-                if self._connection_verify is not None:
-                    kwargs["connection_verify"] = self._connection_verify
+                kwargs = arm_client_kwargs(
+                    self._arm_endpoint, self._connection_verify, self._retry_total, self._timeout, self._retry_backoff
+                )
                 client = ComputeManagementClient(self._credential, subscription, **kwargs)
                 self._clients[subscription] = client
             return client

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compute import SourceError, check_list_page, describe_error
+from .compute import SourceError, arm_client_kwargs, check_list_page, describe_error
 
 _RG = re.compile(r"/resourceGroups/([^/]+)/", re.IGNORECASE)
 
@@ -62,15 +62,7 @@ class AccountDiscovery:
         if client is None:
             from azure.mgmt.storage import StorageManagementClient
 
-            kwargs: dict[str, Any] = {
-                "base_url": self._arm_endpoint,
-                "credential_scopes": [self._arm_endpoint + "/.default"],
-                "retry_total": self._retry_total,
-                "connection_timeout": self._timeout,
-                "read_timeout": self._timeout,
-            }
-            if self._verify is not None:
-                kwargs["connection_verify"] = self._verify
+            kwargs = arm_client_kwargs(self._arm_endpoint, self._verify, self._retry_total, self._timeout)
             client = self._clients[subscription] = StorageManagementClient(self._credential, subscription, **kwargs)
         return client
 
