@@ -199,6 +199,7 @@ class Config(_Strict):
     interval: Duration = timedelta(hours=1)
     max_deletes_per_pass: Annotated[int, Field(ge=0)] = 100
     metrics_listen: str = "127.0.0.1:9465"
+    shutdown_grace: Duration = timedelta(seconds=45)  # `run`: how long SIGTERM waits for a running pass
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     policy: PolicyConfig = PolicyConfig()

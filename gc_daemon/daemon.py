@@ -9,6 +9,7 @@ never inside one; the process then exits within seconds.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,8 @@ class Daemon:
         self.lock = lock
         self.metrics = metrics
         self.stop = threading.Event()
+        self.idle = threading.Event()  # set while no pass runs in this process
+        self.idle.set()
         self.leader = False
         self.started_at = datetime.now(UTC)
         self.scheduler = BackgroundScheduler(
@@ -132,11 +135,14 @@ class Daemon:
             self.metrics.leader.set(0)
             log.info("pass_skipped_standby", lock=self.lock.describe())
             return
+        self.idle.clear()
         try:
             result = self.collector.run_pass(should_stop=self.stop.is_set)
             self.metrics.observe(result)
         except Exception:  # noqa: BLE001 - nothing crashes the loop
             log.exception("pass_crashed")
+        finally:
+            self.idle.set()
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -174,9 +180,17 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.stop.wait()
-        self.scheduler.shutdown(wait=True)  # a running pass finishes its current blob, then stops
+        # A running pass stops at its next blob, chunk or deletion boundary. One stuck in a call
+        # (a source that stopped answering) is not waited for past the grace: intents and the
+        # fail-closed pass make an interrupted pass safe, and systemd would SIGKILL us anyway.
+        self.scheduler.shutdown(wait=False)
+        grace = self.config.shutdown_grace.total_seconds()
+        finished = self.idle.wait(timeout=grace)
         server.shutdown()
         self.lock.release()
+        if not finished:
+            log.error("stop_timeout", grace_seconds=grace, detail="a pass did not stop in time; exiting anyway")
+            os._exit(1)
         log.info("daemon_stopped")
         return 0
 

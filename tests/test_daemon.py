@@ -232,3 +232,22 @@ def test_two_replicas_on_postgresql_never_overlap_and_fail_over(gc, daemon_env):
     for (s1, f1), (s2, f2) in zip(spans, spans[1:]):
         assert f1 <= s2, f"passes overlap: {s1}..{f1} and {s2}..{f2}"
     assert standby.stop() == 0
+
+
+def test_sigterm_does_not_wait_forever_for_a_stuck_pass(gc, daemon_env):
+    """A source that stops answering must not make the daemon unkillable: after shutdown_grace it
+    exits (the interrupted pass changed nothing: it is fail-closed)."""
+    gc.page("vhds", "leftover.vhd")
+    d = daemon_env(mode="delete", min_sightings=1, shutdown_grace="1s",
+                   azure={**gc.settings["azure"], "timeout": "60s", "retry_total": 0})
+    wait_for(lambda: d.get("/healthz")[0] == 200, "daemon up")
+    wait_for(lambda: any(p.outcome == "complete" for p in complete_passes(gc.db_url)), "a first pass")
+    gc.page("vhds", "second.vhd")
+    gc.arm.add_fault(path="/virtualMachines$", kind="delay", delay=25)  # the next pass hangs on it
+    wait_for(lambda: any(r[1].startswith("/subscriptions/") and "virtualMachines" in r[1]
+                         for r in list(gc.arm.requests)[-20:]) and any(p.outcome == "running" for p in complete_passes(gc.db_url)),
+             "a pass stuck in the reference read")
+    code = d.stop(signal.SIGTERM, timeout=20)
+    assert code == 1
+    assert "stop_timeout" in d.log()
+    assert gc.exists("vhds", "second.vhd")
