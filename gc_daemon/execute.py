@@ -46,10 +46,6 @@ class Execution:
     skipped_over_limit: int = 0
     changes: list[Change | Forget] = field(default_factory=list)
 
-    @property
-    def deleted_bytes(self) -> int:
-        return sum(r.size_bytes for r in self.deleted)
-
 
 def default_actor() -> str:
     return f"vhd-gc@{socket.gethostname()}:{os.getpid()}"

@@ -107,32 +107,6 @@ class AuditRecord:
 # -- row <-> domain --------------------------------------------------------------------------
 
 
-def tracked_to_row(t: Tracked) -> dict[str, Any]:
-    return {
-        "account": t.key.account,
-        "container": t.key.container,
-        "blob": t.key.blob,
-        "url": t.url,
-        "state": State(t.state).value,
-        "blob_type": t.blob_type,
-        "size_bytes": t.size_bytes,
-        "billed_bytes": t.billed_bytes,
-        "etag": t.etag,
-        "last_modified": t.last_modified,
-        "first_orphaned_at": t.first_orphaned_at,
-        "delete_after": t.delete_after,
-        "deleted_at": t.deleted_at,
-        "updated_at": t.updated_at,
-        "streak_start": t.streak_start,
-        "sightings_frozen": t.sightings_frozen,
-        "hold": Hold(t.hold).value if t.hold is not None else None,
-        "reason": t.reason,
-        "last_owner": t.last_owner,
-        "tier": t.tier,
-        "recoverable_until": t.recoverable_until,
-    }
-
-
 def row_to_tracked(r: Row[Any]) -> Tracked:
     return Tracked(
         key=BlobKey(r.account, r.container, r.blob),
