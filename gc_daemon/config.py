@@ -137,6 +137,9 @@ class AzureConfig(_Strict):
     timeout: Duration = timedelta(seconds=60)
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # accounts listed at once; page-range calls at once
     listing_prefetch: Annotated[int, Field(ge=1000, le=10_000_000)] = 10_000  # blobs listed ahead, per account
+    # How blob listings and page ranges are read: "lean" sends the SDK's REST calls through its
+    # credential policy and reads the XML itself (about 10x less CPU); "sdk" uses the SDK's models.
+    storage_reader: Literal["lean", "sdk"] = "lean"
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 

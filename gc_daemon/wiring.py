@@ -141,6 +141,7 @@ class DiscoveredAccounts:
                     read_timeout=self.config.azure.timeout.total_seconds(),
                     transport=storage_transport(),
                     connection_verify=ca_bundle(),
+                    reader=self.config.azure.storage_reader,
                 )
             accounts[acct.name] = self._cache[cache_key]
         return accounts
@@ -165,6 +166,7 @@ def build_accounts(config: Config, credential=None):
             read_timeout=config.azure.timeout.total_seconds(),
             transport=storage_transport(),
             connection_verify=ca_bundle(),
+            reader=config.azure.storage_reader,
         )
     return accounts
 

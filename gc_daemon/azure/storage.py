@@ -20,6 +20,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
+from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError
 from gc_daemon.domain import BlobKey, BlobSeen
 
 KEEP_METADATA_KEY = "vhdgc_keep"
@@ -39,6 +40,9 @@ REFUSAL_CODES = frozenset(
 )
 
 _LIST_INCLUDE = ["metadata", "snapshots", "tags"]
+# How listings and page ranges are read: "lean" (BlobRest: the same REST calls, signed by the SDK
+# client's credential policy, read with a lean XML reader) or "sdk" (the SDK's models).
+READERS = ("lean", "sdk")
 
 
 class StorageError(Exception):
@@ -109,7 +113,7 @@ def _value_of(mapping: dict[str, str] | None, wanted: str) -> str | None:
     return None
 
 
-def fold_snapshots(items: Iterable[BlobProperties]) -> Iterator[tuple[BlobProperties, int]]:
+def fold_snapshots(items: Iterable[Any]) -> Iterator[tuple[Any, int]]:
     """Fold a name-sorted listing into (base item, snapshot count) pairs.
 
     Items of one name are adjacent; whether the snapshots come before or after the base item is
@@ -117,7 +121,7 @@ def fold_snapshots(items: Iterable[BlobProperties]) -> Iterator[tuple[BlobProper
     Only the current name's state is held.
     """
     current: str | None = None
-    base: BlobProperties | None = None
+    base: Any = None
     snapshots = 0
     for item in items:
         if item.name != current:
@@ -146,8 +150,11 @@ class AccountStorage:
         connection_timeout: float = 10,
         read_timeout: float = 60,
         results_per_page: int | None = None,
+        reader: str = "lean",
         **client_kwargs: Any,
     ) -> None:
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
         self.account = account
         self.blob_endpoint = blob_endpoint.rstrip("/")
         self._credential = credential
@@ -158,7 +165,9 @@ class AccountStorage:
             **client_kwargs,
         )
         self.results_per_page = results_per_page
+        self.reader = reader
         self._client: BlobServiceClient | None = None
+        self._rest: BlobRest | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -178,8 +187,39 @@ class AccountStorage:
                 )
             return self._client
 
+    @property
+    def rest(self) -> BlobRest:
+        """The lean read path (listings, page ranges), signed by the SDK client's credential policy."""
+        client = self.client
+        with self._lock:
+            if self._rest is None:
+                policy = getattr(client, "_credential_policy", None)
+                if policy is None and self._credential is not None:
+                    raise StorageError(
+                        "UnsupportedClient",
+                        "this azure-storage-blob has no _credential_policy; set azure.storage_reader: sdk",
+                    )
+                kwargs = self._client_kwargs
+                transport = kwargs.get("transport")
+                if transport is None:
+                    from azure.core.pipeline.transport import RequestsTransport
+
+                    transport = RequestsTransport()
+                self._rest = BlobRest(
+                    self.blob_endpoint,
+                    policy,
+                    client.api_version,
+                    transport,
+                    retry_total=kwargs["retry_total"],
+                    connection_timeout=kwargs["connection_timeout"],
+                    read_timeout=kwargs["read_timeout"],
+                    connection_verify=kwargs.get("connection_verify", True),
+                )
+            return self._rest
+
     def close(self) -> None:
         with self._lock:
+            self._rest = None  # shares the client's transport, closed with it
             if self._client is not None:
                 self._client.close()
                 self._client = None
@@ -201,6 +241,9 @@ class AccountStorage:
     def list_blobs(self, results_per_page: int | None = None) -> Iterator[BlobSeen]:
         """Every base blob of every container, streamed. Errors propagate as :class:`StorageError`."""
         per_page = results_per_page or self.results_per_page
+        if self.reader == "lean":
+            yield from self._list_blobs_lean(per_page)
+            return
         page_kwargs = {"results_per_page": per_page} if per_page else {}
         try:
             for container in self.client.list_containers(**page_kwargs):
@@ -212,6 +255,24 @@ class AccountStorage:
                         # The listing did not carry the tags (Azurite 3.37 does; this is the net).
                         tags = container_client.get_blob_client(item.name).get_blob_tags()
                     yield self._seen(container.name, item, snapshot_count, tags)
+        except AzureError as exc:
+            raise _storage_error(exc) from exc
+
+    def _list_blobs_lean(self, per_page: int | None) -> Iterator[BlobSeen]:
+        rest = self.rest
+        try:
+            for container in rest.list_containers(per_page):
+                for item, snapshot_count in fold_snapshots(rest.list_blobs(container, per_page)):
+                    tags = item.tags
+                    if tags is None and item.tag_count:
+                        tags = self._tags(container, item.name)
+                    yield self._seen_listed(container, item, snapshot_count, tags)
+        except ReadError as exc:
+            raise StorageError(exc.code, exc.message) from exc
+
+    def _tags(self, container: str, blob: str) -> dict[str, str]:
+        try:
+            return self.client.get_blob_client(container, blob).get_blob_tags()
         except AzureError as exc:
             raise _storage_error(exc) from exc
 
@@ -235,6 +296,11 @@ class AccountStorage:
 
     def billed_bytes(self, key: BlobKey) -> int:
         """Bytes a page blob actually stores: the sum of its written page ranges."""
+        if self.reader == "lean":
+            try:
+                return self.rest.page_bytes(key.container, key.blob)
+            except ReadError as exc:
+                raise StorageError(exc.code, exc.message) from exc
         blob_client = self.client.get_blob_client(key.container, key.blob)
         try:
             return sum(
@@ -266,6 +332,27 @@ class AccountStorage:
             keep_tag=_has_key(tags, KEEP_TAG_KEY),
             owner_hint=_value_of(metadata, OWNER_METADATA_KEY),
             tier=_enum_str(props.blob_tier),
+        )
+
+    def _seen_listed(
+        self, container: str, item: ListedBlob, snapshot_count: int, tags: dict[str, str] | None
+    ) -> BlobSeen:
+        key = self.key_for(container, item.name)
+        metadata = item.metadata
+        return BlobSeen(
+            key=key,
+            url=self.blob_url(key),
+            blob_type=item.blob_type,
+            size=item.size,
+            etag=_quoted_etag(item.etag),
+            last_modified=item.last_modified,
+            lease_state=_lower(item.lease_state),
+            lease_status=_lower(item.lease_status),
+            snapshot_count=snapshot_count,
+            keep_metadata=_has_key(metadata, KEEP_METADATA_KEY),
+            keep_tag=_has_key(tags, KEEP_TAG_KEY),
+            owner_hint=_value_of(metadata, OWNER_METADATA_KEY),
+            tier=item.tier,
         )
 
     # -- deleting ---------------------------------------------------------------------------

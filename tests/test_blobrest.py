@@ -1,0 +1,348 @@
+"""The lean read path (gc_daemon.azure.blobrest) against the SDK's, and against answers no service
+should give.
+
+The lean reader replaces the SDK's deserializer for listings and page ranges, so it is held to the
+SDK field by field: the same Azurite estate read both ways gives the same BlobSeen list, in the same
+order, and the same billed bytes. Answers that are not what the service sends (a canned HTTP server
+gives them, over a real socket) fail the read with a code, never a shorter listing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gc_daemon.azure.blobrest import MALFORMED, BlobRest, ReadError
+from gc_daemon.azure.storage import AccountStorage, StorageError
+from gc_daemon.domain import BlobKey, BlobSeen
+from sandbox import seed
+from sandbox.azurite import Azurite, random_key
+
+ACCOUNT = "gcacct1"
+PAGE = 512
+
+
+def storages(azurite: Azurite, **kwargs: object) -> tuple[AccountStorage, AccountStorage]:
+    endpoint, key = azurite.blob_endpoint(ACCOUNT), azurite.key(ACCOUNT)
+    return (
+        AccountStorage(ACCOUNT, endpoint, key, retry_total=0, reader="lean", **kwargs),
+        AccountStorage(ACCOUNT, endpoint, key, retry_total=0, reader="sdk", **kwargs),
+    )
+
+
+def both_listings(azurite: Azurite, per_page: int | None = None) -> tuple[list[BlobSeen], list[BlobSeen]]:
+    lean, sdk = storages(azurite)
+    with lean, sdk:
+        return list(lean.list_blobs(per_page)), list(sdk.list_blobs(per_page))
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the SDK, on Azurite
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lean_listing_equals_the_sdk_listing_on_a_varied_estate(azurite: Azurite) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        seed.page_blob(service, "vhds", "plain.vhd", size=2048, written=[(0, 512)])
+        seed.page_blob(service, "vhds", "leased.vhd", lease=True)
+        seed.page_blob(service, "vhds", "keep-meta.vhd", metadata={"VhdGc_Keep": "yes", "other": ""})
+        seed.page_blob(service, "vhds", "keep-tag.vhd", tags={"vhdgc-keep": "true", "team": "a b"})
+        seed.page_blob(service, "vhds", "owned.vhd", metadata={"microsoftazurecompute_VMName": "vm-7"})
+        seed.page_blob(service, "vhds", "snap3.vhd", snapshots=3)
+        seed.page_blob(service, "vhds", "snap1-leased.vhd", snapshots=1, lease=True)
+        seed.block_blob(service, "vhds", "upload.vhd", data=b"x" * 700)
+        seed.block_blob(service, "vhds", "notes.txt", data=b"hello")
+        for name in ["with space.vhd", "100% full.vhd", "ünïcode-ディスク.vhd", "a/b/c.vhd", "q?x=1&y#z.vhd"]:
+            seed.page_blob(service, "odd-names", name, size=PAGE)
+        seed.break_lease(service, "vhds", "leased.vhd")  # lease state "broken", status "unlocked"
+        seed.container(service, "empty")
+    lean, sdk = both_listings(azurite)
+    assert len(lean) == 14
+    assert lean == sdk
+    by_name = {b.key.blob: b for b in lean}
+    assert by_name["snap3.vhd"].snapshot_count == 3
+    assert by_name["keep-tag.vhd"].keep_tag and by_name["keep-meta.vhd"].keep_metadata
+    assert by_name["owned.vhd"].owner_hint == "vm-7"
+    assert by_name["snap1-leased.vhd"].lease_state == "leased"
+    assert by_name["leased.vhd"].lease_state == "broken"
+    assert by_name["upload.vhd"].blob_type == "BlockBlob"
+
+
+def test_lean_listing_follows_every_page_of_containers_and_blobs(azurite: Azurite) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        for c in range(3):
+            for b in range(5):
+                seed.page_blob(service, f"cx{c}", f"disk-{b}.vhd", size=PAGE)
+    lean, sdk = both_listings(azurite, per_page=2)  # 2 containers, then 1; blobs 2, 2, 1
+    assert [(b.key.container, b.key.blob) for b in lean] == [
+        (f"cx{c}", f"disk-{b}.vhd") for c in range(3) for b in range(5)
+    ]
+    assert lean == sdk
+
+
+@pytest.mark.parametrize(
+    "written, cleared, expected",
+    [
+        ([], [], 0),
+        ([(0, PAGE)], [], PAGE),
+        ([(0, 4 * PAGE), (10 * PAGE, PAGE)], [], 5 * PAGE),
+        ([(0, 8 * PAGE)], [(2 * PAGE, 2 * PAGE)], 6 * PAGE),  # a written run with a hole cleared
+        ([(0, 4 * PAGE)], [(0, 4 * PAGE)], 0),
+    ],
+)
+def test_lean_page_bytes_equal_the_sdk_and_the_pages_written(
+    azurite: Azurite, written: list[tuple[int, int]], cleared: list[tuple[int, int]], expected: int
+) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        seed.page_blob(service, "vhds", "d.vhd", size=16 * PAGE, written=written)
+        for offset, length in cleared:
+            service.get_blob_client("vhds", "d.vhd").clear_page(offset=offset, length=length)
+    lean, sdk = storages(azurite)
+    key = BlobKey(ACCOUNT, "vhds", "d.vhd")
+    with lean, sdk:
+        assert lean.billed_bytes(key) == sdk.billed_bytes(key) == expected
+
+
+def test_lean_page_bytes_of_a_missing_blob_is_an_error_with_the_service_code(azurite: Azurite) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        seed.container(service, "vhds")
+    lean, _ = storages(azurite)
+    with lean, pytest.raises(StorageError) as err:
+        lean.billed_bytes(BlobKey(ACCOUNT, "vhds", "gone.vhd"))
+    assert err.value.code == "BlobNotFound"
+
+
+def test_lean_listing_with_a_wrong_key_fails_with_the_service_code(azurite: Azurite) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        seed.page_blob(service, "vhds", "d.vhd", size=PAGE)
+    storage = AccountStorage(ACCOUNT, azurite.blob_endpoint(ACCOUNT), random_key(), retry_total=0)
+    with storage, pytest.raises(StorageError) as err:
+        list(storage.list_blobs())
+    assert err.value.code == "AuthorizationFailure"
+
+
+_NAME_CHARS = st.characters(
+    codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="\\\ufffe\uffff"
+)
+_META_KEY = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True)
+_TAG_TEXT = st.from_regex(r"[a-zA-Z0-9 +\-.:=_/]{1,12}", fullmatch=True)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(
+        st.text(_NAME_CHARS, min_size=1, max_size=30).filter(
+            lambda n: not n.endswith((".", "/")) and "//" not in n and not n.startswith("/")
+        ),
+        min_size=1, max_size=4, unique=True,
+    ),
+    metadata=st.dictionaries(_META_KEY, st.text(st.characters(codec="ascii", min_codepoint=32, max_codepoint=126), max_size=10), max_size=3),
+    tags=st.dictionaries(_TAG_TEXT.filter(lambda t: t.strip() == t), _TAG_TEXT, max_size=3),
+)
+def test_lean_listing_equals_the_sdk_listing_for_any_names_metadata_and_tags(
+    azurite: Azurite, names: list[str], metadata: dict[str, str], tags: dict[str, str]
+) -> None:
+    with azurite.service_client(ACCOUNT) as service:
+        seed.wipe(service)
+        for name in names:
+            seed.page_blob(service, "vhds", name, size=PAGE, metadata=metadata, tags=tags or None)
+    lean, sdk = both_listings(azurite)
+    assert sorted(b.key.blob for b in lean) == sorted(names)
+    assert lean == sdk
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers no service should give, from a canned server on a real socket
+# --------------------------------------------------------------------------------------------------
+
+
+class Canned:
+    """Serves the queued (status, headers, body) answers in order; records each request's path."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str], bytes]] = []
+        self.requests: list[str] = []
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                canned.requests.append(self.path)
+                status, headers, body = canned.answers.pop(0) if canned.answers else (599, {}, b"")
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/{ACCOUNT}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def ok(self, body: str) -> None:
+        self.answers.append((200, {"Content-Type": "application/xml"}, body.encode()))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def canned() -> Iterator[Canned]:
+    server = Canned()
+    yield server
+    server.close()
+
+
+def rest(canned: Canned, retry_total: int = 0) -> BlobRest:
+    from azure.core.pipeline.transport import RequestsTransport
+
+    return BlobRest(canned.endpoint, None, "2025-01-05", RequestsTransport(), retry_total=retry_total)
+
+
+def containers(*names: str, next_marker: str = "") -> str:
+    items = "".join(f"<Container><Name>{n}</Name><Properties/></Container>" for n in names)
+    return f"<EnumerationResults><Containers>{items}</Containers><NextMarker>{next_marker}</NextMarker></EnumerationResults>"
+
+
+def blob_xml(name: str = "d.vhd", *, props: dict[str, str] | None = None, extra: str = "",
+             name_attrs: str = "") -> str:
+    fields = {
+        "Last-Modified": "Wed, 25 Nov 2026 10:00:00 GMT",
+        "Etag": "0x8DD0000000000001",
+        "Content-Length": "1048576",
+        "BlobType": "PageBlob",
+        "LeaseStatus": "unlocked",
+        "LeaseState": "available",
+    }
+    fields.update(props or {})
+    body = "".join(f"<{k}>{v}</{k}>" for k, v in fields.items() if v is not None)
+    return f"<Blob><Name{name_attrs}>{name}</Name><Properties>{body}</Properties>{extra}</Blob>"
+
+
+def blobs(*items: str, next_marker: str = "") -> str:
+    return (f"<EnumerationResults><Blobs>{''.join(items)}</Blobs>"
+            f"<NextMarker>{next_marker}</NextMarker></EnumerationResults>")
+
+
+def test_canned_listing_is_read_field_by_field(canned: Canned) -> None:
+    canned.ok(blobs(
+        blob_xml("a.vhd", props={"AccessTier": "P10", "TagCount": "1"},
+                 extra="<Metadata><VhdGc_Keep>1</VhdGc_Keep></Metadata>"
+                       "<Tags><TagSet><Tag><Key>vhdgc-keep</Key><Value>x</Value></Tag></TagSet></Tags>"),
+        blob_xml("a%EF%BF%BEb.vhd", name_attrs=' Encoded="true"'),
+    ))
+    a, b = list(rest(canned).list_blobs("vhds"))
+    assert (a.name, a.tier, a.tag_count, a.metadata, a.tags) == ("a.vhd", "P10", 1, {"VhdGc_Keep": "1"}, {"vhdgc-keep": "x"})
+    assert (a.size, a.etag, a.blob_type, a.lease_state, a.snapshot) == (1048576, "0x8DD0000000000001", "PageBlob", "available", None)
+    assert a.last_modified.isoformat() == "2026-11-25T10:00:00+00:00"
+    assert b.name == "a\ufffeb.vhd" and b.metadata == {} and b.tags is None
+
+
+def test_canned_listing_follows_next_marker_and_sends_it_encoded(canned: Canned) -> None:
+    canned.ok(containers("vhds", next_marker="c/1 2"))
+    canned.ok(containers("more"))
+    canned.ok(blobs(blob_xml("a.vhd"), next_marker="b/2 +"))
+    canned.ok(blobs(blob_xml("b.vhd")))
+    reader = rest(canned)
+    assert list(reader.list_containers(per_page=1)) == ["vhds", "more"]
+    assert [b.name for b in reader.list_blobs("vhds")] == ["a.vhd", "b.vhd"]
+    queries = [parse_qs(urlsplit(p).query) for p in canned.requests]
+    assert queries[0] == {"comp": ["list"], "maxresults": ["1"]}
+    assert queries[1]["marker"] == ["c/1 2"]
+    assert queries[2]["include"] == ["metadata,snapshots,tags"] and "marker" not in queries[2]
+    assert queries[3]["marker"] == ["b/2 +"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "this is not XML",
+        "<EnumerationResults><Blobs>" + blob_xml(),  # cut off
+        "<Error><Code>Nope</Code></Error>",
+        "<EnumerationResults><NextMarker/></EnumerationResults>",  # no <Blobs>
+        blobs("<Blob><Name>d.vhd</Name></Blob>"),  # no <Properties>
+        blobs("<Blob><Properties/></Blob>"),  # no name
+        blobs(blob_xml(props={"Etag": None})),  # type: ignore[dict-item]
+        blobs(blob_xml(props={"BlobType": ""})),
+        blobs(blob_xml(props={"Content-Length": "lots"})),
+        blobs(blob_xml(props={"Last-Modified": "yesterday"})),
+        blobs("<BlobPrefix><Name>a/</Name></BlobPrefix>"),
+    ],
+)
+def test_canned_malformed_listing_fails_the_read(canned: Canned, body: str) -> None:
+    canned.ok(body)
+    with pytest.raises(ReadError) as err:
+        list(rest(canned).list_blobs("vhds"))
+    assert err.value.code == MALFORMED
+
+
+def test_a_malformed_second_page_fails_the_whole_listing_through_the_adapter(canned: Canned) -> None:
+    canned.ok(containers("vhds"))
+    canned.ok(blobs(blob_xml("a.vhd"), next_marker="m"))
+    canned.ok(blobs(blob_xml("b.vhd", props={"Content-Length": "-x"})))
+    storage = AccountStorage(ACCOUNT, canned.endpoint, random_key(), retry_total=0)
+    got: list[BlobSeen] = []
+    with storage, pytest.raises(StorageError) as err:
+        for blob in storage.list_blobs():
+            got.append(blob)
+    assert err.value.code == MALFORMED
+    assert len(canned.requests) == 3
+
+
+def test_canned_error_status_gives_the_service_code_and_message(canned: Canned) -> None:
+    canned.answers.append((403, {"x-ms-error-code": "AuthorizationPermissionMismatch"},
+                           b"<Error><Code>Other</Code><Message>not allowed\nRequestId:1</Message></Error>"))
+    canned.answers.append((500, {}, b"<Error><Code>InternalError</Code><Message>oops</Message></Error>"))
+    canned.answers.append((502, {}, b"bad gateway"))
+    reader = rest(canned)
+    for code, message in [("AuthorizationPermissionMismatch", "not allowed"), ("InternalError", "oops"),
+                          ("HTTP 502", "status 502")]:
+        with pytest.raises(ReadError) as err:
+            list(reader.list_containers())
+        assert (err.value.code, err.value.message) == (code, message)
+
+
+def test_canned_busy_answer_is_retried_after_retry_after(canned: Canned) -> None:
+    canned.answers.append((503, {"Retry-After": "0"}, b"<Error><Code>ServerBusy</Code></Error>"))
+    canned.ok(containers("vhds"))
+    assert list(rest(canned, retry_total=1).list_containers()) == ["vhds"]
+    assert len(canned.requests) == 2
+
+
+def test_canned_page_ranges_sum_written_ranges_over_every_page(canned: Canned) -> None:
+    canned.ok("<PageList><PageRange><Start>0</Start><End>511</End></PageRange>"
+              "<ClearRange><Start>512</Start><End>1023</End></ClearRange>"
+              "<NextMarker>p 2</NextMarker></PageList>")
+    canned.ok("<PageList><PageRange><Start>4096</Start><End>8191</End></PageRange><NextMarker/></PageList>")
+    assert rest(canned).page_bytes("vhds", "a b.vhd") == 512 + 4096
+    first, second = (urlsplit(p) for p in canned.requests)
+    assert first.path == f"/{ACCOUNT}/vhds/a%20b.vhd" and parse_qs(first.query) == {"comp": ["pagelist"]}
+    assert parse_qs(second.query) == {"comp": ["pagelist"], "marker": ["p 2"]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<PageList><PageRange><Start>0</Start></PageRange></PageList>",
+        "<PageList><PageRange><Start>1024</Start><End>511</End></PageRange></PageList>",
+        "<PageList><PageRange><Start>x</Start><End>511</End></PageRange></PageList>",
+        "<EnumerationResults/>",
+        "<PageList>",
+    ],
+)
+def test_canned_malformed_page_ranges_fail_the_measurement(canned: Canned, body: str) -> None:
+    canned.ok(body)
+    with pytest.raises(ReadError) as err:
+        rest(canned).page_bytes("vhds", "d.vhd")
+    assert err.value.code == MALFORMED
