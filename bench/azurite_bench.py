@@ -101,6 +101,14 @@ def run(args: argparse.Namespace) -> Section:
             section.add("SDK only: list_page_ranges of the orphans, 8 threads (info)",
                         f"{measure_s:.3f} s for {len(orphans)} blobs ({len(orphans) / measure_s:,.0f}/s); "
                         f"floor + this = {fl + measure_s:.3f} s = {fmt_ratio((fl + measure_s) / fl)} floor")
+            lean_list_s = E.lean_list_accounts(accounts)
+            lean_measure_s = E.lean_measure(orphans)
+            section.add("vhd-gc's reader alone (info): listing every account in turn",
+                        f"{lean_list_s:.3f} s ({args.blobs / lean_list_s:,.0f} blobs/s; the SDK floor's listing: "
+                        f"{median(floor_blobs):.3f} s)")
+            section.add("vhd-gc's reader alone (info): billed bytes of the orphans, 8 threads",
+                        f"{lean_measure_s:.3f} s ({len(orphans) / lean_measure_s:,.0f}/s; the SDK: "
+                        f"{len(orphans) / measure_s:,.0f}/s)")
             section.target("steady / floor", fmt_ratio(st / fl), f"<= {STEADY_LIMIT}x", st / fl <= STEADY_LIMIT)
             section.target("first / floor", fmt_ratio(fi / fl), f"<= {FIRST_LIMIT}x", fi / fl <= FIRST_LIMIT)
             section.target("steady-state pass writes no rows", str(max(steady_changes)), "0", max(steady_changes) == 0)

@@ -421,6 +421,45 @@ def sdk_measure(blobs: list[SeededBlob], workers: int = 8) -> float:
             s.close()
 
 
+def lean_storage(account: Account):
+    from gc_daemon.azure.storage import AccountStorage
+
+    return AccountStorage(account.name, account.endpoint, account.key, retry_total=0, reader="lean")
+
+
+def lean_list_accounts(accounts: list[Account]) -> float:
+    """vhd-gc's own reader (gc_daemon.azure.blobrest) listing every account in turn, no decision;
+    seconds. For information: what the pass's listing costs by itself."""
+    t0 = time.perf_counter()
+    for a in accounts:
+        with lean_storage(a) as storage:
+            for _ in storage.list_blobs():
+                pass
+    return time.perf_counter() - t0
+
+
+def lean_measure(blobs: list[SeededBlob], workers: int = 8) -> float:
+    """Billed bytes of each blob through vhd-gc's reader, ``workers`` at a time; seconds."""
+    from gc_daemon.domain import BlobKey
+
+    storages = {}
+    for b in blobs:
+        if b.account.name not in storages:
+            storages[b.account.name] = lean_storage(b.account)
+
+    def one(b: SeededBlob) -> int:
+        return storages[b.account.name].billed_bytes(BlobKey(b.account.name, b.container, b.name))
+
+    t0 = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, blobs))
+        return time.perf_counter() - t0
+    finally:
+        for s in storages.values():
+            s.close()
+
+
 @dataclass
 class FloorTimes:
     refs: float

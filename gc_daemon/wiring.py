@@ -77,6 +77,18 @@ def storage_transport():
     return RequestsTransport(use_env_settings=use_env)
 
 
+def read_transport(config: Config):
+    """The transport of the lean read path (listings, page ranges): urllib3 directly, or requests
+    when proxy variables are set (requests reads them; the urllib3 transport does not)."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from .azure.blobrest import Urllib3Transport
+
+    if any(k.lower() in _PROXY_VARS for k in os.environ):
+        return RequestsTransport(use_env_settings=True)
+    return Urllib3Transport(verify=ca_bundle(), maxsize=2 * config.azure.max_concurrency)
+
+
 def ca_bundle() -> str | bool:
     """Custom CA bundles come from the standard REQUESTS_CA_BUNDLE, passed explicitly."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or True
@@ -142,6 +154,7 @@ class DiscoveredAccounts:
                     transport=storage_transport(),
                     connection_verify=ca_bundle(),
                     reader=self.config.azure.storage_reader,
+                    read_transport=read_transport(self.config),
                 )
             accounts[acct.name] = self._cache[cache_key]
         return accounts
@@ -167,6 +180,7 @@ def build_accounts(config: Config, credential=None):
             transport=storage_transport(),
             connection_verify=ca_bundle(),
             reader=config.azure.storage_reader,
+            read_transport=read_transport(config),
         )
     return accounts
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gc_daemon.azure.blobrest import MALFORMED, BlobRest, ReadError
+from gc_daemon.azure.blobrest import MALFORMED, BlobRest, ReadError, Urllib3Transport
 from gc_daemon.azure.storage import AccountStorage, StorageError
 from gc_daemon.domain import BlobKey, BlobSeen
 from sandbox import seed
@@ -163,9 +163,10 @@ def test_lean_listing_equals_the_sdk_listing_for_any_names_metadata_and_tags(
 
 
 class Canned:
-    """Serves the queued (status, headers, body) answers in order; records each request's path."""
+    """Serves the queued (status, headers, body) answers in order; records each request's path.
+    With ``cert``/``key`` it speaks HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, cert: str | None = None, key: str | None = None) -> None:
         self.answers: list[tuple[int, dict[str, str], bytes]] = []
         self.requests: list[str] = []
         canned = self
@@ -185,7 +186,15 @@ class Canned:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/{ACCOUNT}"
+        scheme = "http"
+        if cert:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/{ACCOUNT}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -204,10 +213,8 @@ def canned() -> Iterator[Canned]:
     server.close()
 
 
-def rest(canned: Canned, retry_total: int = 0) -> BlobRest:
-    from azure.core.pipeline.transport import RequestsTransport
-
-    return BlobRest(canned.endpoint, None, "2025-01-05", RequestsTransport(), retry_total=retry_total)
+def rest(canned: Canned, retry_total: int = 0, transport: object = None) -> BlobRest:
+    return BlobRest(canned.endpoint, None, "2025-01-05", transport or Urllib3Transport(), retry_total=retry_total)
 
 
 def containers(*names: str, next_marker: str = "") -> str:
@@ -346,3 +353,78 @@ def test_canned_malformed_page_ranges_fail_the_measurement(canned: Canned, body:
     with pytest.raises(ReadError) as err:
         rest(canned).page_bytes("vhds", "d.vhd")
     assert err.value.code == MALFORMED
+
+
+@pytest.mark.parametrize("transport", ["urllib3", "requests"])
+def test_both_transports_read_the_same_answers(canned: Canned, transport: str) -> None:
+    from azure.core.pipeline.transport import RequestsTransport
+
+    sender = Urllib3Transport() if transport == "urllib3" else RequestsTransport(use_env_settings=False)
+    canned.ok(containers("vhds"))
+    canned.answers.append((404, {"x-ms-error-code": "ContainerNotFound"}, b""))
+    reader = rest(canned, transport=sender)
+    assert list(reader.list_containers()) == ["vhds"]
+    with pytest.raises(ReadError) as err:
+        list(reader.list_blobs("vhds"))
+    assert err.value.code == "ContainerNotFound"
+
+
+def test_urllib3_transport_verifies_tls_against_the_bundle_it_is_given(tmp_path) -> None:
+    from sandbox.tls import make_self_signed
+
+    cert, key = make_self_signed(tmp_path)
+    server = Canned(cert, key)
+    try:
+        server.ok(containers("vhds"))
+        trusted = rest(server, transport=Urllib3Transport(verify=cert))
+        assert list(trusted.list_containers()) == ["vhds"]
+        untrusted = rest(server, transport=Urllib3Transport())  # certifi's bundle: not our CA
+        with pytest.raises(ReadError) as err:
+            list(untrusted.list_containers())
+        assert err.value.code == "ServiceRequestError" and "CERTIFICATE_VERIFY_FAILED" in err.value.message
+        assert len(server.requests) == 1  # the untrusted client never sent its request
+    finally:
+        server.close()
+
+
+def test_urllib3_transport_maps_a_refused_connection_to_a_request_error() -> None:
+    from sandbox.azurite import free_port
+
+    reader = BlobRest(f"http://127.0.0.1:{free_port()}/{ACCOUNT}", None, "2025-01-05", Urllib3Transport())
+    with pytest.raises(ReadError) as err:
+        reader.page_bytes("vhds", "d.vhd")
+    assert err.value.code == "ServiceRequestError"
+
+
+def test_urllib3_transport_maps_a_dropped_answer_to_a_response_error_and_retries_it(canned: Canned) -> None:
+    import socket
+
+    # A server that accepts and closes without answering, then (second connection) answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    answer = containers("vhds").encode()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.close()  # dropped
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(answer) + answer)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+        once = BlobRest(endpoint, None, "2025-01-05", Urllib3Transport(), retry_total=0)
+        with pytest.raises(ReadError) as err:
+            list(once.list_containers())
+        assert err.value.code == "ServiceResponseError"
+        retried = BlobRest(endpoint, None, "2025-01-05", Urllib3Transport(), retry_total=1)
+        assert list(retried.list_containers()) == ["vhds"]
+    finally:
+        thread.join(timeout=10)
+        listener.close()

@@ -18,6 +18,7 @@ field, over the same Azurite estates.
 
 from __future__ import annotations
 
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,9 +27,11 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
-from azure.core.exceptions import AzureError
+import urllib3
+from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline import Pipeline
 from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy, UserAgentPolicy
+from azure.core.pipeline.transport import HttpResponse, HttpTransport
 from azure.core.rest import HttpRequest
 
 MALFORMED = "MalformedResponse"
@@ -60,6 +63,77 @@ class ListedBlob(NamedTuple):
     tag_count: int | None
     metadata: dict[str, str]
     tags: dict[str, str] | None
+
+
+class _Urllib3Response(HttpResponse):
+    def __init__(self, request: Any, response: urllib3.BaseHTTPResponse) -> None:
+        super().__init__(request, response)
+        self.status_code = response.status
+        self.headers = response.headers  # case-insensitive, as azure-core's policies expect
+        self.reason = response.reason
+        self.content_type = response.headers.get("Content-Type")
+        self._body = response.data
+
+    def body(self) -> bytes:
+        return self._body
+
+
+class Urllib3Transport(HttpTransport):
+    """An azure-core transport straight over urllib3 (what requests itself sends with), for the
+    read path's small GETs: requests' per-call session machinery costs as much Python as the rest of
+    the call. TLS verification is fixed at construction (``verify``: True for certifi's bundle, a
+    CA bundle path, or False); connection failures become ServiceRequestError and failures after
+    sending ServiceResponseError, so azure-core's RetryPolicy treats them as it does for requests.
+    Proxy settings from the environment are not read here: with proxy variables set, the storage
+    adapter uses RequestsTransport instead."""
+
+    def __init__(self, *, verify: str | bool = True, maxsize: int = 16) -> None:
+        self.verify = verify
+        self.maxsize = maxsize
+        self._pool: urllib3.PoolManager | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._pool is None:
+                if self.verify is False:
+                    tls: dict[str, Any] = {"cert_reqs": "CERT_NONE"}
+                else:
+                    import certifi
+
+                    bundle = self.verify if isinstance(self.verify, str) else certifi.where()
+                    tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
+                self._pool = urllib3.PoolManager(num_pools=4, maxsize=self.maxsize, **tls)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.clear()
+
+    def __enter__(self) -> Urllib3Transport:
+        self.open()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    def send(self, request: Any, **kwargs: Any) -> HttpResponse:
+        if self._pool is None:
+            self.open()
+        assert self._pool is not None
+        timeout = urllib3.Timeout(connect=kwargs.get("connection_timeout", 10), read=kwargs.get("read_timeout", 60))
+        try:
+            response = self._pool.request(
+                request.method, request.url, headers=dict(request.headers), body=request.content or None,
+                timeout=timeout, retries=False, redirect=False,
+            )
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                urllib3.exceptions.SSLError) as exc:
+            raise ServiceRequestError(exc, error=exc) from exc
+        except urllib3.exceptions.HTTPError as exc:  # read timeout, connection reset, bad answer
+            raise ServiceResponseError(exc, error=exc) from exc
+        return _Urllib3Response(request, response)
 
 
 class _StorageHeaders(SansIOHTTPPolicy):

@@ -20,7 +20,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
-from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError
+from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError, Urllib3Transport
 from gc_daemon.domain import BlobKey, BlobSeen
 
 KEEP_METADATA_KEY = "vhdgc_keep"
@@ -151,6 +151,7 @@ class AccountStorage:
         read_timeout: float = 60,
         results_per_page: int | None = None,
         reader: str = "lean",
+        read_transport: Any = None,
         **client_kwargs: Any,
     ) -> None:
         if reader not in READERS:
@@ -166,6 +167,7 @@ class AccountStorage:
         )
         self.results_per_page = results_per_page
         self.reader = reader
+        self._read_transport = read_transport
         self._client: BlobServiceClient | None = None
         self._rest: BlobRest | None = None
         self._lock = threading.Lock()
@@ -200,11 +202,9 @@ class AccountStorage:
                         "this azure-storage-blob has no _credential_policy; set azure.storage_reader: sdk",
                     )
                 kwargs = self._client_kwargs
-                transport = kwargs.get("transport")
+                transport = self._read_transport
                 if transport is None:
-                    from azure.core.pipeline.transport import RequestsTransport
-
-                    transport = RequestsTransport()
+                    transport = self._read_transport = Urllib3Transport(verify=kwargs.get("connection_verify", True))
                 self._rest = BlobRest(
                     self.blob_endpoint,
                     policy,
@@ -219,7 +219,9 @@ class AccountStorage:
 
     def close(self) -> None:
         with self._lock:
-            self._rest = None  # shares the client's transport, closed with it
+            self._rest = None
+            if self._read_transport is not None:
+                self._read_transport.close()
             if self._client is not None:
                 self._client.close()
                 self._client = None
