@@ -79,11 +79,20 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 @cli.command()
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A live status line on stderr: what the pass has listed, decided and measured so far. "
+    "Default: on when stderr is a terminal. On a file or pipe it writes a line every 5 s.",
+)
 @click.pass_context
 @_guard
-def scan(ctx: click.Context) -> None:
+def scan(ctx: click.Context, progress: bool | None) -> None:
     """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
+    import contextlib
+
     from .locks import replica_lock
+    from .progress import PassProgress
     from .wiring import account_keys, build_collector, open_store
 
     config = _config(ctx)
@@ -92,8 +101,17 @@ def scan(ctx: click.Context) -> None:
     lock = replica_lock(store.engine)
     if not lock.try_acquire():
         raise _Fail(f"another vhd-gc process is running passes on this database ({lock.describe()})", EXIT_ERROR)
+    stderr = sys.stderr
+    if progress is None:
+        progress = stderr.isatty()
     try:
-        result = build_collector(config, store).run_pass()
+        collector = build_collector(config, store)
+        status = contextlib.nullcontext()
+        if progress:
+            tty = stderr.isatty()
+            status = collector.progress = PassProgress(stderr, interval=0.5 if tty else 5.0, tty=tty)
+        with status:
+            result = collector.run_pass()
     finally:
         lock.release()
     s = result.stats

@@ -90,6 +90,7 @@ class Collector:
     accounts: Mapping[str, BlobSource] | Callable[[], Mapping[str, BlobSource]]
     clock: Callable[[], datetime] = utcnow
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    progress: object | None = None  # gc_daemon.progress.PassProgress, for interactive scans
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
         # A pass allocates millions of small objects and makes no reference cycles: the cyclic
@@ -109,6 +110,10 @@ class Collector:
         self.store.abandon_running(now)
         pass_id = self.store.begin_pass(now, self.config.mode, self.host)
         stats = PassStats()
+        progress = self.progress
+        if progress is not None:
+            progress.attach(stats, 0)
+            progress.phase(f"pass {pass_id}: reading references and listing")
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
             seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, stats, should_stop)
@@ -130,6 +135,8 @@ class Collector:
                 policy=self.config.policy_rules,
                 should_stop=should_stop,
             )
+            if progress is not None:
+                progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
             execution = executor.execute(due, refs, holds, now, seq, pass_id)
             if execution.changes:
                 with self.store.transaction() as tx:
@@ -162,6 +169,9 @@ class Collector:
     def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
         plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
         accounts = self._resolve_accounts()
+        progress = self.progress
+        if progress is not None:
+            progress.attach(stats, len(accounts))
         # Listing starts now, concurrently (bounded) and ahead of the decision (bounded): it overlaps
         # the reference read and the other accounts. Deciding needs every reference first.
         listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch)
@@ -175,6 +185,9 @@ class Collector:
             policy = self.config.policy_rules
             due: list[Tracked] = []
             measurer = Measurer(self.config.azure.max_concurrency)
+            if progress is not None:
+                progress.measuring(measurer)
+                progress.phase(f"pass {pass_id}: listing and deciding")
             try:
                 with self.store.transaction() as tx:
                     seq = tx.seq
@@ -210,6 +223,8 @@ class Collector:
                             exc = failed.cause
                             raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                         measurer.submit(account, batch)
+                    if progress is not None:
+                        progress.phase(f"pass {pass_id}: measuring billed bytes")
                     for ready in measurer.drain():
                         stats.changes += tx.apply(ready)
                     stats.due = len(due)
@@ -270,6 +285,8 @@ class Collector:
 
     def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
         finished = self.clock()
+        if self.progress is not None:
+            self.progress.phase(f"pass {pass_id} {outcome}")
         errors = list(errors)
         try:
             self.store.finish_pass(
@@ -408,6 +425,9 @@ class Measurer:
         self.concurrency = max(1, concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[list, list]] = deque()
+        self.queued = 0  # blobs handed over for measuring; `measured` of them done (for progress)
+        self.measured = 0
+        self._count_lock = threading.Lock()
 
     def submit(self, account: BlobSource, batch: list[Change | Forget]) -> None:
         if not batch:
@@ -418,7 +438,8 @@ class Measurer:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="measure")
             parts = min(self.concurrency, len(todo))
-            futures = [self._pool.submit(_measure_share, account, todo[i::parts]) for i in range(parts)]
+            self.queued += len(todo)
+            futures = [self._pool.submit(self._measure_share, account, todo[i::parts]) for i in range(parts)]
         self._pending.append((batch, futures))
 
     def ready(self) -> Iterator[list[Change | Forget]]:
@@ -437,9 +458,11 @@ class Measurer:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _measure_share(account: BlobSource, changes: list[Change]) -> None:
-    for change in changes:
-        try:
-            change.row.billed_bytes = account.billed_bytes(change.row.key)
-        except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
-            log.warning("measure_failed", url=change.row.url, error=_short(exc))
+    def _measure_share(self, account: BlobSource, changes: list[Change]) -> None:
+        for change in changes:
+            try:
+                change.row.billed_bytes = account.billed_bytes(change.row.key)
+            except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
+                log.warning("measure_failed", url=change.row.url, error=_short(exc))
+            with self._count_lock:
+                self.measured += 1

@@ -119,6 +119,42 @@ def test_scan_exits_0_on_a_complete_pass(gc, script):
         assert secret not in result.stdout + result.stderr
 
 
+def test_scan_progress_line_ends_with_what_the_pass_read_decided_and_measured(gc):
+    gc.page("vhds", "left-1.vhd")
+    gc.page("vhds", "left-2.vhd")
+    gc.page("vhds", "notes.txt")
+    gc.configure(log_level="warning")
+    quiet = run("-c", str(gc.config_path), "scan")  # stderr is a pipe: no progress unless asked
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    gc.page("vhds", "left-3.vhd")
+    result = run("-c", str(gc.config_path), "scan", "--progress")
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"pass \d+ complete · account 2/2: 4 blobs listed \(3 VHDs\) · "
+        r"new candidates 1, released 0, kept 0 · due 3 · billed bytes 1/1 · \d+ s",
+        last,
+    ), result.stderr
+
+
+def test_progress_redraws_one_terminal_line():
+    from gc_daemon.domain import PassStats
+    from gc_daemon.progress import PassProgress
+
+    out = io.StringIO()
+    stats = PassStats()
+    with PassProgress(out, interval=0, tty=True, clock=lambda: 7.0) as progress:
+        progress.attach(stats, 3)
+        progress.phase("pass 1: listing and deciding")
+        stats.blobs_by_account["a"] = 0
+        stats.blobs, stats.vhds, stats.references = 1200, 1100, 40
+        progress._draw()
+        progress.phase("pass 1 complete")
+    first = "pass 1: listing and deciding · 40 references · account 1/3: 1,200 blobs listed (1,100 VHDs) · 0 s"
+    final = "pass 1 complete · 40 references · account 1/3: 1,200 blobs listed (1,100 VHDs) · 0 s"
+    assert out.getvalue() == "\r" + first + "\r" + final + " " * (len(first) - len(final)) + "\n"
+
+
 def test_scan_at_debug_level_never_prints_account_keys(gc):
     gc.page("vhds", "left.vhd")
     gc.configure(log_level="debug", log_format="console")
