@@ -372,7 +372,7 @@ def decide_stream(
                 # A candidate seen again exactly as it was: the other common case. This is what
                 # classify + decide_blob conclude for it (a property test holds the two together),
                 # without building their intermediate objects.
-                prev.state in counting_orphan
+                (prev_state := prev.state) in counting_orphan
                 and prev.etag == blob.etag
                 and prev.billed_bytes is not None
                 and blob.blob_type == "PageBlob"
@@ -389,7 +389,7 @@ def decide_stream(
                 and prev.delete_after == prev.first_orphaned_at + grace
             ):
                 is_due = now >= prev.delete_after and seq - prev.streak_start + 1 >= min_sightings
-                if is_due == (prev.state is due_state):
+                if is_due == (prev_state is due_state):
                     if is_due:
                         yield BlobDecision(key, None, _full(prev), QUIET_ORPHAN)
                     continue

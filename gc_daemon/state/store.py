@@ -298,24 +298,26 @@ class StateTx:
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         result = self._conn.exec_driver_sql(_TRACKED_SQL + marker, (account,))
         out: dict[BlobKey, StoredRow] = {}
-        memo: dict = {None: None}  # rows marked by one pass share their timestamps: parse each once
-
-        def ts(value):
-            try:
-                return memo[value]
-            except KeyError:
-                parsed = memo[value] = _ts(value)
-                return parsed
+        # Rows marked by one pass share their timestamps: each distinct one is parsed once (looked
+        # up inline: a helper's call per value costs more than the lookup).
+        memo: dict = {None: None}
+        memo_get, miss = memo.get, memo  # the memo itself is never a value
 
         intern, new_key, new_row = sys.intern, tuple.__new__, tuple.__new__
         for (blob, container, url, state, blob_type, size_bytes, etag, last_modified, first_orphaned_at,
              delete_after, streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
              deleted_at, updated_at, recoverable_until) in result.cursor:
             key = new_key(BlobKey, (account, intern(container), blob))
+            orphaned = memo_get(first_orphaned_at, miss)
+            if orphaned is miss:
+                orphaned = memo[first_orphaned_at] = _ts(first_orphaned_at)
+            after = memo_get(delete_after, miss)
+            if after is miss:
+                after = memo[delete_after] = _ts(delete_after)
             out[key] = new_row(StoredRow, (
-                key, url, state, blob_type, size_bytes, etag, last_modified, ts(first_orphaned_at),
-                ts(delete_after), streak_start, sightings_frozen, billed_bytes, hold, reason, last_owner, tier,
-                deleted_at, updated_at, recoverable_until,
+                key, url, state, blob_type, size_bytes, etag, last_modified, orphaned, after, streak_start,
+                sightings_frozen, billed_bytes, hold, reason, last_owner, tier, deleted_at, updated_at,
+                recoverable_until,
             ))
         result.close()
         return out
