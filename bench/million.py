@@ -94,25 +94,19 @@ class MemAccount:
         self.changed = changed  # the first `changed` orphans (odd j) of this account get a new ETag
 
     def list_blobs(self):
+        """One new BlobSeen (and BlobKey, name, URL and ETag strings) per blob, made as it is listed;
+        what every blob shares (account, container, type, size, instant, lease) is made once."""
         from gc_daemon.domain import BlobKey, BlobSeen
 
         acct, i, changed = self.name, self.index, self.changed
         base = f"https://{acct}.blob.core.windows.net/{CONTAINER}/"
+        etag_head, changed_head = f'"0x8D{i:02X}', f'"0x9E{i:02X}'
+        new_key = tuple.__new__  # BlobKey(acct, CONTAINER, name) without the NamedTuple's Python frame
         for j in range(self.n):
-            name = blob_name(j)
-            etag = f'"0x8D{i:02X}{j:010X}"'
-            if changed and j % 2 == 1 and j // 2 < changed:
-                etag = f'"0x9E{i:02X}{j:010X}"'
-            yield BlobSeen(
-                key=BlobKey(acct, CONTAINER, name),
-                url=base + name,
-                blob_type="PageBlob",
-                size=SIZE,
-                etag=etag,
-                last_modified=LAST_MODIFIED,
-                lease_state="available",
-                lease_status="unlocked",
-            )
+            name = f"disk{j}.vhd"  # blob_name(j)
+            head = changed_head if changed and j % 2 == 1 and j // 2 < changed else etag_head
+            yield BlobSeen(new_key(BlobKey, (acct, CONTAINER, name)), base + name, "PageBlob", SIZE,
+                           f"{head}{j:010X}\"", LAST_MODIFIED, "available", "unlocked")
 
     def billed_bytes(self, key) -> int:
         return BILLED

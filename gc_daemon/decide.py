@@ -27,7 +27,7 @@ from .domain import (
     Tracked,
     Verdict,
 )
-from .urls import UrlError, parse_blob_url, parse_container_url
+from .urls import UrlError, blob_url_parser, parse_container_url
 
 # States in which a row counts consecutive sightings (it is an orphan, seen by every complete pass).
 COUNTING = (State.CANDIDATE, State.DUE, State.KEPT)
@@ -40,34 +40,41 @@ class ReferenceIndex:
     positions; :class:`Reference` objects are made only when someone asks (:meth:`lookup`).
     """
 
-    __slots__ = ("_raw", "_blobs", "_containers", "_permanent")
+    __slots__ = ("_raw", "_blobs", "_containers", "_imports_only")
 
     def __init__(self) -> None:
         self._raw: list[RawReference] = []
         self._blobs: dict[BlobKey, int | tuple[int, ...]] = {}
         self._containers: dict[ContainerKey, tuple[int, ...]] = {}
-        self._permanent: set[BlobKey] = set()  # keys held by a reference that is not an import
+        # Keys every direct reference of which is an import (rare): any other key in _blobs is
+        # held by a reference that protects whatever the time.
+        self._imports_only: set[BlobKey] = set()
 
     @classmethod
     def build(cls, raw: Iterable[RawReference]) -> tuple["ReferenceIndex", list[str]]:
         """Parse every raw reference. Unparseable ones come back as errors (the pass fails closed)."""
         index = cls()
         errors: list[str] = []
-        blobs, containers, keep, permanent = index._blobs, index._containers, index._raw, index._permanent
+        blobs, containers, keep, imports_only = index._blobs, index._containers, index._raw, index._imports_only
         vmss_container, imports = RefKind.VMSS_CONTAINER, _IMPORT_KINDS
+        parse = blob_url_parser()
         for r in raw:
+            kind = r.kind
             try:
-                kind = r.kind
                 if kind is vmss_container:
                     ckey = parse_container_url(r.uri)
                     containers[ckey] = containers.get(ckey, ()) + (len(keep),)
                 else:
-                    key = parse_blob_url(r.uri)
-                    i = len(keep)
+                    key = parse(r.uri)
                     old = blobs.get(key)
-                    blobs[key] = i if old is None else (old if isinstance(old, tuple) else (old,)) + (i,)
-                    if kind not in imports:
-                        permanent.add(key)
+                    if old is None:
+                        blobs[key] = len(keep)
+                        if kind in imports:
+                            imports_only.add(key)
+                    else:
+                        blobs[key] = (old if type(old) is tuple else (old,)) + (len(keep),)
+                        if imports_only and kind not in imports:
+                            imports_only.discard(key)
             except UrlError as exc:
                 errors.append(f"{r.kind.value} of {r.holder}: {exc}")
                 continue
@@ -86,9 +93,9 @@ class ReferenceIndex:
 
     def permanently_referenced(self, key: BlobKey) -> bool:
         """Held by a reference that protects whatever the time (anything but an import)."""
-        return key in self._permanent or (
-            bool(self._containers) and (key[0], key[1]) in self._containers
-        )
+        if key in self._blobs and key not in self._imports_only:
+            return True
+        return bool(self._containers) and (key[0], key[1]) in self._containers
 
     def mentions(self, key: BlobKey) -> bool:
         """Any reference at all (permanent, import, or through the container)."""
@@ -323,18 +330,49 @@ def decide_stream(
     grace, min_sightings, min_age = policy.grace_period, policy.min_sightings, policy.min_age
     counting_orphan = (State.CANDIDATE, State.DUE)
     due_state = State.DUE
+    # What ReferenceIndex.permanently_referenced and .mentions read, looked up here without a call.
+    ref_blobs, imports_only, ref_containers = refs._blobs, refs._imports_only, refs._containers
+    # Every new plain orphan of this pass gets the same schedule (decide_blob's first sighting).
+    new_delete_after = now + grace
+    new_is_due = now >= new_delete_after and 1 >= min_sightings
+    new_state, new_event = (State.DUE, "due") if new_is_due else (State.CANDIDATE, "marked")
     for blob in blobs:
         key = blob.key
         prev = tracked.pop(key, None)
         if skip_quiet:
             if prev is None:
-                if refs.permanently_referenced(key):
-                    continue  # in use and untracked: the common case in a large estate, and no write
+                if key in ref_blobs:
+                    if key not in imports_only:
+                        continue  # in use and untracked: the common case in a large estate, and no write
+                elif ref_containers and (key[0], key[1]) in ref_containers:
+                    continue  # in use through its container
+                elif (
+                    # An untracked orphan, seen for the first time: the first pass of a large estate
+                    # marks many. What classify + decide_blob conclude for it (the property test
+                    # holds the two together), built directly.
+                    blob.blob_type == "PageBlob"
+                    and not blob.snapshot_count
+                    and not blob.keep_metadata
+                    and not blob.keep_tag
+                    and blob.lease_state in _UNLEASED
+                    and blob.lease_status in _UNLOCKED
+                    and now - blob.last_modified >= min_age
+                    and key[2].lower().endswith(".vhd")
+                    and key not in operator_holds
+                ):
+                    owner = blob.owner_hint
+                    row = Tracked(
+                        key, blob.url, new_state, blob.blob_type, blob.size, blob.etag, blob.last_modified, now,
+                        new_delete_after, seq, None, None, None, ORPHAN_REASON,
+                        f"vm:{owner}" if owner else None, blob.tier, None, now,
+                    )
+                    yield BlobDecision(key, Change(row, True, new_event), row if new_is_due else None, QUIET_ORPHAN)
+                    continue
             elif (
                 # A candidate seen again exactly as it was: the other common case. This is what
                 # classify + decide_blob conclude for it (a property test holds the two together),
                 # without building their intermediate objects.
-                prev.state in counting_orphan
+                (prev_state := prev.state) in counting_orphan
                 and prev.etag == blob.etag
                 and prev.billed_bytes is not None
                 and blob.blob_type == "PageBlob"
@@ -346,11 +384,12 @@ def decide_stream(
                 and now - blob.last_modified >= min_age
                 and key.blob.lower().endswith(".vhd")
                 and key not in operator_holds
-                and not refs.mentions(key)
+                and key not in ref_blobs
+                and not (ref_containers and (key[0], key[1]) in ref_containers)
                 and prev.delete_after == prev.first_orphaned_at + grace
             ):
                 is_due = now >= prev.delete_after and seq - prev.streak_start + 1 >= min_sightings
-                if is_due == (prev.state is due_state):
+                if is_due == (prev_state is due_state):
                     if is_due:
                         yield BlobDecision(key, None, _full(prev), QUIET_ORPHAN)
                     continue

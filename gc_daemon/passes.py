@@ -11,16 +11,18 @@ The order is what makes it safe:
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import queue
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Protocol
 
 import structlog
@@ -160,14 +162,15 @@ class Collector:
             raise PassIncomplete([f"unparseable reference: {e}" for e in parse_errors], ["references"])
         if stats is not None:
             stats.references = len(index)
-            by_kind: dict[str, int] = {}
-            for r in read.references:
-                by_kind[r.kind.value] = by_kind.get(r.kind.value, 0) + 1
-            stats.references_by_kind = by_kind
+            # Counted by kind (first seen first, as before), named once per kind.
+            by_kind = Counter(map(attrgetter("kind"), read.references))
+            stats.references_by_kind = {kind.value: n for kind, n in by_kind.items()}
         return index
 
     def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
         plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
+        enabled = getattr(plog, "is_enabled_for", None)
+        log_changes = enabled is None or enabled(logging.INFO)  # nor do the fields of its lines
         accounts = self._resolve_accounts()
         progress = self.progress
         if progress is not None:
@@ -208,10 +211,11 @@ class Collector:
                                     if row.streak_start == seq and row.state in (State.CANDIDATE, State.DUE):
                                         stats.new_candidates += 1
                                         stats.new_bytes += row.size_bytes
-                                    plog.info(
-                                        "blob_" + d.change.event, url=row.url, state=row.state.value,
-                                        hold=row.hold.value if row.hold else None, reason=row.reason,
-                                    )
+                                    if log_changes:
+                                        plog.info(
+                                            "blob_" + d.change.event, url=row.url, state=row.state.value,
+                                            hold=row.hold.value if row.hold else None, reason=row.reason,
+                                        )
                                 if d.due is not None:
                                     due.append(d.due)
                                 if len(batch) >= BATCH:

@@ -185,6 +185,21 @@ def test_reference_index_build_keeps_import_facts():
     assert (found.time_created, found.provisioning_state) == (created, "Succeeded")
 
 
+@pytest.mark.parametrize("order", ["import_first", "live_first", "import_only", "two_imports", "container"])
+def test_reference_index_permanently_referenced_and_mentions(order):
+    k, other = key("a.vhd"), key("b.vhd")
+    imp, live = import_ref(k, created=NOW - 30 * DAY), ref(RefKind.VM_DATA_DISK, k)
+    refs = {
+        "import_first": [imp, live], "live_first": [live, imp], "import_only": [imp],
+        "two_imports": [imp, import_ref(k, created=NOW, kind=RefKind.SNAPSHOT_IMPORT)],
+        "container": [imp, container_ref()],
+    }[order]
+    idx = index(*refs)
+    assert idx.mentions(k) and len(idx.lookup(k)) == len(refs)
+    assert idx.permanently_referenced(k) is (order in ("import_first", "live_first", "container"))
+    assert idx.mentions(other) is idx.permanently_referenced(other) is (order == "container")
+
+
 def test_reference_index_union_holds_both_sides():
     a = index(ref(RefKind.VM_OS_DISK, key("a.vhd")))
     b = index(container_ref("vmss"))
@@ -659,14 +674,15 @@ DISTURBANCES = {
     "imported": ("ref_kind", RefKind.DISK_IMPORT), "operator_hold": ("operator", True),
     "untracked": ("prev_state", None), "kept": ("prev_state", State.KEPT), "released": ("prev_state", State.RELEASED),
     "deleted": ("prev_state", State.DELETED), "etag_changed": ("same_etag", False), "billed_unknown": ("billed_known", False),
-    "grace_changed": ("stale_delete_after", True),
+    "grace_changed": ("stale_delete_after", True), "container_referenced": ("ref_kind", RefKind.VMSS_CONTAINER),
+    "owner_hint": ("owner", "vm-7"), "owner_hint_empty": ("owner", ""), "premium": ("tier", "P10"),
 }
 
 
 @settings(max_examples=600, deadline=None)
 @given(
     disturbances=st.sets(st.sampled_from(sorted(DISTURBANCES)), max_size=2),
-    prev_state=st.sampled_from([State.CANDIDATE, State.DUE]),
+    prev_state=st.sampled_from([State.CANDIDATE, State.DUE, None]),  # None: a new orphan, first sighting
     orphaned_days=st.integers(0, 20),
     streak_start=st.integers(1, 13),
     grace_days=st.integers(0, 10),
@@ -675,11 +691,12 @@ DISTURBANCES = {
 )
 def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orphaned_days, streak_start, grace_days,
                                                    min_sightings, age_h):
-    """Quiet blobs (untracked in-use ones, unchanged candidates) skip classify/decide_blob; for
-    the quiet case and each disturbance of it (one or two at a time) the outcome is the same."""
+    """Quiet blobs (untracked in-use ones, unchanged candidates) skip classify/decide_blob, and new
+    plain orphans are marked without them; for each of these cases and each disturbance of it (one
+    or two at a time) the outcome is the same."""
     p = dict(name="disk.vhd", blob_type="PageBlob", lease="available", snapshots=0, keep_md=False, keep_tag=False,
              age_h=age_h, ref_kind=None, operator=False, prev_state=prev_state, same_etag=True, billed_known=True,
-             stale_delete_after=False)
+             stale_delete_after=False, owner=None, tier=None)
     for d in sorted(disturbances):
         param, value = DISTURBANCES[d]
         p[param] = value
@@ -688,11 +705,15 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
                                                           "keep_tag", "age_h", "ref_kind", "operator", "prev_state",
                                                           "same_etag", "billed_known", "stale_delete_after"))
     blob = seen(name, blob_type=blob_type, lease_state=lease, lease_status=None if lease is None else "unlocked",
-                snapshots=snapshots, keep_metadata=keep_md, keep_tag=keep_tag, age=timedelta(hours=age_h))
+                snapshots=snapshots, keep_metadata=keep_md, keep_tag=keep_tag, age=timedelta(hours=age_h),
+                owner_hint=p["owner"], tier=p["tier"])
     pol = policy(min_age=timedelta(hours=24), grace_period=timedelta(days=grace_days), min_sightings=min_sightings)
-    refs = index() if ref_kind is None else index(
-        ref(ref_kind, blob.key, time_created=NOW - timedelta(days=30), provisioning_state="Succeeded")
-    )
+    if ref_kind is None:
+        refs = index()
+    elif ref_kind is RefKind.VMSS_CONTAINER:
+        refs = index(container_ref(blob.key.container, account=blob.key.account))
+    else:
+        refs = index(ref(ref_kind, blob.key, time_created=NOW - timedelta(days=30), provisioning_state="Succeeded"))
     holds = {blob.key: "legal"} if operator else {}
     prev = None
     if prev_state is not None:
@@ -715,4 +736,4 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
     for fast in (outcome(True), outcome(True, stored=True)):  # rows as Tracked, and as the store hands them
         assert fast[1] == slow[1]
         assert fast[2] == slow[2]
-        assert [(c.row, c.measure) for c in fast[0]] == [(c.row, c.measure) for c in slow[0]]
+        assert [(c.row, c.measure, c.event) for c in fast[0]] == [(c.row, c.measure, c.event) for c in slow[0]]

@@ -230,6 +230,21 @@ def test_bulk_apply_of_5000_changes(store: Store) -> None:
     assert sum(n for _, state, n, _, _ in store.counts() if state == "due") == 2500
 
 
+def test_bulk_apply_in_one_batch_keeps_order_and_nones_of_every_row(store: Store) -> None:
+    """A batch large enough for SQLite's multi-row statements: a key written twice in one batch
+    ends as its last write, and every row round-trips (NULLs included) as row-by-row writes would."""
+    keys = [BlobKey("gcacct1", "vhds", f"disk-{i:04d}.vhd") for i in range(1200)]
+    rows = [tracked(k, billed_bytes=None if i % 3 else i, reason=None if i % 2 else "r", hold=Hold.TAG if i % 5 == 0 else None)
+            for i, k in enumerate(keys)]
+    last = tracked(keys[3], state=State.DUE, etag='"0x3"', streak_start=2)
+    with store.transaction() as tx:
+        assert tx.apply([Change(r) for r in rows[:700]] + [Change(last)] + [Change(r) for r in rows[700:]]) == 1201
+    assert store.row(keys[3]) == last
+    stored = {t.key: t for t in store.rows()}
+    assert len(stored) == 1200
+    assert all(stored[r.key] == r for r in rows if r.key != keys[3])
+
+
 def test_rows_ordered_and_filtered_by_state(store: Store) -> None:
     rows = [
         tracked(BlobKey("b", "c1", "z.vhd")),

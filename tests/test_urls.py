@@ -10,7 +10,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gc_daemon.domain import BlobKey, ContainerKey
-from gc_daemon.urls import UrlError, blob_url, default_blob_endpoint, parse_blob_url, parse_container_url
+from gc_daemon.urls import (
+    UrlError,
+    blob_url,
+    blob_url_parser,
+    default_blob_endpoint,
+    parse_blob_url,
+    parse_blob_url_general,
+    parse_container_url,
+)
 
 # --- examples ------------------------------------------------------------------------------------
 
@@ -377,3 +385,34 @@ def test_two_different_blob_names_never_share_a_key(account, container, name1, n
     u1 = f"{endpoint}/{container}/{data.draw(encodings(name1))}"
     u2 = f"{endpoint}/{container}/{data.draw(encodings(name2))}"
     assert parse_blob_url(u1) != parse_blob_url(u2)
+
+
+def _outcome(parse, uri):
+    try:
+        return parse(uri)
+    except UrlError as exc:
+        return ("error", exc.why)
+
+
+_FAST_SHAPES = st.sampled_from([
+    "https://acct1.blob.core.windows.net/vhds/", "http://acct1.blob.core.usgovcloudapi.net/vhds/",
+    "https://acct1.blob.core.chinacloudapi.cn/a-b/", "https://acct1.blob.core.windows.net/v/",
+    "https://acct1.blob.core.windows.net/-vhds/", "https://ACCT1.blob.core.windows.net/vhds/",
+    "https://acct1.blob.core.windows.net:443/vhds/", "https://acct1.blob.core.windows.net/vhds",
+    "https://acct1.blob.core.windows.net//", "https://", "",
+])
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_url_texts(), rendered_urls().map(lambda case: case[0]),
+                 st.tuples(_FAST_SHAPES, st.text(max_size=40) | st.text("./ ?#%\\\taZ09-_", max_size=40)).map("".join)))
+def test_the_fast_parsers_agree_with_the_general_one(text):
+    """parse_blob_url's one-regex path and blob_url_parser's prefix memo give the general parser's
+    key or its error, whatever the text (the memo is shared across the examples, as in a pass)."""
+    general = _outcome(parse_blob_url_general, text)
+    assert _outcome(parse_blob_url, text) == general
+    assert _outcome(_SHARED_PARSER, text) == general
+    assert _outcome(blob_url_parser(), text) == general
+
+
+_SHARED_PARSER = blob_url_parser()
