@@ -55,6 +55,30 @@ class BlobSource(Protocol):
     def delete_if_match(self, key: BlobKey, etag: str) -> None: ...
 
 
+class Progress(Protocol):
+    """Where a pass reports how far it is (gc_daemon.progress.PassProgress draws it)."""
+
+    def attach(self, stats: PassStats, accounts: int) -> None: ...
+
+    def measuring(self, measurer: "Measurer") -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+
+class _NoProgress:
+    def attach(self, stats: PassStats, accounts: int) -> None:
+        pass
+
+    def measuring(self, measurer: "Measurer") -> None:
+        pass
+
+    def phase(self, text: str) -> None:
+        pass
+
+
+NO_PROGRESS = _NoProgress()
+
+
 class PassIncomplete(Exception):
     """A source failed or was incomplete: the pass changes nothing."""
 
@@ -92,7 +116,7 @@ class Collector:
     accounts: Mapping[str, BlobSource] | Callable[[], Mapping[str, BlobSource]]
     clock: Callable[[], datetime] = utcnow
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    progress: object | None = None  # gc_daemon.progress.PassProgress, for interactive scans
+    progress: Progress = field(default_factory=lambda: NO_PROGRESS)  # a PassProgress for interactive scans
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
         # A pass allocates millions of small objects and makes no reference cycles: the cyclic
@@ -113,9 +137,8 @@ class Collector:
         pass_id = self.store.begin_pass(now, self.config.mode, self.host)
         stats = PassStats()
         progress = self.progress
-        if progress is not None:
-            progress.attach(stats, 0)
-            progress.phase(f"pass {pass_id}: reading references and listing")
+        progress.attach(stats, 0)
+        progress.phase(f"pass {pass_id}: reading references and listing")
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
             seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, stats, should_stop)
@@ -137,8 +160,7 @@ class Collector:
                 policy=self.config.policy_rules,
                 should_stop=should_stop,
             )
-            if progress is not None:
-                progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
+            progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
             execution = executor.execute(due, refs, holds, now, seq, pass_id)
             if execution.changes:
                 with self.store.transaction() as tx:
@@ -173,8 +195,7 @@ class Collector:
         log_changes = enabled is None or enabled(logging.INFO)  # nor do the fields of its lines
         accounts = self._resolve_accounts()
         progress = self.progress
-        if progress is not None:
-            progress.attach(stats, len(accounts))
+        progress.attach(stats, len(accounts))
         # Listing starts now, concurrently (bounded) and ahead of the decision (bounded): it overlaps
         # the reference read and the other accounts. Deciding needs every reference first.
         listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch)
@@ -188,9 +209,8 @@ class Collector:
             policy = self.config.policy_rules
             due: list[Tracked] = []
             measurer = Measurer(self.config.azure.max_concurrency)
-            if progress is not None:
-                progress.measuring(measurer)
-                progress.phase(f"pass {pass_id}: listing and deciding")
+            progress.measuring(measurer)
+            progress.phase(f"pass {pass_id}: listing and deciding")
             try:
                 with self.store.transaction() as tx:
                     seq = tx.seq
@@ -227,8 +247,7 @@ class Collector:
                             exc = failed.cause
                             raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                         measurer.submit(account, batch)
-                    if progress is not None:
-                        progress.phase(f"pass {pass_id}: measuring billed bytes")
+                    progress.phase(f"pass {pass_id}: measuring billed bytes")
                     for ready in measurer.drain():
                         stats.changes += tx.apply(ready)
                     stats.due = len(due)
@@ -289,8 +308,7 @@ class Collector:
 
     def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
         finished = self.clock()
-        if self.progress is not None:
-            self.progress.phase(f"pass {pass_id} {outcome}")
+        self.progress.phase(f"pass {pass_id} {outcome}")
         errors = list(errors)
         try:
             self.store.finish_pass(

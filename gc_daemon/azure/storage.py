@@ -113,6 +113,24 @@ def _value_of(mapping: dict[str, str] | None, wanted: str) -> str | None:
     return None
 
 
+def _listed(props: BlobProperties) -> ListedBlob:
+    """The SDK's view of a blob, as the lean reader gives it: one place builds BlobSeen from either."""
+    return ListedBlob(
+        name=props.name,
+        snapshot=props.snapshot,
+        blob_type=_enum_str(props.blob_type) or "",
+        size=int(props.size or 0),
+        etag=props.etag,
+        last_modified=_utc(props.last_modified),
+        lease_state=_enum_str(props.lease.state),
+        lease_status=_enum_str(props.lease.status),
+        tier=_enum_str(props.blob_tier),
+        tag_count=props.tag_count,
+        metadata=props.metadata or {},
+        tags=props.tags,
+    )
+
+
 def fold_snapshots(items: Iterable[Any]) -> Iterator[tuple[Any, int]]:
     """Fold a name-sorted listing into (base item, snapshot count) pairs.
 
@@ -256,7 +274,7 @@ class AccountStorage:
                     if tags is None and item.tag_count:
                         # The listing did not carry the tags (Azurite 3.37 does; this is the net).
                         tags = container_client.get_blob_client(item.name).get_blob_tags()
-                    yield self._seen(container.name, item, snapshot_count, tags)
+                    yield self._seen(container.name, _listed(item), snapshot_count, tags)
         except AzureError as exc:
             raise _storage_error(exc) from exc
 
@@ -268,7 +286,7 @@ class AccountStorage:
                     tags = item.tags
                     if tags is None and item.tag_count:
                         tags = self._tags(container, item.name)
-                    yield self._seen_listed(container, item, snapshot_count, tags)
+                    yield self._seen(container, item, snapshot_count, tags)
         except ReadError as exc:
             raise StorageError(exc.code, exc.message) from exc
 
@@ -294,7 +312,7 @@ class AccountStorage:
             return None
         except AzureError as exc:
             raise _storage_error(exc) from exc
-        return self._seen(key.container, props, snapshot_count, tags)
+        return self._seen(key.container, _listed(props), snapshot_count, tags)
 
     def billed_bytes(self, key: BlobKey) -> int:
         """Bytes a page blob actually stores: the sum of its written page ranges."""
@@ -312,31 +330,6 @@ class AccountStorage:
             raise _storage_error(exc) from exc
 
     def _seen(
-        self,
-        container: str,
-        props: BlobProperties,
-        snapshot_count: int,
-        tags: dict[str, str] | None,
-    ) -> BlobSeen:
-        key = self.key_for(container, props.name)
-        metadata = props.metadata or {}
-        return BlobSeen(
-            key=key,
-            url=self.blob_url(key),
-            blob_type=_enum_str(props.blob_type) or "",
-            size=int(props.size or 0),
-            etag=_quoted_etag(props.etag),
-            last_modified=_utc(props.last_modified),
-            lease_state=_lower(props.lease.state),
-            lease_status=_lower(props.lease.status),
-            snapshot_count=snapshot_count,
-            keep_metadata=_has_key(metadata, KEEP_METADATA_KEY),
-            keep_tag=_has_key(tags, KEEP_TAG_KEY),
-            owner_hint=_value_of(metadata, OWNER_METADATA_KEY),
-            tier=_enum_str(props.blob_tier),
-        )
-
-    def _seen_listed(
         self, container: str, item: ListedBlob, snapshot_count: int, tags: dict[str, str] | None
     ) -> BlobSeen:
         key = self.key_for(container, item.name)
