@@ -327,7 +327,12 @@ def decide_stream(
 
     With ``skip_quiet``, untracked blobs that a permanent reference holds yield nothing at all.
     """
-    grace, min_sightings, min_age = policy.grace_period, policy.min_sightings, policy.min_age
+    grace, min_sightings = policy.grace_period, policy.min_sightings
+    # `now - last_modified >= min_age`, as one comparison a blob instead of a subtraction and one.
+    try:
+        old_enough = now - policy.min_age
+    except OverflowError:  # a min_age reaching back before year 1: no blob is old enough
+        old_enough = datetime.min.replace(tzinfo=now.tzinfo)
     counting_orphan = (State.CANDIDATE, State.DUE)
     due_state = State.DUE
     # What ReferenceIndex.permanently_referenced and .mentions read, looked up here without a call.
@@ -356,7 +361,7 @@ def decide_stream(
                     and not blob.keep_tag
                     and blob.lease_state in _UNLEASED
                     and blob.lease_status in _UNLOCKED
-                    and now - blob.last_modified >= min_age
+                    and blob.last_modified <= old_enough
                     and key[2].lower().endswith(".vhd")
                     and key not in operator_holds
                 ):
@@ -381,7 +386,7 @@ def decide_stream(
                 and not blob.keep_tag
                 and blob.lease_state in _UNLEASED
                 and blob.lease_status in _UNLOCKED
-                and now - blob.last_modified >= min_age
+                and blob.last_modified <= old_enough
                 and key.blob.lower().endswith(".vhd")
                 and key not in operator_holds
                 and key not in ref_blobs

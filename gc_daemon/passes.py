@@ -212,7 +212,7 @@ class Collector:
             progress.measuring(measurer)
             progress.phase(f"pass {pass_id}: listing and deciding")
             try:
-                with self.store.transaction() as tx:
+                with self.store.transaction() as tx, Writer(tx) as writer:
                     seq = tx.seq
                     for name, account in accounts.items():
                         batch: list[Change | Forget] = []
@@ -242,14 +242,15 @@ class Collector:
                                     measurer.submit(account, batch)
                                     batch = []
                                     for ready in measurer.ready():
-                                        stats.changes += tx.apply(ready)
+                                        writer.submit(ready)
                         except ListingFailed as failed:  # a listing that fails fails the pass closed
                             exc = failed.cause
                             raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                         measurer.submit(account, batch)
                     progress.phase(f"pass {pass_id}: measuring billed bytes")
                     for ready in measurer.drain():
-                        stats.changes += tx.apply(ready)
+                        writer.submit(ready)
+                    stats.changes += writer.finish()
                     stats.due = len(due)
                     self._check_blast_radius(stats)
                     if due and self.config.mode == "delete":
@@ -437,6 +438,77 @@ class Listing:
                 pass
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Writer:
+    """Writes one pass's changes into its transaction on a thread of its own, in the order they are
+    submitted, so the database's own work (SQLite and psycopg release the GIL in it) overlaps the
+    decision instead of following it. Batches that wait are written together, in fewer statements.
+
+    The transaction stays the pass's: :meth:`finish` waits for every write and returns the rows
+    written, or raises the first error, after which nothing more is written. Leaving the ``with``
+    block always stops and joins the thread first, so a failing pass rolls back a connection that
+    nothing is writing on.
+    """
+
+    PENDING = 8  # batches queued before submit() waits: memory stays bounded when the database is slower
+    GATHER = 4 * BATCH  # rows written by one apply() at most
+
+    def __init__(self, tx) -> None:
+        self._tx = tx
+        self._queue: queue.Queue = queue.Queue(maxsize=self.PENDING)
+        self._error: BaseException | None = None
+        self._written = 0
+        self._thread = threading.Thread(target=self._run, name="write", daemon=True)
+
+    def __enter__(self) -> "Writer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop()
+
+    def submit(self, batch: list[Change | Forget]) -> None:
+        self._raise_error()
+        if batch:
+            self._queue.put(batch)
+
+    def finish(self) -> int:
+        """Wait for every submitted batch to be written; the rows written, or the first error."""
+        self._stop()
+        self._raise_error()
+        return self._written
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_END)  # the thread drains the queue even after an error, so this returns
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        end = False
+        while not end:
+            batch = self._queue.get()
+            if batch is _END:
+                return
+            while len(batch) < self.GATHER:  # whatever else waits goes in the same write
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _END:
+                    end = True
+                    break
+                batch = batch + more
+            if self._error is not None:
+                continue  # after an error nothing more is written; the pass rolls back
+            try:
+                self._written += self._tx.apply(batch)
+            except BaseException as exc:  # noqa: BLE001 - raised in the pass by submit() or finish()
+                self._error = exc
 
 
 class Measurer:

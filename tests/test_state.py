@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from alembic import command
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
+from gc_daemon.passes import Writer
 from gc_daemon.state import db
 from gc_daemon.state.models import tracked_blobs
+from gc_daemon.state import store as store_module
 from gc_daemon.state.store import DELETE_FAILED, DELETE_INTENT, DELETED, Store
 from sandbox.postgres import PostgresServer
 
@@ -245,6 +252,39 @@ def test_bulk_apply_in_one_batch_keeps_order_and_nones_of_every_row(store: Store
     assert all(stored[r.key] == r for r in rows if r.key != keys[3])
 
 
+# Few values a column, so that chunks have columns shared by every row, columns that vary, and NULLs.
+_ROW_VALUES = st.fixed_dictionaries({
+    "state": st.sampled_from([State.CANDIDATE, State.DUE, State.KEPT]),
+    "size_bytes": st.sampled_from([0, 512, 127 * 1024**3]),
+    "billed_bytes": st.sampled_from([None, 0, 4096]),
+    "etag": st.sampled_from(['"0x1"', '"0x2"']),
+    "first_orphaned_at": st.sampled_from([T0, T0 + timedelta(microseconds=1)]),
+    "delete_after": st.sampled_from([None, T0 + timedelta(days=7)]),
+    "streak_start": st.sampled_from([1, 2]),
+    "hold": st.sampled_from([None, Hold.TAG]),
+    "reason": st.sampled_from([None, "orphan", "it's \"quoted\""]),
+    "tier": st.sampled_from([None, "P10"]),
+})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 40), _ROW_VALUES), min_size=1, max_size=120),
+    per_statement=st.sampled_from([1, 2, 7, 4000]),
+)
+def test_bulk_apply_equals_row_by_row_writes(store: Store, rows, per_statement: int, monkeypatch) -> None:
+    """Whatever the mix of shared, varying and NULL values (SQLite binds a value every row shares
+    once), keys written twice included, what is stored is what row-by-row writes in order store."""
+    monkeypatch.setattr(store_module, "SQLITE_MAX_ROWS_PER_STATEMENT", per_statement)
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(tracked_blobs))
+    written = [tracked(BlobKey("gcacct1", "vhds", f"disk-{i:02d}.vhd"), **values) for i, values in rows]
+    with store.transaction() as tx:
+        assert tx.apply([Change(r) for r in written]) == len(written)
+    expected = {r.key: r for r in written}  # the last write of a key is what stays
+    assert {t.key: t for t in store.rows()} == expected
+
+
 def test_rows_ordered_and_filtered_by_state(store: Store) -> None:
     rows = [
         tracked(BlobKey("b", "c1", "z.vhd")),
@@ -293,6 +333,58 @@ def test_transaction_rollback_on_exception_leaves_nothing(store: Store) -> None:
     assert store.last_complete_pass() is None
     (record,) = store.passes()
     assert record.outcome == "running" and record.seq is None and record.finished_at is None
+
+
+def test_writer_thread_writes_batches_in_order_and_counts_them(store: Store) -> None:
+    keys = [BlobKey("gcacct1", "vhds", f"disk-{i:04d}.vhd") for i in range(3000)]
+    batches = [[Change(tracked(k)) for k in keys[i : i + 250]] for i in range(0, len(keys), 250)]
+    later = tracked(keys[7], state=State.DUE, etag='"0x7"', streak_start=2)
+    with store.transaction() as tx, Writer(tx) as writer:
+        for batch in batches:
+            writer.submit(batch)
+        writer.submit([Change(later), Forget(keys[8])])
+        assert writer.finish() == len(keys) + 2
+    stored = {t.key: t for t in store.rows()}
+    assert len(stored) == len(keys) - 1 and keys[8] not in stored
+    assert stored[keys[7]] == later  # submitted after the first write of the key: it stays
+
+
+def test_writer_error_reaches_the_pass_and_the_transaction_writes_nothing(store: Store) -> None:
+    """A write that fails on the writer's thread is raised in the pass (here: a naive timestamp);
+    submitting goes on without blocking, nothing after it is written, and the rollback leaves nothing."""
+    good = [[Change(tracked(BlobKey("gcacct1", "vhds", f"disk-{b}-{i}.vhd"))) for i in range(50)] for b in range(40)]
+    bad = tracked(BlobKey("gcacct1", "vhds", "naive.vhd"), first_orphaned_at=T0.replace(tzinfo=None))
+    submitted = 0
+    with pytest.raises(ValueError, match="naive datetime refused"):
+        with store.transaction() as tx, Writer(tx) as writer:
+            writer.submit(good[0])
+            writer.submit([Change(bad)])
+            for batch in good[1:]:  # more batches than the writer's queue holds
+                writer.submit(batch)
+                submitted += 1
+            writer.finish()
+    assert submitted <= len(good) - 1
+    assert list(store.rows()) == []
+
+
+def test_pass_transaction_checkpoints_the_log_after_its_commit(tmp_path: Path) -> None:
+    """SQLite: the commit leaves the write-ahead log to a checkpoint on its own thread; once it
+    has run, the database file alone (a copy without its -wal) holds what the transaction wrote."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        db.upgrade(engine)
+        store = Store(engine)
+        keys = [BlobKey("gcacct1", "vhds", f"disk-{i:04d}.vhd") for i in range(2000)]
+        with store.transaction() as tx:
+            tx.apply([Change(tracked(k)) for k in keys])
+        assert store.settle(timeout=60)
+        shutil.copyfile(tmp_path / "state.db", tmp_path / "copy.db")
+        with closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
+            assert copy.execute("SELECT count(*) FROM tracked_blobs").fetchone() == (2000,)
+        with engine.connect() as conn:  # connections are back on SQLite's automatic checkpoints
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    finally:
+        engine.dispose()
 
 
 def test_seq_increments_only_on_complete_passes(store: Store) -> None:

@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+import functools
 import sqlite3
 import sys
+import threading
 from datetime import datetime, timezone
-from operator import itemgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +37,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
@@ -45,7 +49,11 @@ from gc_daemon.state.models import (
     tracked_blobs,
 )
 
+log = structlog.get_logger("vhd-gc.store")
+
 BATCH_SIZE = 1000
+SQLITE_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, restored after a pass's transaction
+UPSERT_BATCH = 4000  # rows an upsert carries at most (SQLite: one statement, as the limit allows)
 STREAM_BATCH = 1000
 
 CONFIRM_PASS = "confirm-pass"
@@ -188,10 +196,78 @@ _UPSERT_TAIL = " ON CONFLICT (account, container, blob) DO UPDATE SET " + ", ".j
     f"{c} = excluded.{c}" for c in _UPSERT_COLUMNS if c not in _KEY_COLUMNS
 )
 _UPSERT_SQL = _UPSERT_HEAD + _UPSERT_ROW + _UPSERT_TAIL
-# SQLite: one statement inserts this many rows (a multi-row VALUES): a bulk write costs one statement
-# execution per chunk instead of one per row. Within SQLite's limit on parameters (999 before 3.32).
-SQLITE_ROWS_PER_STATEMENT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // len(_UPSERT_COLUMNS)
-_SQLITE_UPSERT_CHUNK_SQL = _UPSERT_HEAD + ", ".join([_UPSERT_ROW] * SQLITE_ROWS_PER_STATEMENT) + _UPSERT_TAIL
+# SQLite: one statement inserts many rows (a multi-row VALUES), so a bulk write costs a statement
+# execution per chunk instead of one per row. Chunks are large: each statement is also a round trip
+# of the GIL (pysqlite releases it while SQLite works, and a busy decision thread keeps it up to
+# the 5 ms switch interval before handing it back), so their count, not their size, is what costs.
+SQLITE_MAX_ROWS_PER_STATEMENT = 4000
+
+
+def _sqlite_rows_per_statement(dbapi_connection: Any) -> int:
+    """Rows a statement can carry within this connection's limit on parameters (999 in old builds,
+    32766 from SQLite 3.32, often more as distributions build it)."""
+    try:
+        limit = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except (AttributeError, sqlite3.Error):  # no getlimit, or not a pysqlite connection
+        limit = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+    return max(1, min(SQLITE_MAX_ROWS_PER_STATEMENT, limit // len(_UPSERT_COLUMNS)))
+
+
+def _hold_values(rows: list[Tracked]) -> list:
+    return [None if h is None else h._value_ for h in map(attrgetter("hold"), rows)]
+
+
+_TIME_COLUMNS = frozenset(
+    {"last_modified", "first_orphaned_at", "delete_after", "deleted_at", "updated_at", "recoverable_until"}
+)
+# Per column of _UPSERT_COLUMNS: the column's values for a list of rows, read in C where it can be.
+_COLUMN_VALUES: tuple = tuple(
+    (lambda rows, get=attrgetter(f"key.{c}"): list(map(get, rows))) if c in _KEY_COLUMNS
+    else (lambda rows: list(map(attrgetter("state._value_"), rows))) if c == "state"
+    else _hold_values if c == "hold"
+    else (lambda rows, get=attrgetter(c): list(map(get, rows)))
+    for c in _UPSERT_COLUMNS
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_upsert_sql(rows: int, shared: tuple[bool, ...]) -> str:
+    """An upsert of ``rows`` rows where the columns flagged in ``shared`` hold one value for all
+    of them, bound once (``?1``, ``?2``, ... first); the rest are bound row by row, in order."""
+    select, n_shared, n_varying = [], 0, 0
+    for is_shared in shared:
+        if is_shared:
+            n_shared += 1
+            select.append(f"?{n_shared}")
+        else:
+            n_varying += 1
+            select.append(f"column{n_varying}")
+    row = f"({', '.join('?' * n_varying)})"
+    return (
+        f"INSERT INTO tracked_blobs ({', '.join(_UPSERT_COLUMNS)}) SELECT {', '.join(select)} "
+        f"FROM (VALUES {', '.join([row] * rows)}) WHERE true{_UPSERT_TAIL}"
+    )
+
+
+def _sqlite_upsert_params(rows: list[Tracked], when) -> tuple[tuple[bool, ...], tuple]:
+    """The shape and parameters of :func:`_sqlite_upsert_sql` for ``rows``: a column whose value
+    is the same in every row (the pass's instants, its state, reason and NULLs, in a first pass
+    most of them) is bound once, not once a row. Binding is work done holding the GIL."""
+    shared_values, varying, shape = [], [], []
+    n = len(rows)
+    for column, values_of in zip(_UPSERT_COLUMNS, _COLUMN_VALUES):
+        values = values_of(rows)
+        if column in _TIME_COLUMNS:
+            values = list(map(when, values))
+        # The blob's name always varies: a VALUES row needs a column, even if one key is written twice.
+        if n > 1 and column != "blob" and values.count(values[0]) == n:
+            shared_values.append(values[0])
+            shape.append(True)
+        else:
+            varying.append(values)
+            shape.append(False)
+    return tuple(shape), (*shared_values, *chain.from_iterable(zip(*varying)))
+
 
 # pysqlite binds None through its adaptation protocol unless an adapter is registered for it: a
 # failed lookup of __adapt__ and __conform__, two AttributeErrors per NULL parameter, a third of the
@@ -217,12 +293,25 @@ def _pg_time(value: datetime | None) -> datetime | None:
     return None if value is None else _aware(value)
 
 
+class _Converted(dict):
+    """Values converted once each: ``memo[value]`` is ``convert(value)``, computed on first use
+    (a hit is a dict lookup with no Python frame: a bulk write converts six timestamps a row)."""
+
+    def __init__(self, convert) -> None:
+        super().__init__({None: None})
+        self.convert = convert
+
+    def __missing__(self, value):
+        out = self[value] = self.convert(value)
+        return out
+
+
 def _upsert_params(t: Tracked, when) -> tuple:
     k = t.key
     return (
-        k[0], k[1], k[2], t.url, t.state.value, t.blob_type, t.size_bytes, t.billed_bytes, t.etag,
+        k[0], k[1], k[2], t.url, t.state._value_, t.blob_type, t.size_bytes, t.billed_bytes, t.etag,
         when(t.last_modified), when(t.first_orphaned_at), when(t.delete_after), when(t.deleted_at),
-        when(t.updated_at), t.streak_start, t.sightings_frozen, t.hold.value if t.hold is not None else None,
+        when(t.updated_at), t.streak_start, t.sightings_frozen, t.hold._value_ if t.hold is not None else None,
         t.reason, t.last_owner, t.tier, when(t.recoverable_until),
     )
 
@@ -263,7 +352,7 @@ class StoredRow(tuple):
     def stored(cls, t: Tracked) -> "StoredRow":
         """The row SQLite would hand back for ``t`` (timestamps as its text)."""
         return tuple.__new__(cls, (
-            t.key, t.url, t.state.value, t.blob_type, t.size_bytes, t.etag, _sqlite_time(t.last_modified),
+            t.key, t.url, t.state._value_, t.blob_type, t.size_bytes, t.etag, _sqlite_time(t.last_modified),
             t.first_orphaned_at, t.delete_after, t.streak_start, t.sightings_frozen, t.billed_bytes,
             t.hold.value if t.hold is not None else None, t.reason, t.last_owner, t.tier,
             _sqlite_time(t.deleted_at), _sqlite_time(t.updated_at), _sqlite_time(t.recoverable_until),
@@ -341,7 +430,7 @@ class StateTx:
                     written += self._delete(forgets)
                     forgets = []
                 upserts.append(item.row)
-                if len(upserts) >= BATCH_SIZE:
+                if len(upserts) >= UPSERT_BATCH:
                     written += self._upsert(upserts)
                     upserts = []
             else:
@@ -353,37 +442,25 @@ class StateTx:
         return written
 
     def _upsert(self, rows: list[Tracked]) -> int:
-        """INSERT ... ON CONFLICT DO UPDATE through the driver's executemany: the bulk write of a
-        pass, without per-row ORM or type-processing overhead (same SQL on SQLite and PostgreSQL)."""
+        """INSERT ... ON CONFLICT DO UPDATE, the bulk write of a pass, without per-row ORM or
+        type-processing overhead: multi-row statements on SQLite, the driver's executemany on
+        PostgreSQL (same SQL)."""
         sqlite_ = self._conn.dialect.name == "sqlite"
         marker = "?" if self._conn.dialect.paramstyle == "qmark" else "%s"
         sql = _UPSERT_SQL.replace("?", marker) if marker != "?" else _UPSERT_SQL
         convert = _sqlite_time if sqlite_ else _pg_time
-        memo: dict = {None: None}  # one pass writes the same few instants into many rows
+        when = _Converted(convert).__getitem__  # one pass writes the same few instants into many rows
 
-        def when(value):
-            try:
-                return memo[value]
-            except KeyError:
-                out = memo[value] = convert(value)
-                return out
-
-        if sqlite_ and len(rows) >= SQLITE_ROWS_PER_STATEMENT:
-            # Multi-row statements, in order (a later row of the same key updates the earlier one,
-            # exactly as row-by-row execution would); the remainder row by row.
-            n = SQLITE_ROWS_PER_STATEMENT
-            full = len(rows) - len(rows) % n
-            for i in range(0, full, n):
-                params: list = []
-                extend = params.extend
-                for t in rows[i : i + n]:
-                    extend(_upsert_params(t, when))
-                self._conn.exec_driver_sql(_SQLITE_UPSERT_CHUNK_SQL, tuple(params))
-            rest = rows[full:]
+        if sqlite_:
+            # Multi-row statements, in order: a later row of the same key updates the earlier one,
+            # exactly as row-by-row execution would.
+            n = _sqlite_rows_per_statement(self._conn.connection.driver_connection)
+            for i in range(0, len(rows), n):
+                chunk = rows[i : i + n]
+                shape, params = _sqlite_upsert_params(chunk, when)
+                self._conn.exec_driver_sql(_sqlite_upsert_sql(len(chunk), shape), params)
         else:
-            rest = rows
-        if rest:
-            self._conn.exec_driver_sql(sql, [_upsert_params(t, when) for t in rest])
+            self._conn.exec_driver_sql(sql, [_upsert_params(t, when) for t in rows])
         return len(rows)
 
     def _delete(self, keys: list[BlobKey]) -> int:
@@ -409,9 +486,15 @@ class StateTx:
             raise LookupError(f"no pass with id {pass_id}")
 
 
+def _is_sqlite_file(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_lock = threading.Lock()
 
     # -- passes --------------------------------------------------------------------------------
 
@@ -483,9 +566,50 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[StateTx]:
-        """One transaction: committed on a clean exit, rolled back on an exception."""
-        with self.engine.begin() as conn:
-            yield StateTx(conn, _last_complete_seq(conn) + 1)
+        """One transaction: committed on a clean exit, rolled back on an exception.
+
+        On a SQLite file, the commit does not also checkpoint the write-ahead log (copy what the
+        transaction wrote into the database file: as long again as the write itself after a first
+        pass over a large estate). The write is durable at the commit; the checkpoint runs after it
+        on a thread of its own, as SQLite's documentation suggests for latency (:meth:`settle`).
+        """
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection if _is_sqlite_file(self.engine) else None
+            if raw is not None:
+                raw.execute("PRAGMA wal_autocheckpoint=0")  # this connection only, until the commit
+            try:
+                with conn.begin():
+                    yield StateTx(conn, _last_complete_seq(conn) + 1)
+            finally:
+                if raw is not None:
+                    raw.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
+        if raw is not None:
+            self._checkpoint_in_background()
+
+    def _checkpoint_in_background(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None and self._checkpointer.is_alive():
+                return  # the one running copies this transaction's pages too
+            # Not a daemon thread: a process that exits first waits for the checkpoint to end.
+            self._checkpointer = threading.Thread(target=self._checkpoint, name="wal-checkpoint")
+            self._checkpointer.start()
+
+    def _checkpoint(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                # On the driver's connection, outside any transaction; PASSIVE: never waits for
+                # readers or writers (what it cannot copy now, a later checkpoint copies).
+                conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as exc:  # noqa: BLE001 - the log keeps growing until a later checkpoint; nothing is lost
+            log.warning("wal_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for a background checkpoint, if one runs; False if it still runs after ``timeout``."""
+        thread = self._checkpointer
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     # -- report / explain ------------------------------------------------------------------------
 
