@@ -37,8 +37,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-import structlog
 from sqlalchemy.dialects import postgresql, sqlite
+import structlog
 
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
 from gc_daemon.state.models import (
@@ -213,21 +213,26 @@ def _sqlite_rows_per_statement(dbapi_connection: Any) -> int:
     return max(1, min(SQLITE_MAX_ROWS_PER_STATEMENT, limit // len(_UPSERT_COLUMNS)))
 
 
-def _hold_values(rows: list[Tracked]) -> list:
-    return [None if h is None else h._value_ for h in map(attrgetter("hold"), rows)]
-
-
 _TIME_COLUMNS = frozenset(
     {"last_modified", "first_orphaned_at", "delete_after", "deleted_at", "updated_at", "recoverable_until"}
 )
-# Per column of _UPSERT_COLUMNS: the column's values for a list of rows, read in C where it can be.
-_COLUMN_VALUES: tuple = tuple(
-    (lambda rows, get=attrgetter(f"key.{c}"): list(map(get, rows))) if c in _KEY_COLUMNS
-    else (lambda rows: list(map(attrgetter("state._value_"), rows))) if c == "state"
-    else _hold_values if c == "hold"
-    else (lambda rows, get=attrgetter(c): list(map(get, rows)))
-    for c in _UPSERT_COLUMNS
-)
+
+
+def _column_reader(column: str):
+    """A function giving one column's values (as bound, before timestamps are converted) for a list
+    of rows, read in C where it can be."""
+    if column in _KEY_COLUMNS:
+        get = attrgetter(f"key.{column}")
+    elif column == "state":
+        get = attrgetter("state._value_")
+    elif column == "hold":
+        return lambda rows: [None if h is None else h._value_ for h in map(attrgetter("hold"), rows)]
+    else:
+        get = attrgetter(column)
+    return lambda rows: list(map(get, rows))
+
+
+_COLUMN_READERS = tuple(_column_reader(c) for c in _UPSERT_COLUMNS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -255,7 +260,7 @@ def _sqlite_upsert_params(rows: list[Tracked], when) -> tuple[tuple[bool, ...], 
     most of them) is bound once, not once a row. Binding is work done holding the GIL."""
     shared_values, varying, shape = [], [], []
     n = len(rows)
-    for column, values_of in zip(_UPSERT_COLUMNS, _COLUMN_VALUES):
+    for column, values_of in zip(_UPSERT_COLUMNS, _COLUMN_READERS):
         values = values_of(rows)
         if column in _TIME_COLUMNS:
             values = list(map(when, values))
@@ -354,7 +359,7 @@ class StoredRow(tuple):
         return tuple.__new__(cls, (
             t.key, t.url, t.state._value_, t.blob_type, t.size_bytes, t.etag, _sqlite_time(t.last_modified),
             t.first_orphaned_at, t.delete_after, t.streak_start, t.sightings_frozen, t.billed_bytes,
-            t.hold.value if t.hold is not None else None, t.reason, t.last_owner, t.tier,
+            t.hold._value_ if t.hold is not None else None, t.reason, t.last_owner, t.tier,
             _sqlite_time(t.deleted_at), _sqlite_time(t.updated_at), _sqlite_time(t.recoverable_until),
         ))
 
