@@ -459,13 +459,16 @@ class Writer:
         self._queue: queue.Queue = queue.Queue(maxsize=self.PENDING)
         self._error: BaseException | None = None
         self._written = 0
+        self._discard = False
         self._thread = threading.Thread(target=self._run, name="write", daemon=True)
 
     def __enter__(self) -> "Writer":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is not None:
+            self._discard = True  # the pass failed: what still waits is not written (it rolls back)
         self._stop()
 
     def submit(self, batch: list[Change | Forget]) -> None:
@@ -503,7 +506,7 @@ class Writer:
                     end = True
                     break
                 batch = batch + more
-            if self._error is not None:
+            if self._error is not None or self._discard:
                 continue  # after an error nothing more is written; the pass rolls back
             try:
                 self._written += self._tx.apply(batch)

@@ -587,7 +587,10 @@ class Store:
                     yield StateTx(conn, _last_complete_seq(conn) + 1)
             finally:
                 if raw is not None:
-                    raw.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
+                    try:
+                        raw.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
+                    except sqlite3.Error:  # a connection the failure closed: nothing to restore
+                        pass  # (and the failure, not this, is what the caller must see)
         if raw is not None:
             self._checkpoint_in_background()
 
