@@ -52,7 +52,7 @@ def account_name(i: int) -> str:
 
 
 def blob_name(j: int) -> str:
-    return f"disk{j}.vhd"
+    return f"disk{j:07d}.vhd"
 
 
 class MemReferences:
@@ -103,7 +103,7 @@ class MemAccount:
         etag_head, changed_head = f'"0x8D{i:02X}', f'"0x9E{i:02X}'
         new_key = tuple.__new__  # BlobKey(acct, CONTAINER, name) without the NamedTuple's Python frame
         for j in range(self.n):
-            name = f"disk{j}.vhd"  # blob_name(j)
+            name = f"disk{j:07d}.vhd"  # blob_name(j)
             head = changed_head if changed and j % 2 == 1 and j // 2 < changed else etag_head
             yield BlobSeen(new_key(BlobKey, (acct, CONTAINER, name)), base + name, "PageBlob", SIZE,
                            f"{head}{j:010X}\"", LAST_MODIFIED, "available", "unlocked")

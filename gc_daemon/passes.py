@@ -211,6 +211,7 @@ class Collector:
             measurer = Measurer(self.config.azure.max_concurrency)
             progress.measuring(measurer)
             progress.phase(f"pass {pass_id}: listing and deciding")
+            counting = (State.CANDIDATE, State.DUE)
             try:
                 with self.store.transaction() as tx, Writer(tx) as writer:
                     seq = tx.seq
@@ -220,20 +221,27 @@ class Collector:
                         try:
                             blobs = listing.blobs(name, stats, should_stop)
                             for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):
-                                if isinstance(d, Forget):
+                                if type(d) is Forget:
                                     batch.append(d)
                                     stats.vanished += 1
                                     continue
-                                if d.change is not None:
-                                    batch.append(d.change)
-                                    self._count_event(d.change.event, stats)
-                                    row = d.change.row
-                                    if row.streak_start == seq and row.state in (State.CANDIDATE, State.DUE):
+                                change = d.change
+                                if change is not None:
+                                    batch.append(change)
+                                    event = change.event  # counted inline: the progress line reads them live
+                                    if event == "marked" or event == "restarted":
+                                        stats.marked += 1
+                                    elif event == "released":
+                                        stats.released += 1
+                                    elif event == "kept":
+                                        stats.kept += 1
+                                    row = change.row
+                                    if row.streak_start == seq and row.state in counting:
                                         stats.new_candidates += 1
                                         stats.new_bytes += row.size_bytes
                                     if log_changes:
                                         plog.info(
-                                            "blob_" + d.change.event, url=row.url, state=row.state.value,
+                                            "blob_" + event, url=row.url, state=row.state.value,
                                             hold=row.hold.value if row.hold else None, reason=row.reason,
                                         )
                                 if d.due is not None:
@@ -297,15 +305,6 @@ class Collector:
         except Exception as exc:  # discovery failed: an account we did not see must not look empty
             errors = getattr(exc, "errors", None) or [f"storageAccounts: {_short(exc)}"]
             raise PassIncomplete(list(errors), list(getattr(exc, "sources", ["storageAccounts"]))) from exc
-
-    @staticmethod
-    def _count_event(event: str, stats: PassStats) -> None:
-        if event in ("marked", "restarted"):
-            stats.marked += 1
-        elif event == "released":
-            stats.released += 1
-        elif event == "kept":
-            stats.kept += 1
 
     def _end(self, pass_id, outcome, started, t0, stats, *, errors=(), seq=None) -> PassResult:
         finished = self.clock()
