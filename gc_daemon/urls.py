@@ -200,9 +200,19 @@ def parse_container_url(uri: str) -> ContainerKey:
     return ContainerKey(account, _container(uri, raw_container))
 
 
+# What quote(name, safe="/") leaves as it is: a name made only of these needs no quoting.
+_URL_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
+def quote_blob_name(name: str) -> str:
+    """``quote(name, safe="/")``; most names (letters, digits, ``_.-~/``) come back as they are
+    without quote's per-character work (a listing builds one URL a blob)."""
+    return name if _URL_PLAIN.fullmatch(name) is not None else quote(name, safe="/")
+
+
 def blob_url(blob_endpoint: str, key: BlobKey) -> str:
     """The canonical URL of a blob under an account's blob endpoint."""
-    return f"{blob_endpoint.rstrip('/')}/{key.container}/{quote(key.blob, safe='/')}"
+    return f"{blob_endpoint.rstrip('/')}/{key.container}/{quote_blob_name(key.blob)}"
 
 
 def default_blob_endpoint(account: str) -> str:

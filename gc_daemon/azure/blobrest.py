@@ -318,7 +318,8 @@ def _listed_blob(item: ET.Element, times: dict[str, datetime]) -> ListedBlob:
     metadata_el = item.find("Metadata")
     metadata = {m.tag: m.text or "" for m in metadata_el} if metadata_el is not None else {}
     tags = None
-    tag_set = item.find("Tags/TagSet")
+    tags_el = item.find("Tags")  # two plain finds: a path ("Tags/TagSet") goes through ElementPath
+    tag_set = tags_el.find("TagSet") if tags_el is not None else None
     if tag_set is not None:
         tags = {t.findtext("Key") or "": t.findtext("Value") or "" for t in tag_set}
     return ListedBlob(

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
@@ -22,6 +21,7 @@ from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError, Urllib3Transport
 from gc_daemon.domain import BlobKey, BlobSeen
+from gc_daemon.urls import blob_url
 
 KEEP_METADATA_KEY = "vhdgc_keep"
 KEEP_TAG_KEY = "vhdgc-keep"
@@ -98,19 +98,21 @@ def _enum_str(value: Any) -> str | None:
 
 
 def _lower(value: Any) -> str | None:
-    text = _enum_str(value)
+    text = value if type(value) is str else _enum_str(value)  # both readers give plain strings
     return text.lower() if text else None
 
 
 def _has_key(mapping: dict[str, str] | None, wanted: str) -> bool:
-    return any(k.lower() == wanted for k in (mapping or {}))
+    return bool(mapping) and any(k.lower() == wanted for k in mapping)
 
 
 def _value_of(mapping: dict[str, str] | None, wanted: str) -> str | None:
-    for k, v in (mapping or {}).items():
-        if k.lower() == wanted:
-            return v
+    if mapping:
+        for k, v in mapping.items():
+            if k.lower() == wanted:
+                return v
     return None
+
 
 
 def _listed(props: BlobProperties) -> ListedBlob:
@@ -256,7 +258,7 @@ class AccountStorage:
         return BlobKey(self.account.lower(), container.lower(), blob)
 
     def blob_url(self, key: BlobKey) -> str:
-        return f"{self.blob_endpoint}/{key.container}/{quote(key.blob, safe='/')}"
+        return blob_url(self.blob_endpoint, key)
 
     def list_blobs(self, results_per_page: int | None = None) -> Iterator[BlobSeen]:
         """Every base blob of every container, streamed. Errors propagate as :class:`StorageError`."""
