@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -411,14 +411,19 @@ def sdk_measure(blobs: list[SeededBlob], workers: int = 8) -> float:
         client = services[b.account.name].get_blob_client(b.container, b.name)
         return sum(r.end - r.start + 1 for r in client.list_page_ranges() if not r.cleared)
 
+    return _timed_in_pool(one, blobs, workers, services.values())
+
+
+def _timed_in_pool(one: Callable[[Any], Any], items: list[Any], workers: int, clients: Iterable[Any]) -> float:
+    """Seconds to run ``one`` over ``items``, ``workers`` at a time; the clients are closed after."""
     t0 = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, blobs))
+            list(pool.map(one, items))
         return time.perf_counter() - t0
     finally:
-        for s in services.values():
-            s.close()
+        for client in clients:
+            client.close()
 
 
 def lean_storage(account: Account):
@@ -450,14 +455,7 @@ def lean_measure(blobs: list[SeededBlob], workers: int = 8) -> float:
     def one(b: SeededBlob) -> int:
         return storages[b.account.name].billed_bytes(BlobKey(b.account.name, b.container, b.name))
 
-    t0 = time.perf_counter()
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, blobs))
-        return time.perf_counter() - t0
-    finally:
-        for s in storages.values():
-            s.close()
+    return _timed_in_pool(one, blobs, workers, storages.values())
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .config import Config
 from .decide import ReferenceIndex, decide_stream
 from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, State, Tracked
 from .execute import Execution, Executor, resolve_intents
+from .state.store import UPSERT_BATCH
 
 log = structlog.get_logger("vhd-gc.pass")
 
@@ -451,7 +452,7 @@ class Writer:
     """
 
     PENDING = 8  # batches queued before submit() waits: memory stays bounded when the database is slower
-    GATHER = 4 * BATCH  # rows written by one apply() at most
+    GATHER = UPSERT_BATCH  # rows written by one apply() at most: one upsert of the store's
 
     def __init__(self, tx) -> None:
         self._tx = tx
