@@ -7,8 +7,8 @@ import argparse
 import os
 
 from bench import estate as E
-from bench.common import (EMULATOR_NICE, Section, configure_vhdgc_logging, fmt_ratio, fmt_s, median, note,
-                          set_emulator_priority)
+from bench.common import (Section, configure_vhdgc_logging, fmt_ratio, fmt_s, lower_emulator_priority, median,
+                          note)
 from bench.profiling import profile_call, top
 
 ACCOUNTS = ("benchacct1", "benchacct2")
@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> Section:
             arm_cls = E.ArmInProcess if args.arm_in_process else E.ArmProcess
             arm = arm_cls(estate, args.arm_page_size, tmp).start()
             os.environ["REQUESTS_CA_BUNDLE"] = arm.cert_path
-            how = set_emulator_priority(azurite.pid, EMULATOR_NICE)
-            if not args.arm_in_process:
-                set_emulator_priority(arm.proc.pid, EMULATOR_NICE)
+            how = lower_emulator_priority([azurite.pid] + ([] if args.arm_in_process else [arm.proc.pid]))
             section.add("emulators", f"Azurite{'' if args.arm_in_process else ' and the ARM stand-in'}: {how}")
             section.add("estate", f"{vms} VMs holding {len(referenced)} references; ARM page size {args.arm_page_size}; "
                         f"ARM stand-in {'in-process' if args.arm_in_process else 'own process'}")

@@ -103,6 +103,18 @@ def set_emulator_priority(pid: int, nice: int) -> str:
     return f"process-group nice {nice}"
 
 
+def lower_emulator_priority(pids: Iterable[int]) -> str:
+    """``set_emulator_priority(pid, EMULATOR_NICE)`` for each; where the system refuses, the bench
+    goes on at equal priority and the report says so."""
+    how = ""
+    for pid in pids:
+        try:
+            how = set_emulator_priority(pid, EMULATOR_NICE)
+        except OSError as exc:
+            return f"equal priority (could not lower it: {exc})"
+    return how
+
+
 def note(msg: str) -> None:
     sys.stderr.write(f"[bench] {msg}\n")
     sys.stderr.flush()

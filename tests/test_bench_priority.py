@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import set_emulator_priority
+from bench.common import lower_emulator_priority, set_emulator_priority
 
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
@@ -51,3 +51,11 @@ def test_renices_the_process_group() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_refusal_leaves_equal_priority_and_says_so() -> None:
+    child = _session_child()
+    child.kill()
+    child.wait()  # reaped: its pid names no process now
+    how = lower_emulator_priority([child.pid])
+    assert how.startswith("equal priority (could not lower it: ")
