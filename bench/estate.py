@@ -568,6 +568,40 @@ def instrument(sink: dict[str, float]) -> Callable[[Any], None]:
     return wrap
 
 
+class _EndMarked:
+    """A source proxy that records when its read ended (perf_counter), and nothing per item."""
+
+    def __init__(self, inner: Any, sink: dict[str, float], name: str) -> None:
+        self.inner, self.sink, self.name = inner, sink, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def read(self):
+        self.sink.setdefault("start", time.perf_counter())
+        try:
+            return self.inner.read()
+        finally:
+            self.sink[self.name] = time.perf_counter()
+
+    def list_blobs(self) -> Iterator[Any]:
+        self.sink.setdefault("start", time.perf_counter())
+        yield from self.inner.list_blobs()
+        self.sink[self.name] = time.perf_counter()
+
+
+def mark_ends(sink: dict[str, float]) -> Callable[[Any], None]:
+    """Wrap a collector's sources so ``sink`` gets the instant each one ended: "references" and each
+    account by name, and "start", the first of them to begin (the listings start with the pass)."""
+
+    def wrap(collector: Any) -> None:
+        collector.references = _EndMarked(collector.references, sink, "references")
+        if isinstance(collector.accounts, dict):
+            collector.accounts = {k: _EndMarked(v, sink, k) for k, v in collector.accounts.items()}
+
+    return wrap
+
+
 def breakdown_lines(sink: dict[str, float], total: float) -> list[str]:
     lines = [f"  pass wall time: {total:.3f} s"]
     for k, v in sink.items():
