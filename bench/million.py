@@ -13,7 +13,6 @@ import gc
 import json
 import os
 import resource
-import sqlite3
 import subprocess
 import sys
 import time
@@ -253,9 +252,9 @@ def worker(argv: list[str]) -> int:
     s = result.stats
     out["stats"] = {k: getattr(s, k) for k in ("blobs", "vhds", "references", "changes", "marked", "due", "released", "kept", "vanished")}
     out["peak_rss_mib"] = peak_rss_mib()
+    with store.engine.connect() as conn:
+        out["tracked_rows"] = conn.exec_driver_sql("select count(*) from tracked_blobs").scalar_one()
     store.engine.dispose()
-    with sqlite3.connect(args.db) as conn:
-        out["tracked_rows"] = conn.execute("select count(*) from tracked_blobs").fetchone()[0]
     if profiles is not None:
         from bench.profiling import top
 
