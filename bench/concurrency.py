@@ -21,7 +21,7 @@ LIMIT = 1.25  # both accounts / the slowest single account
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blobs-per-account", type=int, default=10_000, help="VHD page blobs per account (default 10000)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds (default 5: per-round ratios spread by 0.1-0.2)")
     p.add_argument("--arm-page-size", type=int, default=50)
 
 
