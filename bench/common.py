@@ -84,6 +84,13 @@ EMULATOR_NICE = 10
 _AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
+def autogroup_enabled() -> bool:
+    try:
+        return _AUTOGROUP_SWITCH.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def set_emulator_priority(pid: int, nice: int) -> str:
     """CPU priority of an emulator, which runs in a session of its own; returns how it was set.
 
@@ -91,11 +98,7 @@ def set_emulator_priority(pid: int, nice: int) -> str:
     session's nice in /proc/<pid>/autogroup; a process's own nice counts only inside its session. So
     ``renice`` alone does nothing here, and the session's nice is what to set; it can go back to 0
     unprivileged. Without autogroup the process group is reniced instead, which only root can undo."""
-    try:
-        autogroup = _AUTOGROUP_SWITCH.read_text().strip() == "1"
-    except OSError:
-        autogroup = False
-    if autogroup:
+    if autogroup_enabled():
         with open(f"/proc/{pid}/autogroup", "w") as fh:
             fh.write(str(nice))
         return f"session (autogroup) nice {nice}"

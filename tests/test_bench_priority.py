@@ -9,23 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import lower_emulator_priority, set_emulator_priority
-
-AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
-
-
-def _autogroup_enabled() -> bool:
-    try:
-        return AUTOGROUP.read_text().strip() == "1"
-    except OSError:
-        return False
-
+from bench.common import autogroup_enabled, lower_emulator_priority, set_emulator_priority
 
 def _session_child() -> subprocess.Popen:
     return subprocess.Popen(["sleep", "60"], start_new_session=True)
 
 
-@pytest.mark.skipif(not _autogroup_enabled(), reason="the kernel does not group by session (autogroup off)")
+@pytest.mark.skipif(not autogroup_enabled(), reason="the kernel does not group by session (autogroup off)")
 def test_sets_the_sessions_nice_and_back() -> None:
     ours = Path("/proc/self/autogroup").read_text()
     child = _session_child()
@@ -40,7 +30,7 @@ def test_sets_the_sessions_nice_and_back() -> None:
         child.wait()
 
 
-@pytest.mark.skipif(_autogroup_enabled(), reason="autogroup is on: the session's nice is set instead")
+@pytest.mark.skipif(autogroup_enabled(), reason="autogroup is on: the session's nice is set instead")
 def test_renices_the_process_group() -> None:
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     child = _session_child()
