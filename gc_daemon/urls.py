@@ -15,7 +15,7 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .domain import BlobKey, ContainerKey
 
@@ -51,11 +51,82 @@ class UrlError(ValueError):
         self.why = why
 
 
-def redact_query(uri: object) -> str:
-    """The URI without its query: a SAS signature must not reach a log, an error or a report."""
-    text = str(uri)
-    head, sep, _ = text.partition("?")
-    return head + ("?<query redacted>" if sep else "")
+QUERY_REDACTED = "?<query redacted>"
+USERINFO_REDACTED = "<redacted>@"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def _redact_one(text: str, query_stop: str) -> str:
+    """``text`` starts with a URL: its userinfo and its query replaced by markers.
+
+    The userinfo is whatever precedes the last ``@`` before the first ``/`` after the scheme (a
+    password holding ``?`` or ``#`` is redacted too); the query runs from the first ``?`` after
+    it to the end, or to the first character of ``query_stop``. Host, port and path are kept.
+    """
+    m = _SCHEME.match(text)
+    if m is not None:
+        start = m.end()
+        slash = text.find("/", start)
+        authority_end = len(text) if slash < 0 else slash
+        at = text.rfind("@", start, authority_end)
+        if at >= 0 and text[start:at + 1] != USERINFO_REDACTED:
+            text = text[:start] + USERINFO_REDACTED + text[at + 1:]
+            start += len(USERINFO_REDACTED)
+        else:
+            start = at + 1 if at >= 0 else start
+    else:
+        start = 0
+    q = text.find("?", start)
+    if q < 0:
+        return text
+    end = q + 1
+    while end < len(text) and text[end] not in query_stop:
+        end += 1
+    if end == q + 1:
+        return text  # an empty query (or a marker already there)
+    return text[:q] + QUERY_REDACTED + text[end:]
+
+
+def redact_url(uri: object) -> str:
+    """The URL with its userinfo (``user:password@``) and its whole query (a SAS signature, a
+    token) replaced by markers; scheme, host, port and path are kept, so that an operator still
+    recognises it. The one redaction of URLs: effective configuration, errors, logs, explain."""
+    return _redact_one(str(uri), "")
+
+
+redact_query = redact_url  # the older name
+
+# In free text (log fields, exception messages): every URL, up to the next whitespace; its query
+# ends at a quote or bracket that closes the text around it. Secret query parameters outside a
+# URL with a scheme (``/acct?sv=...&sig=...`` in an HTTP library's message) are redacted by name.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:sig|signature|password|passwd|pwd|secret|client_secret|token|access_token"
+    r"|refresh_token|code|key|api[-_]?key|sas|sastoken)=)[^&\s\"'<>`]+"
+)
+_TEXT_QUERY_STOP = "\"'<>`"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted as :func:`redact_url` does, and secret query
+    parameters (``sig=``, ``password=``, ...) anywhere replaced by ``<redacted>``."""
+    if "://" not in text and "=" not in text:
+        return text
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda m: _redact_one(m.group(0), _TEXT_QUERY_STOP), text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(r"\1<redacted>", text)
+    return text
+
+
+def public_endpoint(endpoint: str) -> str:
+    """An endpoint as it appears in a blob's canonical URL: no userinfo, no query, no fragment."""
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError:
+        return redact_url(endpoint)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
 def _is_path_style(host: str) -> bool:
@@ -211,7 +282,10 @@ def quote_blob_name(name: str) -> str:
 
 
 def blob_url(blob_endpoint: str, key: BlobKey) -> str:
-    """The canonical URL of a blob under an account's blob endpoint."""
+    """The canonical URL of a blob under an account's blob endpoint (never with the endpoint's
+    userinfo or query: a URL that reaches the state database, a report or a log carries no secret)."""
+    if "@" in blob_endpoint or "?" in blob_endpoint or "#" in blob_endpoint:
+        blob_endpoint = public_endpoint(blob_endpoint)
     return f"{blob_endpoint.rstrip('/')}/{key.container}/{quote_blob_name(key.blob)}"
 
 

@@ -428,3 +428,49 @@ _SHARED_PARSER = blob_url_parser()
 def test_blob_names_are_quoted_as_quote_does_with_or_without_its_work(name):
     """quote_blob_name skips quote() for plain names: its output is quote()'s, for every name."""
     assert quote_blob_name(name) == quote(name, safe="/")
+
+
+# --- redaction of URLs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://acct1.blob.core.windows.net/vhds/a.vhd", "https://acct1.blob.core.windows.net/vhds/a.vhd"),
+        ("https://acct1.blob.core.windows.net/?sv=2024&sig=S3cr3t%3D", "https://acct1.blob.core.windows.net/?<query redacted>"),
+        ("http://user:pw@127.0.0.1:10000/acct1", "http://<redacted>@127.0.0.1:10000/acct1"),
+        ("https://u:p@h:1/x?sig=abc#frag", "https://<redacted>@h:1/x?<query redacted>"),
+        ("https://u:p?w#d@h/x", "https://<redacted>@h/x"),  # a password holding ? and #
+        ("https://token@h", "https://<redacted>@h"),
+        ("https://h/p?", "https://h/p?"),
+        ("not a url?sig=abc", "not a url?<query redacted>"),
+    ],
+)
+def test_redact_url_hides_userinfo_and_query_and_keeps_host_and_path(url, shown):
+    from gc_daemon.urls import redact_query, redact_url
+
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown  # idempotent
+    assert redact_query(url) == shown  # the older name
+
+
+def test_redact_text_redacts_every_url_and_secret_parameters_in_free_text():
+    from gc_daemon.urls import redact_text
+
+    text = ("AccountStorage(blob_endpoint='https://u:pw1@h/a?sv=1&sig=S1') failed: HTTPConnection: "
+            "Max retries exceeded with url: /a?restype=container&sig=S2?comp=list (refused); "
+            "db postgresql+psycopg://gc:pw2@db/x; sig=notaquery")
+    out = redact_text(text)
+    assert out == ("AccountStorage(blob_endpoint='https://<redacted>@h/a?<query redacted>') failed: HTTPConnection: "
+                   "Max retries exceeded with url: /a?restype=container&sig=<redacted> (refused); "
+                   "db postgresql+psycopg://<redacted>@db/x; sig=notaquery")
+    assert redact_text(out) == out
+    assert redact_text("plain text, no url") == "plain text, no url"
+
+
+@pytest.mark.parametrize("endpoint", ["http://user:pw@127.0.0.1:10000/acct1", "http://127.0.0.1:10000/acct1?sv=1&sig=x",
+                                      "http://127.0.0.1:10000/acct1/", "http://u:p@127.0.0.1:10000/acct1/?sig=x#f"])
+def test_a_canonical_blob_url_never_carries_the_endpoints_userinfo_or_query(endpoint):
+    from gc_daemon.urls import blob_url
+
+    assert blob_url(endpoint, BlobKey("acct1", "vhds", "a b.vhd")) == "http://127.0.0.1:10000/acct1/vhds/a%20b.vhd"
