@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,7 +22,7 @@ from pydantic import (
 )
 
 from .domain import Policy
-from .urls import default_blob_endpoint
+from .urls import default_blob_endpoint, redact_text
 
 ENV_CONFIG = "VHD_GC_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -296,6 +295,8 @@ def parse_config(data: Any) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    except RecursionError:
+        raise ConfigError("configuration nested too deeply") from None
 
 
 def resolve_path(path: str | os.PathLike | None) -> Path:
@@ -307,15 +308,13 @@ def resolve_path(path: str | os.PathLike | None) -> Path:
 
 
 def load_config(path: str | os.PathLike | None) -> Config:
+    from .configfile import ConfigFileError, read_config_file
+
     p = resolve_path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {p}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: {p} is not valid YAML: {exc}") from None
+        data = read_config_file(p)  # UTF-8, no duplicate key, bounded nesting and aliases
+    except ConfigFileError as exc:
+        raise ConfigError(f"--config: {redact_text(str(exc))}") from None
     return parse_config(data)
 
 

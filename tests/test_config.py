@@ -423,3 +423,32 @@ def test_config_is_frozen():
     with pytest.raises(Exception):
         cfg.mode = "delete"  # type: ignore[misc]
     assert isinstance(cfg, Config)
+
+
+# --- reading the file strictly (the CLI's view: tests/test_hardening.py) ---------------------------
+
+
+def test_load_config_refuses_a_duplicate_key_naming_its_path_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(YAML.replace("    - name: gcacct1\n", "    - name: gcacct1\n      name: gcacct2\n"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"--config: {path}: duplicate key azure.storage_accounts[0].name at line 9 (first at line 8): a key may appear only once"
+    )
+
+
+def test_load_config_lets_a_key_override_what_a_merge_brings_in(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(YAML.replace("      key_env: GCACCT1_KEY\n", "      key_env: GCACCT1_KEY\n    - <<: *a1\n      name: gcacct2\n")
+                    .replace("    - name: gcacct1\n", "    - &a1\n      name: gcacct1\n"))
+    cfg = load_config(path)
+    assert [(a.name, a.key_env) for a in cfg.azure.storage_accounts] == [("gcacct1", "GCACCT1_KEY"), ("gcacct2", "GCACCT1_KEY")]
+
+
+def test_load_config_never_quotes_the_line_of_a_yaml_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("azure: {subscriptions: [x\n  blob_endpoint: 'https://u:S3cr3tPw@h/?sig=S3cr3tSig'\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(path)
+    assert "S3cr3t" not in str(err.value) and "\n" not in str(err.value)
