@@ -14,6 +14,7 @@ import click
 import yaml
 
 from .config import Config, ConfigError, load_config, redacted
+from .urls import redact_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -24,7 +25,13 @@ class _Fail(click.ClickException):
         self.exit_code = code
 
     def show(self, file=None) -> None:
-        click.echo(f"vhd-gc: {self.format_message()}", err=True)
+        # Whatever the message quotes (an exception's text, a URL): no secret from a URL.
+        click.echo(f"vhd-gc: {_safe(self.format_message())}", err=True)
+
+
+def _safe(text: object) -> str:
+    """Text for the terminal: URLs redacted (userinfo, query)."""
+    return redact_text(str(text))
 
 
 def _config(ctx: click.Context) -> Config:
@@ -124,10 +131,10 @@ def scan(ctx: click.Context, progress: bool | None) -> None:
     if result.outcome == "incomplete":
         click.echo("vhd-gc: the pass was incomplete and changed nothing:", err=True)
         for e in result.errors:
-            click.echo(f"  - {e}", err=True)
+            click.echo(f"  - {_safe(e)}", err=True)
         ctx.exit(EXIT_INCOMPLETE)
     if result.outcome != "complete":
-        click.echo(f"vhd-gc: the pass failed: {'; '.join(result.errors)}", err=True)
+        click.echo(f"vhd-gc: the pass failed: {_safe('; '.join(result.errors))}", err=True)
         ctx.exit(EXIT_ERROR)
 
 
@@ -342,7 +349,7 @@ def passes(ctx: click.Context, limit: int) -> None:
 
     for p in open_store(_config(ctx)).passes(limit):
         took = f"{(p.finished_at - p.started_at).total_seconds():.1f}s" if p.finished_at else "-"
-        click.echo(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip())
+        click.echo(_safe(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip()))
 
 
 # -- db / config -----------------------------------------------------------------------------
@@ -388,7 +395,7 @@ def _warn_soft_delete(config: Config, deadline: float = 10.0) -> None:
         try:
             days = soft_delete_days(storage)
         except Exception as exc:  # noqa: BLE001 - a check, not a pass
-            lines[acct.name] = f"# warning: {acct.name}: could not read blob soft delete settings ({exc})"
+            lines[acct.name] = f"# warning: {acct.name}: could not read blob soft delete settings ({_safe(exc)})"
             return
         lines[acct.name] = (
             f"# warning: {acct.name}: blob soft delete is off: a VHD vhd-gc deletes cannot be restored"
@@ -418,7 +425,7 @@ def config_check(ctx: click.Context, offline: bool) -> None:
         account_keys(config)
         env_ok = True
     except ConfigError as exc:  # the file is valid; the environment of this shell is not complete
-        click.echo(f"# warning: {exc} (scan and run will refuse to start)", err=True)
+        click.echo(f"# warning: {_safe(exc)} (scan and run will refuse to start)", err=True)
         env_ok = False
     if env_ok and not offline and config.azure.storage_accounts:
         _warn_soft_delete(config)

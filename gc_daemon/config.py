@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from .domain import Policy
-from .urls import default_blob_endpoint, redact_text
+from .urls import default_blob_endpoint, redact_text, redact_url
 
 ENV_CONFIG = "VHD_GC_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -250,7 +250,7 @@ class Config(_Strict):
             if not is_loopback_url(acct.endpoint):
                 raise ValueError(
                     f"azure.storage_accounts[{i}].blob_endpoint: the emulator credential is refused "
-                    f"for a non-loopback endpoint ({acct.endpoint})"
+                    f"for a non-loopback endpoint ({redact_url(acct.endpoint)})"
                 )
         return self
 
@@ -294,7 +294,8 @@ def parse_config(data: Any) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        # Redacted: a message may quote a value, and an endpoint URL may carry a SAS or a password.
+        raise ConfigError(redact_text(_format_errors(exc))) from None
     except RecursionError:
         raise ConfigError("configuration nested too deeply") from None
 
@@ -322,7 +323,7 @@ def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with no secret in it.
 
     The file itself holds no secret (keys come from environment variables), except a password a
-    database URL may carry.
+    database URL may carry, and userinfo or a query (a SAS) an endpoint URL may carry.
     """
     from sqlalchemy.engine import make_url
 
@@ -332,8 +333,9 @@ def redacted(config: Config) -> dict[str, Any]:
     query = {k: ("***" if any(w in k.lower() for w in secret_words) else v) for k, v in url.query.items()}
     if url.password or query != dict(url.query):
         data["database_url"] = url.set(query=query).render_as_string(hide_password=True)
+    data["azure"]["arm_endpoint"] = redact_url(data["azure"]["arm_endpoint"])
     for acct in data["azure"]["storage_accounts"] or []:
-        acct["blob_endpoint"] = acct["blob_endpoint"] or default_blob_endpoint(acct["name"])
+        acct["blob_endpoint"] = redact_url(acct["blob_endpoint"] or default_blob_endpoint(acct["name"]))
         if acct.get("key_env"):
             present = bool(os.environ.get(acct["key_env"]))
             acct["key"] = "<redacted: set>" if present else "<redacted: NOT SET>"

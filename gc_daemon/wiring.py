@@ -10,6 +10,32 @@ import structlog
 
 from .config import Config, ConfigError
 from .passes import Collector
+from .urls import redact_text
+
+
+def _redact_value(value, depth: int = 0):
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if depth > 8:
+        return redact_text(repr(value))
+    if isinstance(value, dict):
+        return {k: _redact_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v, depth + 1) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return [_redact_value(v, depth + 1) for v in value]
+    text = repr(value)  # what the renderers would print for any other object
+    safe = redact_text(text)
+    return value if safe == text else safe
+
+
+def redact_event(logger, method_name, event_dict):
+    """A structlog processor, the safety net for logs from any module: every string in every
+    field (nested in lists and dicts too, the rendered traceback included) with the URLs in it
+    redacted (userinfo and query) and secret query parameters (``sig=``...) hidden."""
+    return {key: _redact_value(value) for key, value in event_dict.items()}
 
 
 def configure_logging(config: Config | None = None, *, stream=None) -> None:
@@ -26,6 +52,7 @@ def configure_logging(config: Config | None = None, *, stream=None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -123,6 +150,7 @@ class DiscoveredAccounts:
         from .azure.discovery import matches
         from .azure.storage import AccountStorage
         from .config import is_loopback_url
+        from .urls import redact_url
 
         rules = self.config.azure.discovery
         found = self.discovery.discover()
@@ -138,7 +166,8 @@ class DiscoveredAccounts:
             endpoint = acct.blob_endpoint.rstrip("/")
             if self.config.azure.credential == "emulator" and not is_loopback_url(endpoint):
                 raise DiscoveryFailed(
-                    [f"storageAccounts: {acct.name}: the emulator credential is refused for {endpoint}"], ["storageAccounts"]
+                    [f"storageAccounts: {acct.name}: the emulator credential is refused for {redact_url(endpoint)}"],
+                    ["storageAccounts"],
                 )
             if acct.name in accounts:
                 raise DiscoveryFailed([f"storageAccounts: {acct.name} found in two subscriptions"], ["storageAccounts"])

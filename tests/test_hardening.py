@@ -1,19 +1,25 @@
 """Issue 11, section 2 ("Hardening"), end to end through the real CLI: the configuration file is
-read strictly (duplicate keys, encodings, nesting, aliases: exit 2 naming the file and the key)."""
+read strictly (duplicate keys, encodings, nesting, aliases: exit 2 naming the file and the key),
+and secrets in endpoint URLs are never printed (config check, scan, logs, errors, reports)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from gc_daemon.cli import cli
+from sandbox import arm as a
 from tests.support.estate import SUB
+from tests.support.faults import env_with_keys
 
 REPO = Path(__file__).parent.parent
 
@@ -177,3 +183,190 @@ def test_a_utf8_file_with_a_bom_and_modest_aliases_is_accepted(tmp_path):
     code, out, err = invoke(config, "config", "check", "--offline")
     assert code == 0, err
     assert yaml.safe_load(out)["policy"] == {"delete_block_blob_vhds": False, "delete_non_vhd_page_blobs": False}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Secrets in endpoint URLs are never printed
+# --------------------------------------------------------------------------------------------------
+
+SIG = "SiGnAtUrE0SECRET0value%2Bxyz%3D"
+PASSWORD = "Pa55w0rd-in-the-URL"
+ARM_PASSWORD = "arm-Pa55w0rd-SECRET"
+
+
+def _secrets() -> dict[str, str]:
+    return {"SAS signature": SIG, "SAS signature (decoded)": unquote(SIG), "password": PASSWORD, "ARM password": ARM_PASSWORD}
+
+
+def _leaks(text: str) -> list[str]:
+    return [name for name, value in _secrets().items() if value in text]
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[1].rstrip("/")
+
+
+def _secret_endpoints(gc, *, arm_userinfo: bool = True, sas_account: bool = True) -> Path:
+    """gcacct1 behind userinfo (Azurite ignores it: listing works), gcacct2 with a SAS query
+    (it breaks the listing: the account fails), the ARM endpoint with a SAS query, and userinfo."""
+    arm = f"https://{'armuser:' + ARM_PASSWORD + '@' if arm_userinfo else ''}{_host(gc.arm.url)}/?sv=2024-08-04&ss=b&sig={SIG}"
+    accounts = [{"name": "gcacct1", "blob_endpoint": f"http://vhdgc:{PASSWORD}@{_host(gc.azurite.blob_endpoint('gcacct1'))}",
+                 "key_env": "GCACCT1_KEY"}]
+    if sas_account:
+        accounts.append({"name": "gcacct2", "blob_endpoint": f"{gc.azurite.blob_endpoint('gcacct2')}?sv=2024-08-04&sp=rl&sig={SIG}",
+                         "key_env": "GCACCT2_KEY"})
+    return gc.configure(log_level="debug", log_format="json", azure={"arm_endpoint": arm, "storage_accounts": accounts})
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_config_check_never_prints_the_userinfo_or_sas_of_an_endpoint(gc, offline):
+    config = _secret_endpoints(gc)
+    code, out, err = invoke(config, "config", "check", *(["--offline"] if offline else []))
+    assert code == 0, err
+    assert not _leaks(out + err), out + err
+    effective = yaml.safe_load(out)["azure"]
+    # Host and path kept, so that the operator recognises it; the secret parts replaced by markers.
+    assert effective["arm_endpoint"] == f"https://<redacted>@{_host(gc.arm.url)}/?<query redacted>"
+    assert [x["blob_endpoint"] for x in effective["storage_accounts"]] == [
+        f"http://<redacted>@{_host(gc.azurite.blob_endpoint('gcacct1'))}",
+        f"{gc.azurite.blob_endpoint('gcacct2')}?<query redacted>",
+    ]
+    if not offline:
+        assert "# warning: gcacct1: " in err and "gcacct2: blob soft delete" in err  # it did ask both
+
+
+def test_a_config_error_never_echoes_the_secret_of_an_endpoint(gc):
+    endpoint = f"https://vhdgc:{PASSWORD}@gcacct1.blob.core.windows.net/?sv=1&sig={SIG}"
+    config = gc.configure(azure={"storage_accounts": [{"name": "gcacct1", "blob_endpoint": endpoint}]})
+    result = run(config, "config", "check", "--offline")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "vhd-gc: config error: azure.storage_accounts[0].blob_endpoint: the emulator credential is refused for a "
+        "non-loopback endpoint (https://<redacted>@gcacct1.blob.core.windows.net/?<query redacted>)\n"
+    )
+
+
+def test_scan_logs_and_errors_never_print_the_userinfo_or_sas_of_an_endpoint(gc):
+    gc.page("vhds", "left.vhd")
+    gc.page("vhds", "other.vhd", account="gcacct2")
+    outputs = {}
+    # ARM behind userinfo: every reference source fails (401), the pass is incomplete.
+    config = _secret_endpoints(gc)
+    scan = run(config, "scan", env=env_with_keys(gc))
+    assert scan.returncode == 3, scan.stderr
+    outputs["scan (ARM fails)"] = scan.stdout + scan.stderr
+    # ARM reachable (its SAS query is harmless to it): gcacct1 is listed, gcacct2 fails on its query.
+    config = _secret_endpoints(gc, arm_userinfo=False)
+    scan = run(config, "scan", env=env_with_keys(gc))
+    assert scan.returncode == 3, scan.stderr
+    assert "storage/gcacct2" in scan.stderr
+    outputs["scan (gcacct2 fails)"] = scan.stdout + scan.stderr
+    # Only gcacct1: a complete pass, whose canonical URLs carry no userinfo.
+    config = _secret_endpoints(gc, arm_userinfo=False, sas_account=False)
+    scan = run(config, "scan", env=env_with_keys(gc))
+    assert scan.returncode == 0, scan.stderr
+    outputs["scan (complete)"] = scan.stdout + scan.stderr
+    url = f"{gc.azurite.blob_endpoint('gcacct1')}/vhds/left.vhd"
+    assert f'"url": "{url}"' in scan.stderr
+    for args in (("passes",), ("report", "--format", "json"), ("report", "--format", "csv"), ("report", "--format", "table"),
+                 ("audit",)):
+        code, out, err = invoke(config, *args)
+        assert code == 0, (args, err)
+        outputs[" ".join(args)] = out + err
+    # explain reads the blob through the SDK, whose HTTP library (requests) turns the endpoint's
+    # userinfo into a Basic Authorization header in place of the account key's signature: Azurite
+    # refuses it, and the error line (the CLI's guard) is what must not leak.
+    for args in (("explain", url), ("explain", url, "--format", "json")):
+        code, out, err = invoke(config, *args)
+        assert (code, out) == (1, ""), (args, err)
+        assert err.startswith("vhd-gc: StorageError: AuthorizationFailure: ") and err.count("\n") == 1, err
+        outputs[" ".join(args)] = out + err
+    assert [r["url"] for r in json.loads(outputs["report --format json"])] == [url]
+    leaks = {name: _leaks(text) for name, text in outputs.items() if _leaks(text)}
+    assert not leaks, leaks
+
+
+def test_error_lines_never_print_the_secret_of_an_endpoint_an_exception_quotes(gc):
+    # An out-of-range port: the HTTP library's error quotes the whole URL, userinfo and SAS included.
+    bad = f"http://vhdgc:{PASSWORD}@127.0.0.1:99999/gcacct1?sv=2024-08-04&sig={SIG}"
+    config = gc.configure(log_level="debug", azure={"retry_total": 0, "storage_accounts": [  # the SDK waits 15 s to retry
+        {"name": "gcacct1", "blob_endpoint": bad, "key_env": "GCACCT1_KEY"}]})
+    url = "http://127.0.0.1/gcacct1/vhds/left.vhd"  # any spelling names the blob of gcacct1
+    outputs = {}
+    check = run(config, "config", "check")
+    assert check.returncode == 0, check.stderr
+    assert "# warning: gcacct1: could not read blob soft delete settings (" in check.stderr
+    outputs["config check"] = check.stdout + check.stderr
+    scan = run(config, "scan")
+    assert scan.returncode == 3, scan.stderr
+    assert "  - storage/gcacct1: " in scan.stderr
+    outputs["scan"] = scan.stdout + scan.stderr
+    for args, expected in ((("passes",), 0), (("explain", url), 1), (("restore", url), 1)):
+        code, out, err = invoke(config, *args)
+        assert code == expected, (args, out, err)
+        outputs[" ".join(args)] = out + err
+    assert outputs["explain " + url].startswith("vhd-gc: StorageError: ServiceResponseError: Failed to parse: "
+                                                "http://<redacted>@127.0.0.1:99999/gcacct1/vhds/left.vhd?<query redacted>")
+    leaks = {name: _leaks(text) for name, text in outputs.items() if _leaks(text)}
+    assert not leaks, (leaks, outputs)
+
+
+def test_a_discovered_endpoint_never_prints_its_userinfo_or_sas(gc, monkeypatch):
+    monkeypatch.setenv("TESTKEY_GCACCT1", gc.azurite.key("gcacct1"))
+    gc.page("vhds", "left.vhd")
+    host = _host(gc.azurite.blob_endpoint("gcacct1"))
+    gc.compute(
+        a.storage_account(SUB, "vhd-rg", "gcacct1", blob_endpoint=f"http://vhdgc:{PASSWORD}@{host}/"),
+        # not loopback: the emulator credential refuses it, and the refusal names it
+        a.storage_account(SUB, "vhd-rg", "faracct", blob_endpoint=f"https://faracct.blob.core.windows.net/?sv=1&sig={SIG}"),
+    )
+    config = gc.configure(log_level="debug")
+    data = yaml.safe_load(config.read_text())
+    del data["azure"]["storage_accounts"]
+    data["azure"]["discovery"] = {"key_env_prefix": "TESTKEY_"}
+    config.write_text(yaml.safe_dump(data))
+    scan = run(config, "scan")
+    assert scan.returncode == 3, scan.stderr
+    assert "storageAccounts: faracct: the emulator credential is refused for https://faracct.blob.core.windows.net/?<query redacted>" in scan.stderr
+    code, passes, err = invoke(config, "passes")
+    assert code == 0 and "faracct" in passes
+    assert not _leaks(scan.stdout + scan.stderr + passes + err)
+    # without the refused account the pass completes; gcacct1's URLs carry no userinfo
+    gc.compute(a.storage_account(SUB, "vhd-rg", "gcacct1", blob_endpoint=f"http://vhdgc:{PASSWORD}@{host}/"))
+    scan = run(config, "scan")
+    assert scan.returncode == 0, scan.stderr
+    code, report, err = invoke(config, "report", "--format", "json")
+    assert [r["url"] for r in json.loads(report)] == [f"{gc.azurite.blob_endpoint('gcacct1')}/vhds/left.vhd"]
+    assert not _leaks(scan.stdout + scan.stderr + report + err)
+
+
+def test_log_events_of_any_module_are_redacted(tmp_path):
+    import structlog
+
+    from gc_daemon.config import parse_config
+    from gc_daemon.wiring import configure_logging
+
+    config = parse_config({"log_format": "json", "azure": {"subscriptions": [SUB], "storage_accounts": [{"name": "acct1"}]}})
+    for fmt in ("json", "console"):
+        stream = io.StringIO()
+        configure_logging(config.model_copy(update={"log_format": fmt}), stream=stream)
+        log = structlog.get_logger("anything")
+        try:
+            raise RuntimeError(f"cannot reach https://u:{PASSWORD}@h.example/acct?sv=1&sig={SIG}")
+        except RuntimeError:
+            log.exception(f"failed at https://u:{PASSWORD}@h.example/x",
+                          url=f"https://h.example/acct/c/b.vhd?sv=1&sig={SIG}",
+                          errors=[f"storage/acct: ServiceRequestError: url: /acct?restype=container&sig={SIG}&comp=list"],
+                          nested={"endpoint": (f"http://user:{PASSWORD}@127.0.0.1:1/acct",)})
+        out = stream.getvalue()
+        assert not _leaks(out), (fmt, out)
+        assert "https://h.example/acct/c/b.vhd?<query redacted>" in out and "<redacted>@127.0.0.1:1/acct" in out
+        assert "sig=<redacted>" in out
+    configure_logging(None)
+
+
+def test_account_storage_repr_never_shows_the_secret_of_its_endpoint():
+    from gc_daemon.azure.storage import AccountStorage
+
+    storage = AccountStorage("acct1", f"https://u:{PASSWORD}@acct1.blob.core.windows.net/?sv=1&sig={SIG}", None)
+    assert repr(storage) == "AccountStorage(account='acct1', blob_endpoint='https://<redacted>@acct1.blob.core.windows.net/?<query redacted>')"

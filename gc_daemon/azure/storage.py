@@ -21,7 +21,7 @@ from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError, Urllib3Transport
 from gc_daemon.domain import BlobKey, BlobSeen
-from gc_daemon.urls import blob_url
+from gc_daemon.urls import blob_url, redact_url
 
 KEEP_METADATA_KEY = "vhdgc_keep"
 KEEP_TAG_KEY = "vhdgc-keep"
@@ -193,7 +193,7 @@ class AccountStorage:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"AccountStorage(account={self.account!r}, blob_endpoint={self.blob_endpoint!r})"
+        return f"AccountStorage(account={self.account!r}, blob_endpoint={redact_url(self.blob_endpoint)!r})"
 
     @property
     def client(self) -> BlobServiceClient:
