@@ -14,6 +14,7 @@ import click
 import yaml
 
 from .config import Config, ConfigError, load_config, redacted
+from .report import json_text, printable
 from .urls import redact_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -25,13 +26,14 @@ class _Fail(click.ClickException):
         self.exit_code = code
 
     def show(self, file=None) -> None:
-        # Whatever the message quotes (an exception's text, a URL): no secret from a URL.
+        # One line, whatever the message quotes (an exception's text, a blob name, a URL): no
+        # secret from a URL, no control character reaches the terminal.
         click.echo(f"vhd-gc: {_safe(self.format_message())}", err=True)
 
 
 def _safe(text: object) -> str:
-    """Text for the terminal: URLs redacted (userinfo, query)."""
-    return redact_text(str(text))
+    """Text for the terminal: URLs redacted (userinfo, query), non-printable characters escaped."""
+    return printable(redact_text(str(text)))
 
 
 def _config(ctx: click.Context) -> Config:
@@ -190,7 +192,7 @@ def explain(ctx: click.Context, url: str, fmt: str) -> None:
     except UrlError as exc:
         raise _Fail(f"URL: {exc}", EXIT_USAGE) from None
     data = build(_config(ctx), key)
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if fmt == "json" else explain_text(data), nl=fmt == "json")
+    click.echo(json_text(json.dumps(data, indent=2, ensure_ascii=False)) if fmt == "json" else explain_text(data), nl=fmt == "json")
 
 
 # -- operator holds and audit -----------------------------------------------------------------
@@ -233,7 +235,7 @@ def keep(ctx: click.Context, url: str, reason: str) -> None:
     now = datetime.now(UTC)
     store.add_hold(key, reason, default_actor(), now)
     store.audit(action="keep", key=key, url=_canonical_url(config, key), at=now, actor=default_actor(), reason=reason)
-    click.echo(f"kept {key}: {reason}")
+    click.echo(_safe(f"kept {key}: {reason}"))
 
 
 @cli.command()
@@ -251,7 +253,7 @@ def unkeep(ctx: click.Context, url: str) -> None:
     if not store.remove_hold(key):
         raise _Fail(f"URL: no operator hold on {key}", EXIT_USAGE)
     store.audit(action="unkeep", key=key, url=_canonical_url(config, key), at=datetime.now(UTC), actor=default_actor())
-    click.echo(f"hold lifted on {key}")
+    click.echo(_safe(f"hold lifted on {key}"))
 
 
 @cli.command()
@@ -284,7 +286,7 @@ def restore(ctx: click.Context, url: str) -> None:
     store.add_hold(key, "restored by an operator", default_actor(), now)
     store.audit(action="restore", key=key, url=canonical, at=now, actor=default_actor(),
                 reason="undeleted; kept by an operator hold (`vhd-gc unkeep` to let it be collected again)")
-    click.echo(f"restored {key}; kept by an operator hold")
+    click.echo(_safe(f"restored {key}; kept by an operator hold"))
 
 
 @cli.command("confirm-pass")
@@ -333,10 +335,10 @@ def audit(ctx: click.Context, fmt: str, limit: int | None) -> None:
         for r in records
     ]
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        click.echo(json_text(json.dumps(rows, indent=2, ensure_ascii=False)))
         return
     for r in rows:
-        click.echo(f"{r['at']}  {r['action']:<15} {r['url']}  etag={r['etag']} size={r['size_bytes']} by {r['actor']} {r['error_code'] or ''} {r['reason'] or ''}".rstrip())
+        click.echo(_safe(f"{r['at']}  {r['action']:<15} {r['url']}  etag={r['etag']} size={r['size_bytes']} by {r['actor']} {r['error_code'] or ''} {r['reason'] or ''}".rstrip(" ")))
 
 
 @cli.command()
@@ -349,7 +351,7 @@ def passes(ctx: click.Context, limit: int) -> None:
 
     for p in open_store(_config(ctx)).passes(limit):
         took = f"{(p.finished_at - p.started_at).total_seconds():.1f}s" if p.finished_at else "-"
-        click.echo(_safe(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip()))
+        click.echo(_safe(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip(" ")))
 
 
 # -- db / config -----------------------------------------------------------------------------

@@ -12,6 +12,65 @@ from .domain import Classification, State, Tracked
 
 GIB = 1024**3
 
+
+# -- names are data ---------------------------------------------------------------------------
+# Blob names, reasons, actors, holders and error messages come from Azure, the state database or
+# an operator; a terminal must never interpret them. Text output shows every character that is
+# not printable (C0 and C1 controls, DEL, ANSI escape sequences by their ESC, bidi overrides and
+# other format characters, line and paragraph separators) as a visible escape; JSON output keeps
+# the exact value; a CSV cell never starts with a formula character.
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    n = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    return f"\\U{n:08x}"
+
+
+def printable(text: object) -> str:
+    """``text`` for a terminal: every non-printable character as ``\\x1b``, ``\\u202e``, ..."""
+    text = "" if text is None else str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _json_escape_char(ch: str) -> str:
+    n = ord(ch)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+
+
+def json_text(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters json leaves raw
+    but a terminal interprets (DEL, C1 controls, bidi overrides, ...) written as ``\\uXXXX``
+    escapes: the same JSON value, safe to print. Outside strings JSON text has only printable
+    ASCII, spaces and newlines, so any other character is inside a string."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape_char(ch) for ch in text)
+
+
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet never runs as a formula: a text starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading single quote (OWASP CSV injection)."""
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA):
+        return "'" + value
+    return value
+
 FIELDS = [
     "url",
     "account",
@@ -69,7 +128,7 @@ def render_json(rows: Iterable[Tracked], seq: int, out) -> None:
     first = True
     for row in rows:
         out.write("\n  " if first else ",\n  ")
-        out.write(json.dumps(record(row, seq), ensure_ascii=False))
+        out.write(json_text(json.dumps(record(row, seq), ensure_ascii=False)))
         first = False
     out.write("\n]\n" if not first else "]\n")
 
@@ -78,7 +137,7 @@ def render_csv(rows: Iterable[Tracked], seq: int, out) -> None:
     writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(record(row, seq))
+        writer.writerow({k: csv_cell(v) for k, v in record(row, seq).items()})
 
 
 def _owner_short(owner: str | None) -> str:
@@ -120,8 +179,8 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
                 _days(now, row.first_orphaned_at),
                 due_in,
                 str(row.sightings(seq)),
-                note[:60],
-                f"{row.key.account}/{row.key.container}/{row.key.blob}",
+                printable(note[:60]),
+                printable(f"{row.key.account}/{row.key.container}/{row.key.blob}"),
             ]
         )
         t = totals.setdefault(row.state.value, [0, 0, 0])
@@ -165,7 +224,10 @@ def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out) -> N
 def explain_text(data: dict) -> str:
     """The explain document (built by the CLI) as text for a person."""
     buf = io.StringIO()
-    w = buf.write
+
+    def w(line: str) -> None:  # every line ends in "\n"; nothing else in it reaches the terminal raw
+        buf.write(printable(line[:-1]) + "\n")
+
     w(f"blob:     {data['url']}\n")
     w(f"key:      account={data['account']} container={data['container']} blob={data['blob']!r}\n")
     w(f"verdict:  {data['verdict']}\n")

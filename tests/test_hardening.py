@@ -1,9 +1,11 @@
 """Issue 11, section 2 ("Hardening"), end to end through the real CLI: the configuration file is
 read strictly (duplicate keys, encodings, nesting, aliases: exit 2 naming the file and the key),
-and secrets in endpoint URLs are never printed (config check, scan, logs, errors, reports)."""
+secrets in endpoint URLs are never printed (config check, scan, logs, errors, reports), and names
+are data (escaped on a terminal, exact in JSON, never a formula in CSV)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -370,3 +372,129 @@ def test_account_storage_repr_never_shows_the_secret_of_its_endpoint():
 
     storage = AccountStorage("acct1", f"https://u:{PASSWORD}@acct1.blob.core.windows.net/?sv=1&sig={SIG}", None)
     assert repr(storage) == "AccountStorage(account='acct1', blob_endpoint='https://<redacted>@acct1.blob.core.windows.net/?<query redacted>')"
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Names are data
+# --------------------------------------------------------------------------------------------------
+
+# Azurite accepts all of these names; it also stores names with C0 controls (ESC, BEL, BS, NUL), but
+# then answers every listing of the container with a 500 (it writes them raw into XML 1.0, where they
+# are illegal): an ESC reaches the outputs through a holder's name, a reason and an ARM message.
+NAMES = {
+    "csi": "csi\x9b31mRED.vhd",  # C1 CSI: what ESC [ is in 8 bits
+    "bidi": "evil\u202egpj.vhd",  # right-to-left override: shows as "evilvhd.jpg"
+    "del": "del\x7f.vhd",
+    "newline": "two\nlines.vhd",
+    "tab": "tab\there.vhd",
+    "formula": "=cmd|' /C calc'!A0.vhd",
+    "at": "@SUM(1+1)*cmd.vhd",
+    "plus": "+1.vhd",
+    "minus": "-2.vhd",
+}
+ESCAPED = {
+    "csi": "csi\\x9b31mRED.vhd",
+    "bidi": "evil\\u202egpj.vhd",
+    "del": "del\\x7f.vhd",
+    "newline": "two\\nlines.vhd",
+    "tab": "tab\\there.vhd",
+}
+HOLDER_VM = "web\x1b[31mRED\x1b[0m"
+REASON = "INC-9 \x1b[2J\x1b[1;1Hlegal\u202e hold\x85"
+ARM_MESSAGE = "boom \x1b]0;pwned\x07 \u202eevil"
+
+
+def _terminal_safe(text: str) -> bool:
+    return all(ch.isprintable() or ch == "\n" for ch in text)
+
+
+@pytest.fixture
+def odd_estate(gc):
+    urls = {k: gc.page("vhds", name) for k, name in NAMES.items()}
+    urls["web"] = gc.page("vhds", "web-os.vhd")
+    gc.compute(a.vm(SUB, "rg1", HOLDER_VM, os_vhd=urls["web"]))
+    code, out, err = invoke(gc.config_path, "keep", urls["bidi"], "--reason", REASON)
+    assert code == 0, err
+    urls["keep output"] = out
+    result = gc.scan()
+    assert result.outcome == "complete", result.errors
+    return urls
+
+
+def test_report_table_escapes_every_control_and_format_character(gc, odd_estate):
+    code, out, err = invoke(gc.config_path, "report", "--format", "table")
+    assert code == 0, err
+    assert _terminal_safe(out), out
+    lines = out.splitlines()
+    rows = lines[1:lines.index("")]
+    assert len(rows) == len(NAMES)  # the newline in a name made no line of its own
+    for key, escaped in ESCAPED.items():
+        [row] = [r for r in rows if r.endswith(f"gcacct1/vhds/{escaped}")]
+        assert row.split()[0] == ("kept" if key == "bidi" else "due"), row
+    assert any(r.endswith("  gcacct1/vhds/=cmd|' /C calc'!A0.vhd") for r in rows)  # a table is not a spreadsheet
+
+
+def test_report_csv_never_starts_a_cell_with_a_formula_character(gc, odd_estate):
+    code, out, err = invoke(gc.config_path, "report", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    by_url = {r["url"]: r for r in rows}
+    assert set(by_url) == {odd_estate[k] for k in NAMES}
+    assert out.count("\n") == 1 + len(NAMES) + 1  # the header, a row each, one newline inside a quoted name
+    for key, name in NAMES.items():
+        cell = by_url[odd_estate[key]]["blob"]
+        assert cell == ("'" + name if name[0] in "=+-@" else name), (key, cell)
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+def test_report_json_keeps_the_exact_names_and_prints_no_raw_control_character(gc, odd_estate):
+    code, out, err = invoke(gc.config_path, "report", "--format", "json")
+    assert code == 0, err
+    assert _terminal_safe(out), out  # DEL, C1 and bidi characters as \\u escapes
+    assert {r["url"]: r["blob"] for r in json.loads(out)} == {odd_estate[k]: name for k, name in NAMES.items()}
+
+
+def test_explain_text_escapes_holders_reasons_and_names(gc, odd_estate):
+    code, out, err = invoke(gc.config_path, "explain", odd_estate["web"])
+    assert code == 0, err
+    assert _terminal_safe(out), out
+    vm_id = f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/web\\x1b[31mRED\\x1b[0m"
+    assert f"  - vm_os_disk of {vm_id}\n" in out
+    code, out, err = invoke(gc.config_path, "explain", odd_estate["bidi"])
+    assert code == 0, err
+    assert _terminal_safe(out), out
+    assert "operator hold: INC-9 \\x1b[2J\\x1b[1;1Hlegal\\u202e hold\\x85\n" in out
+    assert " keep by vhd-gc@" in out and ": INC-9 \\x1b[2J\\x1b[1;1Hlegal\\u202e hold\\x85 \n" in out
+    code, as_json, err = invoke(gc.config_path, "explain", odd_estate["bidi"], "--format", "json")
+    assert code == 0, err
+    assert _terminal_safe(as_json)
+    data = json.loads(as_json)
+    assert (data["blob"], data["operator_hold"]) == (NAMES["bidi"], REASON)  # exact
+
+
+def test_keep_and_audit_table_escape_names_and_reasons(gc, odd_estate):
+    assert odd_estate["keep output"] == "kept gcacct1/vhds/evil\\u202egpj.vhd: INC-9 \\x1b[2J\\x1b[1;1Hlegal\\u202e hold\\x85\n"
+    code, out, err = invoke(gc.config_path, "audit")
+    assert code == 0, err
+    assert _terminal_safe(out), out
+    [line] = out.splitlines()
+    assert f"Z  keep            {odd_estate['bidi']}  etag=None size=None by vhd-gc@" in line
+    assert line.endswith("  INC-9 \\x1b[2J\\x1b[1;1Hlegal\\u202e hold\\x85")
+    code, out, err = invoke(gc.config_path, "audit", "--format", "json")
+    assert code == 0 and _terminal_safe(out)
+    assert [r["reason"] for r in json.loads(out)] == [REASON]
+
+
+def test_passes_and_scan_escape_an_error_message_from_azure(gc):
+    gc.arm.add_fault(path="/images$", status=500, message=ARM_MESSAGE)
+    code, out, err = invoke(gc.config_path, "scan")
+    assert code == 3, err
+    escaped = "boom \\x1b]0;pwned\\x07 \\u202eevil"
+    assert f"  - {SUB}/images: HTTP 500 InternalServerError: {escaped}\n" in err
+    code, out, err = invoke(gc.config_path, "passes")
+    assert code == 0, err
+    assert _terminal_safe(out), out
+    [line] = out.splitlines()
+    assert line.endswith(f"{SUB}/images: HTTP 500 InternalServerError: {escaped}")
