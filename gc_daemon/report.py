@@ -71,6 +71,7 @@ def csv_cell(value: object) -> object:
         return "'" + value
     return value
 
+
 FIELDS = [
     "url",
     "account",
@@ -225,8 +226,9 @@ def explain_text(data: dict) -> str:
     """The explain document (built by the CLI) as text for a person."""
     buf = io.StringIO()
 
-    def w(line: str) -> None:  # every line ends in "\n"; nothing else in it reaches the terminal raw
-        buf.write(printable(line[:-1]) + "\n")
+    def w(line: str) -> None:  # a line and its "\n": nothing else in it reaches the terminal raw
+        body, end = (line[:-1], "\n") if line.endswith("\n") else (line, "")
+        buf.write(printable(body) + end)
 
     w(f"blob:     {data['url']}\n")
     w(f"key:      account={data['account']} container={data['container']} blob={data['blob']!r}\n")
