@@ -1,16 +1,17 @@
 """The executor: the only code that deletes, and the only place that honours dry-run.
 
-For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, classify it
-again against the freshest references and holds, and delete it only if it is still an orphan, not
-held, with the ETag recorded when it was marked, through a conditional (If-Match) delete that never
-takes snapshots with it. An audit row is committed before the call (intent) and after (outcome).
+For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, read its
+operator hold again from the database, classify it again against the freshest references and holds,
+and delete it only if it is still an orphan, not held, with the ETag recorded when it was marked,
+through a conditional (If-Match) delete that never takes snapshots with it. An audit row is
+committed before the call (intent) and after (outcome).
 """
 
 from __future__ import annotations
 
-import socket
 import os
-from collections import Counter
+import socket
+from collections import ChainMap, Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -37,6 +38,12 @@ class AuditSink(Protocol):
     def audit(self, **fields) -> int: ...
 
 
+class HoldSource(Protocol):
+    """The operator holds as they stand now (gc_daemon.state.store.Store)."""
+
+    def hold(self, key: BlobKey) -> str | None: ...
+
+
 @dataclass(slots=True)
 class Execution:
     deleted: list[Tracked] = field(default_factory=list)
@@ -58,6 +65,9 @@ class Executor:
     storage: Mapping[str, BlobGateway]
     audit: AuditSink
     policy: Policy
+    # Read again right before each delete, in a transaction of its own: a `vhd-gc keep` that
+    # returned before a deletion started is honoured by it. None: the holds read with the pass only.
+    holds: HoldSource | None = None
     actor: str = field(default_factory=default_actor)
     should_stop: Callable[[], bool] = lambda: False  # honoured between deletions, never during one
     _retention: dict = field(default_factory=dict, repr=False)
@@ -102,6 +112,7 @@ class Executor:
         gateway = self.storage[key.account]
         try:
             fresh = gateway.read_blob(key)
+            held = self.holds.hold(key) if self.holds is not None else None
         except Exception as exc:  # noqa: BLE001 - one blob's trouble never stops the others
             out.failed += 1
             log.warning("reverify_failed", url=row.url, error=_short(exc))
@@ -111,6 +122,8 @@ class Executor:
             out.changes.append(Forget(key, reason="gone before deletion"))
             log.info("delete_skipped", url=row.url, reason="gone")
             return False
+        if held is not None:  # taken since the pass read the holds (or still there): it wins
+            operator_holds = ChainMap({key: held}, operator_holds)
         c = classify(fresh, refs, operator_holds, self.policy, now)
         if fresh.etag != row.etag or not c.deletable:
             reason = "etag_changed" if fresh.etag != row.etag else (c.hold.value if c.hold else c.verdict.value)
