@@ -17,8 +17,9 @@ A request goes through three steps, and a rule's :class:`Action` may act at each
 
 A :class:`Rule` matches on the method and a regular expression searched in the path (query
 included), and applies to its first ``times`` matching requests (``None``: all of them); the first
-rule that matches and still has uses takes the request. ``on_upstream_reply`` runs once the upstream
-has answered and before the client sees anything (a test changes the world there, deterministically).
+rule that matches and still has uses takes the request. ``on_request`` runs when the rule takes a
+request, before its action; ``on_upstream_reply`` once the upstream has answered and before the
+client sees anything (a test changes the world there, deterministically).
 Every request is logged in :attr:`FaultProxy.exchanges`.
 
 Standard library only, one thread per client connection; nothing here sleeps.
@@ -153,6 +154,7 @@ class Rule:
     method: str | None = None  # e.g. "DELETE"; None: any
     path: str | None = None  # a regular expression searched in the path (query included); None: any
     times: int | None = 1  # how many matching requests it takes; None: every one
+    on_request: Callable[[Request], None] | None = None  # runs first, before the action
     on_upstream_reply: Callable[[Request, Reply], None] | None = None
     fired: int = 0  # requests it took
     exhausted: threading.Event = field(default_factory=threading.Event)  # set once ``times`` are used
@@ -198,7 +200,9 @@ class FaultProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
+        # serve_forever notices shutdown() within its poll interval: stop() returns that fast.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="faultproxy",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -346,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         rule = proxy._take(request)
         action = rule.action if rule is not None else Forward()
         upstream_status = None
+        if rule is not None and rule.on_request is not None:
+            rule.on_request(request)
         outcome = action.before(request)
         if outcome is None:
             try:
@@ -361,8 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._log(Exchange(request.method, request.path, action.name, upstream_status, None))
             self._drop(outcome.reset)
             return
-        self._send(outcome)
+        # Logged before the client can see the reply: a client's next request is logged after it.
         proxy._log(Exchange(request.method, request.path, action.name, upstream_status, outcome.status))
+        self._send(outcome)
 
     def _send(self, reply: Reply) -> None:
         lines = [f"HTTP/1.1 {reply.status} {reply.reason}"]

@@ -59,7 +59,7 @@ class Upstream:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -178,7 +178,9 @@ def test_drop_closes_without_forwarding(proxy, upstream):
 
 def test_rules_match_by_method_and_path_take_their_times_and_the_first_match_wins(proxy, upstream):
     seen_by_hook: list[tuple[str, int]] = []
-    first = proxy.add(Rule(Respond(500), method="GET", path=r"/a/", times=2))
+    taken: list[str] = []
+    first = proxy.add(Rule(Respond(500), method="GET", path=r"/a/", times=2,
+                           on_request=lambda req: taken.append(req.path)))
     second = proxy.add(Rule(Forward(), method="GET", path=r"/a/", times=None,
                             on_upstream_reply=lambda req, reply: seen_by_hook.append((req.path, reply.status))))
     statuses = []
@@ -191,6 +193,7 @@ def test_rules_match_by_method_and_path_take_their_times_and_the_first_match_win
         conn.close()
     assert statuses == [500, 200, 500, 200, 200]
     assert (first.fired, first.exhausted.is_set(), second.fired, second.exhausted.is_set()) == (2, True, 2, False)
+    assert taken == ["/a/1", "/a/2"]  # before the action (never forwarded)
     assert seen_by_hook == [("/a/3", 200), ("/a/4", 200)]  # after the upstream answered
     assert [e.action for e in proxy.exchanges] == ["respond", "forward", "respond", "forward", "forward"]
     proxy.clear()
