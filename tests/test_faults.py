@@ -709,15 +709,11 @@ def _proxied(gc: Harness, proxy: FaultProxy, retry_total: int = 1) -> Collector:
     return c
 
 
-def _records(gc: Harness, url: str):
-    from gc_daemon.state.store import Store
+def _records(store, url: str):
+    """The leftover's deletion records (intent and outcomes), oldest first."""
     from gc_daemon.urls import parse_blob_url
 
-    store = Store(state_db.make_engine(gc.db_url))
-    try:
-        return store, [r for r in store.audit_log(parse_blob_url(url)) if r.action.startswith("delete")]
-    finally:
-        store.engine.dispose()
+    return [r for r in store.audit_log(parse_blob_url(url)) if r.action.startswith("delete")]
 
 
 def _lost_record(gc: Harness, url: str, audit, open_intent_counts: bool = False) -> int:
@@ -738,10 +734,10 @@ def test_a_delete_whose_reply_is_lost_is_recorded_as_what_happened(gc, proxy, fa
     gc.page(*in_use[0])
     gc.page(*in_use[1], lease=True)
     gc.page(*LOST, written=[(0, 512)])
+    gc.compute(a.vm(SUB, "rg1", "vm1", os_vhd=gc.url(*in_use[0])))
     original_etag = gc.svc().get_blob_client(*LOST).get_blob_properties().etag
     collector = _proxied(gc, proxy, fault.retry_total)
     url = collector.accounts["gcacct1"].blob_url(collector.accounts["gcacct1"].key_for(*LOST))
-    gc.compute(a.vm(SUB, "rg1", "vm1", os_vhd=gc.url(*in_use[0])))
     case = f"delete: {fault.id}"
 
     fault.arm(proxy, gc)
@@ -749,7 +745,8 @@ def test_a_delete_whose_reply_is_lost_is_recorded_as_what_happened(gc, proxy, fa
     deletes = [(e.action, e.upstream_status, e.client_status) for e in proxy.requests("DELETE")]
     proxy.clear()
     wrongful = sum(1 for n in in_use if not gc.exists(*n))
-    store, audit = _records(gc, url)
+    store = collector.store
+    audit = _records(store, url)
     report = gc.report()
     there = gc.exists(*LOST)
     etag_now = gc.svc().get_blob_client(*LOST).get_blob_properties().etag if there else None
@@ -757,7 +754,7 @@ def test_a_delete_whose_reply_is_lost_is_recorded_as_what_happened(gc, proxy, fa
 
     # The next healthy pass converges: the leftover (or what replaced it) is deleted, and recorded.
     again = _proxied(gc, proxy).run_pass()
-    _, audit_after = _records(gc, url)
+    audit_after = _records(store, url)
     lost_after = _lost_record(gc, url, audit_after)
     converged = again.outcome == "complete" and not gc.exists(*LOST) and gc.state(url) == "deleted" \
         and store.unresolved_intents() == [] and all(gc.exists(*n) for n in in_use)
