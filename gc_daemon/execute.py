@@ -1,16 +1,22 @@
 """The executor: the only code that deletes, and the only place that honours dry-run.
 
-For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, classify it
-again against the freshest references and holds, and delete it only if it is still an orphan, not
-held, with the ETag recorded when it was marked, through a conditional (If-Match) delete that never
-takes snapshots with it. An audit row is committed before the call (intent) and after (outcome).
+For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, read its
+operator hold again from the database, classify it again against the freshest references and holds,
+and delete it only if it is still an orphan, not held, with the ETag recorded when it was marked,
+through a conditional (If-Match) delete that never takes snapshots with it. An audit row is
+committed before the call (intent) and after (outcome).
+
+A delete whose outcome is unknown (an attempt lost its reply, timed out or got a 5xx, and then the
+delete was refused with 412/404 or never answered) is settled by looking at the blob, exactly as an
+intent left by a crash is (:func:`settle`, :func:`resolve_intents`): gone means we deleted it.
 """
 
 from __future__ import annotations
 
-import socket
+import enum
 import os
-from collections import Counter
+import socket
+from collections import ChainMap, Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,7 +24,7 @@ from typing import Protocol
 
 import structlog
 
-from .azure.storage import DeleteRefused, soft_delete_days
+from .azure.storage import DeleteOutcomeUnknown, DeleteRefused, soft_delete_days
 from .decide import ReferenceIndex, classify, decide_blob
 from .domain import BlobKey, BlobSeen, Change, Forget, Policy, State, Tracked
 
@@ -35,6 +41,12 @@ class BlobGateway(Protocol):
 
 class AuditSink(Protocol):
     def audit(self, **fields) -> int: ...
+
+
+class HoldSource(Protocol):
+    """The operator holds as they stand now (gc_daemon.state.store.Store)."""
+
+    def hold(self, key: BlobKey) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -58,6 +70,9 @@ class Executor:
     storage: Mapping[str, BlobGateway]
     audit: AuditSink
     policy: Policy
+    # Read again right before each delete, in a transaction of its own: a `vhd-gc keep` that
+    # returned before a deletion started is honoured by it. None: the holds read with the pass only.
+    holds: HoldSource | None = None
     actor: str = field(default_factory=default_actor)
     should_stop: Callable[[], bool] = lambda: False  # honoured between deletions, never during one
     _retention: dict = field(default_factory=dict, repr=False)
@@ -102,6 +117,7 @@ class Executor:
         gateway = self.storage[key.account]
         try:
             fresh = gateway.read_blob(key)
+            held = self.holds.hold(key) if self.holds is not None else None
         except Exception as exc:  # noqa: BLE001 - one blob's trouble never stops the others
             out.failed += 1
             log.warning("reverify_failed", url=row.url, error=_short(exc))
@@ -111,62 +127,92 @@ class Executor:
             out.changes.append(Forget(key, reason="gone before deletion"))
             log.info("delete_skipped", url=row.url, reason="gone")
             return False
+        if held is not None:  # taken since the pass read the holds (or still there): it wins
+            operator_holds = ChainMap({key: held}, operator_holds)
         c = classify(fresh, refs, operator_holds, self.policy, now)
         if fresh.etag != row.etag or not c.deletable:
             reason = "etag_changed" if fresh.etag != row.etag else (c.hold.value if c.hold else c.verdict.value)
-            out.refused[reason] += 1
-            d = decide_blob(fresh, replace(row, state=State.CANDIDATE), c, self.policy, now, seq)
-            if d.change is not None:
-                out.changes.append(d.change)
-            self.audit.audit(
-                action="delete-refused", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
-                etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
-                error_code=reason, reason=f"re-verification: {reason}: {c.reason}",
-            )
-            log.info("delete_refused", url=row.url, reason=reason, detail=c.reason)
+            self._refuse(row, fresh, c, reason, f"re-verification: {reason}: {c.reason}", now, seq, pass_id, out)
             return False
 
-        intent = self.audit.audit(
-            action="delete-intent", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
-            etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes, reason=row.reason,
-        )
+        common = dict(key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id, etag=row.etag,
+                      size_bytes=row.size_bytes, billed_bytes=row.billed_bytes)
+        intent = self.audit.audit(action="delete-intent", reason=row.reason, **common)
+        common["intent_id"] = intent
         try:
             gateway.delete_if_match(key, row.etag or "")
-        except Exception as exc:  # noqa: BLE001
-            code = getattr(exc, "code", None) or type(exc).__name__
-            refused = isinstance(exc, DeleteRefused)
-            action = "delete-refused" if refused else "delete-failed"
-            self.audit.audit(
-                action=action, key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
-                intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, error_code=str(code),
-                reason=_short(exc),
-            )
-            if refused:
-                out.refused[str(code)] += 1
-                if str(code) == "BlobNotFound":
-                    out.changes.append(Forget(key, reason="gone before deletion"))
-            else:
-                out.failed += 1
-            log.warning("delete_" + ("refused" if refused else "failed"), url=row.url, code=str(code))
+        except DeleteRefused as exc:
+            settled = None
+            if exc.after:  # an earlier attempt may have been executed: the blob says what happened
+                detail = "; ".join((*exc.after, f"then {exc.code}"))
+                settled = self._settle(row, detail, refs, operator_holds, now, seq, out, common)
+                if settled is not Settled.NOT_DELETED:
+                    return True
+            # Refused, and nothing was deleted (no earlier attempt, or the blob is there untouched).
+            self.audit.audit(action="delete-refused", error_code=exc.code, reason=_short(exc), **common)
+            out.refused[exc.code] += 1
+            if exc.code == "BlobNotFound" and settled is None:
+                out.changes.append(Forget(key, reason="gone before deletion"))
+            log.warning("delete_refused", url=row.url, code=exc.code)
             return True
-        days = self.retention_days(key.account)
-        gone = replace(
-            row,
-            state=State.DELETED,
-            deleted_at=now,
-            recoverable_until=now + timedelta(days=days) if days else None,
-            sightings_frozen=row.sightings(seq),
-            streak_start=None,
-            updated_at=now,
-        )
-        self.audit.audit(
-            action="deleted", key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
-            intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
-            reason=row.reason, changes=[Change(gone, event="deleted")],
-        )
-        out.deleted.append(gone)
+        except DeleteOutcomeUnknown as exc:  # no attempt got an answer: it may have gone through
+            detail = "; ".join(exc.attempts)
+            if self._settle(row, detail, refs, operator_holds, now, seq, out, common) is Settled.NOT_DELETED:
+                self.audit.audit(action="delete-failed", error_code=exc.code,
+                                 reason=settlement_reason(Settled.NOT_DELETED, f"a lost reply ({detail})"), **common)
+                out.failed += 1
+            return True
+        except Exception as exc:  # noqa: BLE001 - a definite error: nothing was deleted
+            code = str(getattr(exc, "code", None) or type(exc).__name__)
+            self.audit.audit(action="delete-failed", error_code=code, reason=_short(exc), **common)
+            out.failed += 1
+            log.warning("delete_failed", url=row.url, code=code)
+            return True
+        self._deleted(row, now, seq, out, common, reason=row.reason)
         log.info("deleted", url=row.url, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes, etag=row.etag)
         return True
+
+    def _deleted(self, row: Tracked, now: datetime, seq: int, out: Execution, common: dict, reason) -> None:
+        """Record a deletion: the outcome and the row's new state in one transaction."""
+        days = self.retention_days(row.key.account)
+        gone = deleted_row(row, now, row.sightings(seq), now + timedelta(days=days) if days else None)
+        self.audit.audit(action="deleted", reason=reason, changes=[Change(gone, event="deleted")], **common)
+        out.deleted.append(gone)
+
+    def _refuse(self, row, fresh, c, code, reason, now, seq, pass_id, out: Execution, intent=None) -> None:
+        """Not deleted because the blob is no longer what was marked: it starts over (or is kept,
+        or released), as the decision would have it now."""
+        out.refused[code] += 1
+        d = decide_blob(fresh, replace(row, state=State.CANDIDATE), c, self.policy, now, seq)
+        if d.change is not None:
+            out.changes.append(d.change)
+        self.audit.audit(
+            action="delete-refused", key=row.key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+            intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
+            error_code=code, reason=reason,
+        )
+        log.info("delete_refused", url=row.url, reason=code, detail=c.reason)
+
+    def _settle(self, row, detail, refs, operator_holds, now, seq, out: Execution, common: dict) -> "Settled | None":
+        """Settle a delete whose outcome is unknown by looking at the blob (see :func:`settle`), and
+        record it when it was deleted or changed; NOT_DELETED is the caller's to record. None when
+        the blob cannot be read either: the intent is left without an outcome, and the next pass
+        settles it (:func:`resolve_intents`), as after a crash."""
+        after = f"a lost reply ({detail})"
+        try:
+            settled, fresh = settle(self.storage[row.key.account], row.key, row.etag)
+        except Exception as exc:  # noqa: BLE001 - still unknown: never guessed
+            out.failed += 1
+            log.warning("delete_outcome_unknown", url=row.url, attempts=detail, error=_short(exc))
+            return None
+        log.warning("delete_settled", url=row.url, outcome=settled.value, attempts=detail)
+        if settled is Settled.DELETED:
+            self._deleted(row, now, seq, out, common, reason=settlement_reason(settled, after))
+        elif settled is Settled.CHANGED:
+            c = classify(fresh, refs, operator_holds, self.policy, now)
+            self._refuse(row, fresh, c, "etag_changed", settlement_reason(settled, after), now, seq,
+                         common["pass_id"], out, intent=common["intent_id"])
+        return settled
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -174,42 +220,74 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
+class Settled(str, enum.Enum):
+    """What became of a delete whose outcome is unknown, as the blob tells it."""
+
+    DELETED = "deleted"  # gone: the delete went through
+    NOT_DELETED = "not deleted"  # there, with the ETag the delete named: it did not
+    CHANGED = "changed"  # there with another ETag: it changed (or was re-created) and starts over
+
+
+_SETTLED_TEXT = {
+    Settled.DELETED: "the blob is gone",
+    Settled.NOT_DELETED: "the blob is still there",
+    Settled.CHANGED: "the blob changed",
+}
+
+
+def settle(gateway: BlobGateway, key: BlobKey, etag: str | None) -> tuple[Settled, BlobSeen | None]:
+    """Ask the one witness of a delete whose outcome is unknown, the blob itself, what happened:
+    gone means the delete went through; there with ``etag`` means it did not; there with another
+    ETag means it changed (if our delete did go through, what is there now is another blob, which
+    the If-Match kept safe). Raises what ``read_blob`` raises: then it is still unknown."""
+    fresh = gateway.read_blob(key)
+    if fresh is None:
+        return Settled.DELETED, None
+    return (Settled.NOT_DELETED if fresh.etag == etag else Settled.CHANGED), fresh
+
+
+def settlement_reason(settled: Settled, after: str) -> str:
+    return f"settled after {after}: {_SETTLED_TEXT[settled]}"
+
+
+def deleted_row(row: Tracked, now: datetime, sightings: int, recoverable_until: datetime | None) -> Tracked:
+    """The stored state of a blob vhd-gc deleted."""
+    return replace(row, state=State.DELETED, deleted_at=now, recoverable_until=recoverable_until,
+                   sightings_frozen=sightings, streak_start=None, updated_at=now)
+
+
 def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, actor: str | None = None) -> int:
     """Settle deletion intents that have no outcome: the process stopped between writing the
-    intent and writing the result (a crash, SIGKILL, a lost database connection). The blob says
-    what happened: gone means the delete went through; still there with the recorded ETag means it
-    did not; a new ETag means it changed and starts over. Returns how many were settled."""
+    intent and writing the result (a crash, SIGKILL, a lost database connection), or neither the
+    delete nor the blob could be read. The blob says what happened (:func:`settle`). Returns how
+    many were settled."""
     actor = actor or default_actor()
-    settled = 0
+    after = "an interruption"
+    settled_n = 0
     for intent in store.unresolved_intents():
         key = intent.key
         gateway = storage.get(key.account)
         if gateway is None:
             continue  # its account is no longer collected: left for the operator (`vhd-gc audit`)
         try:
-            fresh = gateway.read_blob(key)
+            settled, _ = settle(gateway, key, intent.etag)
         except Exception as exc:  # noqa: BLE001 - try again at the next pass
             log.warning("intent_unresolved", url=intent.url, error=_short(exc))
             continue
         common = dict(key=key, url=intent.url, at=now, actor=actor, pass_id=intent.pass_id, intent_id=intent.id,
-                      etag=intent.etag, size_bytes=intent.size_bytes, billed_bytes=intent.billed_bytes)
-        if fresh is None:
+                      etag=intent.etag, size_bytes=intent.size_bytes, billed_bytes=intent.billed_bytes,
+                      reason=settlement_reason(settled, after))
+        if settled is Settled.DELETED:
             row = store.row(key)
             changes = []
             if row is not None and row.state is not State.DELETED:
-                changes.append(Change(replace(row, state=State.DELETED, deleted_at=now, streak_start=None,
-                                              sightings_frozen=row.sightings(store.last_complete_seq()),
-                                              updated_at=now), event="deleted"))
-            store.audit(action="deleted", reason="settled after an interruption: the blob is gone",
-                        changes=changes, **common)
-            log.info("intent_settled", url=intent.url, outcome="deleted")
-        elif fresh.etag == intent.etag:
-            store.audit(action="delete-failed", error_code="Interrupted",
-                        reason="settled after an interruption: the blob is still there", **common)
-            log.info("intent_settled", url=intent.url, outcome="not deleted")
+                changes.append(Change(deleted_row(row, now, row.sightings(store.last_complete_seq()), None),
+                                      event="deleted"))
+            store.audit(action="deleted", changes=changes, **common)
+        elif settled is Settled.NOT_DELETED:
+            store.audit(action="delete-failed", error_code="Interrupted", **common)
         else:
-            store.audit(action="delete-refused", error_code="etag_changed",
-                        reason="settled after an interruption: the blob changed", **common)
-            log.info("intent_settled", url=intent.url, outcome="changed")
-        settled += 1
-    return settled
+            store.audit(action="delete-refused", error_code="etag_changed", **common)
+        log.info("intent_settled", url=intent.url, outcome=settled.value)
+        settled_n += 1
+    return settled_n

@@ -159,6 +159,7 @@ class Collector:
                 storage=accounts,
                 audit=self.store,
                 policy=self.config.policy_rules,
+                holds=self.store,  # read again before each delete: a hold taken during the pass counts
                 should_stop=should_stop,
             )
             progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")

@@ -29,6 +29,7 @@ from gc_daemon.state import db as state_db
 from gc_daemon.wiring import build_accounts, build_credential, build_references, configure_logging, open_store
 from sandbox import arm as a
 from sandbox import seed
+from sandbox.faultproxy import Drop, FaultProxy, Forward, Rule
 from tests.support import tally
 from tests.support.estate import ACCOUNTS, SUB, Harness
 from tests.support.faults import (
@@ -610,3 +611,193 @@ def test_clock_stepping_backwards_makes_nothing_due_or_deleted_early(gc):
     tally.record("clock steps backwards", tally.COMPLETED if ok else tally.WRONG, wrongful_deletions=len(violations))
     assert not violations, f"deleted before grace_period on the latest clock: {violations}"
     assert not any(gc.exists(*n) for n in [("vhds", f"left{i}.vhd") for i in range(3)] + list(new_each.values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The reply to a delete is lost (a fault proxy between vhd-gc and Azurite)
+# --------------------------------------------------------------------------------------------------
+#
+# The DELETE reaches the service and is executed, but vhd-gc never hears so: the connection drops,
+# or a 5xx comes back. vhd-gc retries; the retry of a conditional delete of a blob that is gone is
+# answered 404 BlobNotFound by Azure and 412 ConditionNotMet by Azurite 3.37 (it checks If-Match
+# first). Either answer, after an attempt whose outcome is unknown, must be settled by looking at
+# the blob: gone means vhd-gc deleted it, and that must be recorded (audit, report, counters).
+
+LOST = ("left", "lost.vhd")
+
+
+@dataclass
+class DeleteFault:
+    id: str
+    arm: Any  # (proxy, gc) -> None: installs the proxy's rules
+    outcome: str  # what the audit must record for the leftover: deleted | refused | failed | unresolved
+    deletes: list  # the DELETEs the proxy saw: (action, upstream status, client status)
+    settled: bool = True  # the outcome was settled by looking at the blob
+    error_code: str | None = None
+    retry_total: int = 1
+
+
+def _recreate(gc: Harness):
+    def hook(request, reply):
+        seed.page_blob(gc.svc(), *LOST, written=[(0, 512)])  # someone writes a new blob under the name
+    return hook
+
+
+def _drop_container(gc: Harness):
+    def hook(request, reply):
+        gc.svc().get_container_client(LOST[0]).delete_container()
+    return hook
+
+
+def _touch(gc: Harness):
+    def hook(request):  # just before the DELETE reaches the service: the blob changes
+        gc.svc().get_blob_client(*LOST).set_blob_metadata({"touched": "1"})
+    return hook
+
+
+DELETE_FAULTS = [
+    DeleteFault("reply-lost-then-412", lambda p, gc: p.drop_reply("DELETE"), "deleted",
+                [("drop-reply", 202, None), ("forward", 412, 412)]),
+    DeleteFault("reply-lost-container-removed-then-404",
+                lambda p, gc: p.drop_reply("DELETE", on_upstream_reply=_drop_container(gc)), "deleted",
+                [("drop-reply", 202, None), ("forward", 404, 404)]),
+    DeleteFault("reply-reset-then-412", lambda p, gc: p.drop_reply("DELETE", reset=True), "deleted",
+                [("drop-reply", 202, None), ("forward", 412, 412)]),
+    DeleteFault("executed-but-500-then-412", lambda p, gc: p.replace_reply(500, "DELETE"), "deleted",
+                [("replace-reply", 202, 500), ("forward", 412, 412)]),
+    DeleteFault("every-reply-lost", lambda p, gc: p.drop_reply("DELETE", times=None), "deleted",
+                [("drop-reply", 202, None), ("drop-reply", 412, None)]),
+    DeleteFault("reply-lost-no-retry", lambda p, gc: p.drop_reply("DELETE"), "deleted",
+                [("drop-reply", 202, None)], retry_total=0),
+    DeleteFault("503-not-executed-then-202", lambda p, gc: p.respond(503, "DELETE"), "deleted",
+                [("respond", None, 503), ("forward", 202, 202)], settled=False),
+    # The blob is re-created between the lost reply and the retry: the retry's If-Match keeps the
+    # new blob safe, and it starts over (the lost reply's delete did take the old one: see
+    # docs/operations.md, "When the reply to a delete is lost").
+    DeleteFault("reply-lost-blob-recreated-then-412",
+                lambda p, gc: p.drop_reply("DELETE", on_upstream_reply=_recreate(gc)), "refused",
+                [("drop-reply", 202, None), ("forward", 412, 412)], error_code="etag_changed"),
+    # Never executed, never answered: the blob is still there, and the next pass deletes it.
+    DeleteFault("dropped-before-the-service-every-time",
+                lambda p, gc: p.add(Rule(Drop(), method="DELETE", times=None)), "failed",
+                [("drop", None, None), ("drop", None, None)], error_code="ServiceResponseError"),
+    # The reply is lost and the blob cannot be read either: the intent stays open; the next pass
+    # settles it as an interrupted one.
+    DeleteFault("reply-lost-and-the-blob-unreadable",
+                lambda p, gc: p.drop_reply("DELETE", on_upstream_reply=lambda rq, rp: p.respond(503, "HEAD")),
+                "unresolved", [("drop-reply", 202, None)], retry_total=0),
+    # A 412 with no attempt before it is the service's refusal, as always: someone changed the blob.
+    DeleteFault("first-attempt-412-is-a-refusal",
+                lambda p, gc: p.add(Rule(Forward(), method="DELETE", on_request=_touch(gc))), "refused",
+                [("forward", 412, 412)], settled=False, error_code="ConditionNotMet"),
+]
+
+
+@pytest.fixture
+def proxy(gc) -> Iterator[FaultProxy]:
+    with FaultProxy(("127.0.0.1", gc.azurite.port)) as p:
+        yield p
+
+
+def _proxied(gc: Harness, proxy: FaultProxy, retry_total: int = 1) -> Collector:
+    """A delete-mode collector whose gcacct1 traffic goes through the proxy (delete retries at once)."""
+    accounts = [{"name": "gcacct1", "blob_endpoint": proxy.endpoint("gcacct1"), "key_env": "GCACCT1_KEY"}]
+    c = _collector(gc, mode="delete", min_sightings=1,
+                   azure={"retry_total": retry_total, "timeout": "5s", "storage_accounts": accounts})
+    for account in c.accounts.values():
+        account.delete_backoff = 0
+    return c
+
+
+def _records(store, url: str):
+    """The leftover's deletion records (intent and outcomes), oldest first."""
+    from gc_daemon.urls import parse_blob_url
+
+    return [r for r in store.audit_log(parse_blob_url(url)) if r.action.startswith("delete")]
+
+
+def _lost_record(gc: Harness, url: str, audit, open_intent_counts: bool = False) -> int:
+    """1 if the leftover is gone from Azurite and vhd-gc's records do not say it deleted it (a
+    `deleted` outcome tied to its intent, and `deleted` in the report); an intent still open counts
+    as a record where the next pass is to settle it."""
+    if gc.exists(*LOST):
+        return 0
+    if open_intent_counts and audit and audit[-1].action == "delete-intent":
+        return 0
+    recorded = gc.state(url) == "deleted" and any(r.action == "deleted" and r.intent_id for r in audit)
+    return 0 if recorded else 1
+
+
+@pytest.mark.parametrize("fault", DELETE_FAULTS, ids=[f.id for f in DELETE_FAULTS])
+def test_a_delete_whose_reply_is_lost_is_recorded_as_what_happened(gc, proxy, fault: DeleteFault):
+    in_use = [("vhds", "referenced.vhd"), ("vhds", "leased.vhd")]
+    gc.page(*in_use[0])
+    gc.page(*in_use[1], lease=True)
+    gc.page(*LOST, written=[(0, 512)])
+    gc.compute(a.vm(SUB, "rg1", "vm1", os_vhd=gc.url(*in_use[0])))
+    original_etag = gc.svc().get_blob_client(*LOST).get_blob_properties().etag
+    collector = _proxied(gc, proxy, fault.retry_total)
+    url = collector.accounts["gcacct1"].blob_url(collector.accounts["gcacct1"].key_for(*LOST))
+    case = f"delete: {fault.id}"
+
+    fault.arm(proxy, gc)
+    result = collector.run_pass()
+    deletes = [(e.action, e.upstream_status, e.client_status) for e in proxy.requests("DELETE")]
+    proxy.clear()
+    wrongful = sum(1 for n in in_use if not gc.exists(*n))
+    store = collector.store
+    audit = _records(store, url)
+    report = gc.report()
+    there = gc.exists(*LOST)
+    etag_now = gc.svc().get_blob_client(*LOST).get_blob_properties().etag if there else None
+    lost = _lost_record(gc, url, audit, open_intent_counts=fault.outcome == "unresolved")
+
+    # The next healthy pass converges: the leftover (or what replaced it) is deleted, and recorded.
+    again = _proxied(gc, proxy).run_pass()
+    audit_after = _records(store, url)
+    lost_after = _lost_record(gc, url, audit_after)
+    converged = again.outcome == "complete" and not gc.exists(*LOST) and gc.state(url) == "deleted" \
+        and store.unresolved_intents() == [] and all(gc.exists(*n) for n in in_use)
+    wrongful += sum(1 for n in in_use if not gc.exists(*n))
+    correct = result.outcome == "complete" and not wrongful and not lost and not lost_after and converged
+    tally.record(case, tally.COMPLETED if correct else tally.WRONG, wrongful_deletions=wrongful,
+                 lost_records=lost + lost_after)
+
+    assert deletes == fault.deletes, deletes
+    assert result.outcome == "complete", result.errors
+    assert wrongful == 0
+    actions = [r.action for r in audit]
+    intent = audit[0]
+    assert intent.action == "delete-intent" and intent.etag == original_etag
+    if fault.outcome == "deleted":
+        assert actions == ["delete-intent", "deleted"]
+        assert audit[1].intent_id == intent.id
+        assert audit[1].reason.startswith("settled after a lost reply") == fault.settled, audit[1].reason
+        assert not there
+        assert report[url]["state"] == "deleted"
+        assert (result.stats.deleted, result.stats.refused, result.stats.failed) == (1, 0, 0)
+        assert store.audit_totals("deleted") == [("gcacct1", 1, intent.size_bytes)]  # vhdgc_deleted_blobs_total
+    elif fault.outcome == "refused":
+        assert actions == ["delete-intent", "delete-refused"] and audit[1].intent_id == intent.id
+        assert audit[1].error_code == fault.error_code
+        assert audit[1].reason.startswith("settled after a lost reply") == fault.settled, audit[1].reason
+        assert there and etag_now != original_etag  # the re-created (or changed) blob, untouched
+        assert report[url]["state"] in ("candidate", "due")
+        assert (result.stats.deleted, result.stats.refused) == (0, 1)
+    elif fault.outcome == "failed":
+        assert actions == ["delete-intent", "delete-failed"] and audit[1].intent_id == intent.id
+        assert audit[1].error_code == fault.error_code
+        assert audit[1].reason.startswith("settled after a lost reply (ServiceResponseError: ")
+        assert audit[1].reason.endswith("): the blob is still there")
+        assert there and etag_now == original_etag
+        assert report[url]["state"] == "due"  # tried again at the next pass
+        assert (result.stats.deleted, result.stats.failed) == (0, 1)
+    else:  # unresolved: nothing guessed; the next pass settles it
+        assert actions == ["delete-intent"]
+        assert not there
+        assert (result.stats.deleted, result.stats.failed) == (0, 1)
+        assert [r.action for r in audit_after] == ["delete-intent", "deleted"]
+        assert audit_after[1].intent_id == intent.id
+        assert audit_after[1].reason == "settled after an interruption: the blob is gone"
+    assert lost == 0 and lost_after == 0
+    assert converged, (again.outcome, again.errors, gc.exists(*LOST), gc.state(url))

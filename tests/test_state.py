@@ -474,6 +474,26 @@ def test_holds_add_and_remove(store: Store) -> None:
     assert store.holds() == {other: "ticket 42"}
 
 
+def test_hold_reads_what_another_connection_committed_while_a_snapshot_is_open(store: Store) -> None:
+    """Store.hold (asked before each delete) never answers from an older snapshot: a transaction
+    that began before the hold (REPEATABLE READ on PostgreSQL, a WAL read on SQLite) does not see
+    it; hold() does, the moment the other connection has committed it."""
+    assert store.hold(KEY) is None
+    with store.engine.connect() as old:
+        if old.dialect.name == "postgresql":
+            old = old.execution_options(isolation_level="REPEATABLE READ")
+        with old.begin():
+            assert old.execute(sa.text("SELECT count(*) FROM operator_holds")).scalar() == 0  # snapshot taken
+            other = Store(db.make_engine(store.engine.url.render_as_string(hide_password=False)))
+            other.add_hold(KEY, "INC-11", "operator", T0)  # committed by another engine's connection
+            other.engine.dispose()
+            assert old.execute(sa.text("SELECT count(*) FROM operator_holds")).scalar() == 0  # the old snapshot
+            assert store.hold(KEY) == "INC-11"  # a transaction of its own: sees it
+    assert store.hold(BlobKey("gcacct1", "vhds", "other.vhd")) is None
+    store.remove_hold(KEY)
+    assert store.hold(KEY) is None
+
+
 def test_audit_intent_then_outcome_and_unresolved_intents(store: Store) -> None:
     pass_id = store.begin_pass(T0, "delete", "host-a")
     other = BlobKey("gcacct1", "vhds", "other.vhd")

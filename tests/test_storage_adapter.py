@@ -9,6 +9,7 @@ from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from gc_daemon.azure.storage import (
     AccountStorage,
+    DeleteOutcomeUnknown,
     DeleteRefused,
     StorageError,
     fold_snapshots,
@@ -16,6 +17,7 @@ from gc_daemon.azure.storage import (
 from gc_daemon.domain import BlobKey, BlobSeen
 from sandbox import seed
 from sandbox.azurite import Azurite, free_port, random_key
+from sandbox.faultproxy import FaultProxy
 
 ACCOUNT = "gcacct1"
 
@@ -233,6 +235,89 @@ def test_delete_of_a_missing_blob_is_refused(storage: AccountStorage, service: B
     # Azure answers 404 BlobNotFound; Azurite 3.37 checks If-Match first and answers 412.
     assert refused.value.code in ("BlobNotFound", "ConditionNotMet")
     assert not seed.exists(service, "vhds", "gone.vhd")
+
+
+# -- deletes whose outcome is unknown (through the fault proxy) --------------------------------
+
+
+@pytest.fixture
+def proxy(azurite: Azurite):
+    with FaultProxy(("127.0.0.1", azurite.port)) as p:
+        yield p
+
+
+def proxied(azurite: Azurite, proxy: FaultProxy, retry_total: int) -> AccountStorage:
+    # The SDK client gets retry_total as always; the delete takes its retries into its own hands.
+    storage = AccountStorage(ACCOUNT, proxy.endpoint(ACCOUNT), azurite.key(ACCOUNT), retry_total=retry_total)
+    storage.delete_backoff = 0
+    return storage
+
+
+def deletes(proxy: FaultProxy) -> list[tuple[str, int | None, int | None]]:
+    return [(e.action, e.upstream_status, e.client_status) for e in proxy.requests("DELETE")]
+
+
+def test_a_refusal_after_a_lost_reply_names_the_attempt_that_may_have_deleted(azurite, proxy, service) -> None:
+    seed.page_blob(service, "vhds", "lost.vhd")
+    storage = proxied(azurite, proxy, retry_total=3)
+    seen = storage.read_blob(key("vhds", "lost.vhd"))
+    proxy.drop_reply("DELETE")
+    with pytest.raises(DeleteRefused) as refused:
+        storage.delete_if_match(seen.key, seen.etag)
+    assert refused.value.code == "ConditionNotMet"  # Azurite's answer for a gone blob (Azure: BlobNotFound)
+    assert len(refused.value.after) == 1 and refused.value.after[0].startswith("ServiceResponseError: ")
+    assert deletes(proxy) == [("drop-reply", 202, None), ("forward", 412, 412)]  # the SDK retried nothing
+    assert not seed.exists(service, "vhds", "lost.vhd")
+
+
+def test_a_refusal_on_a_first_attempt_names_no_earlier_attempt(azurite, proxy, service) -> None:
+    seed.page_blob(service, "vhds", "changed.vhd")
+    storage = proxied(azurite, proxy, retry_total=3)
+    seen = storage.read_blob(key("vhds", "changed.vhd"))
+    service.get_blob_client("vhds", "changed.vhd").set_blob_metadata({"touched": "1"})
+    with pytest.raises(DeleteRefused) as refused:
+        storage.delete_if_match(seen.key, seen.etag)
+    assert (refused.value.code, refused.value.after) == ("ConditionNotMet", ())
+    assert deletes(proxy) == [("forward", 412, 412)]
+
+
+def test_a_5xx_that_was_not_executed_is_retried_and_the_delete_goes_through(azurite, proxy, service) -> None:
+    seed.page_blob(service, "vhds", "busy.vhd")
+    storage = proxied(azurite, proxy, retry_total=3)
+    seen = storage.read_blob(key("vhds", "busy.vhd"))
+    proxy.respond(503, "DELETE", times=2)
+    storage.delete_if_match(seen.key, seen.etag)
+    assert deletes(proxy) == [("respond", None, 503), ("respond", None, 503), ("forward", 202, 202)]
+    assert not seed.exists(service, "vhds", "busy.vhd")
+
+
+def test_a_delete_that_never_gets_an_answer_has_an_unknown_outcome(azurite, proxy, service) -> None:
+    seed.page_blob(service, "vhds", "silent.vhd")
+    storage = proxied(azurite, proxy, retry_total=1)
+    seen = storage.read_blob(key("vhds", "silent.vhd"))
+    proxy.drop_reply("DELETE", times=None)
+    with pytest.raises(DeleteOutcomeUnknown) as unknown:
+        storage.delete_if_match(seen.key, seen.etag)
+    assert len(unknown.value.attempts) == 2 and isinstance(unknown.value, StorageError)
+    assert deletes(proxy) == [("drop-reply", 202, None), ("drop-reply", 412, None)]
+
+
+def test_a_definite_error_is_not_retried_unless_an_earlier_attempt_may_have_deleted(azurite, proxy, service) -> None:
+    seed.page_blob(service, "vhds", "denied.vhd")
+    storage = proxied(azurite, proxy, retry_total=3)
+    seen = storage.read_blob(key("vhds", "denied.vhd"))
+    proxy.respond(403, "DELETE", code="AuthorizationPermissionMismatch")
+    with pytest.raises(StorageError) as failed:
+        storage.delete_if_match(seen.key, seen.etag)
+    assert not isinstance(failed.value, DeleteOutcomeUnknown) and failed.value.code == "AuthorizationPermissionMismatch"
+    assert deletes(proxy) == [("respond", None, 403)]
+    proxy.clear()
+    proxy.replace_reply(500, "DELETE")  # executed, reported failed; then the service says 403
+    proxy.respond(403, "DELETE", code="AuthorizationPermissionMismatch")
+    with pytest.raises(DeleteOutcomeUnknown) as unknown:
+        storage.delete_if_match(seen.key, seen.etag)
+    assert unknown.value.attempts[-1] == "403 AuthorizationPermissionMismatch"
+    assert not seed.exists(service, "vhds", "denied.vhd")
 
 
 def test_listing_an_account_whose_endpoint_is_down_raises() -> None:

@@ -5,18 +5,29 @@ into one :class:`BlobSeen` per base blob, holding only the current name's state.
 listing propagates: a pass that did not see every blob must fail closed, never come out smaller.
 
 Deletion is conditional on the ETag recorded when the blob was marked, and never takes snapshots
-with it: the service's refusals come back as :class:`DeleteRefused`.
+with it: the service's refusals come back as :class:`DeleteRefused`. A delete is retried here, not
+by the SDK, so that the caller learns whether an earlier attempt may have been executed (a reply
+lost, a timeout, a 5xx): a refusal after such an attempt says so (``DeleteRefused.after``), and a
+delete that never got an answer raises :class:`DeleteOutcomeUnknown`.
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
 from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError, Urllib3Transport
@@ -39,6 +50,12 @@ REFUSAL_CODES = frozenset(
     }
 )
 
+# A delete that got one of these (or no answer at all: a transport error, a timeout) is retried, and
+# counts as an attempt that may have been executed: none of them says the service did not act.
+DELETE_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+DELETE_BACKOFF_CAP = 8.0  # seconds between two attempts of a delete at most (Retry-After: 30 s at most)
+RETRY_AFTER_CAP = 30.0
+
 _LIST_INCLUDE = ["metadata", "snapshots", "tags"]
 # How listings and page ranges are read: "lean" (BlobRest: the same REST calls, signed by the SDK
 # client's credential policy, read with a lean XML reader) or "sdk" (the SDK's models).
@@ -56,13 +73,28 @@ class StorageError(Exception):
 
 
 class DeleteRefused(Exception):
-    """The service refused a conditional delete; nothing was deleted. ``code`` is one of
-    :data:`REFUSAL_CODES`."""
+    """The service refused a conditional delete. ``code`` is one of :data:`REFUSAL_CODES`.
 
-    def __init__(self, code: str, message: str = "") -> None:
+    With ``after`` empty, nothing was deleted (by this call). ``after`` lists what earlier attempts
+    of the same delete ran into when one of them may have been executed: then a 412 or 404 may be
+    the answer to our own delete having gone through, and only the blob can say (the executor
+    settles it as an interrupted intent is settled)."""
+
+    def __init__(self, code: str, message: str = "", after: tuple[str, ...] = ()) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+        self.after = tuple(after)
+
+
+class DeleteOutcomeUnknown(StorageError):
+    """Every attempt of a delete ended without a definite answer (no reply, a timeout, a 5xx, or a
+    definite error after such an attempt): it may or may not have been executed. ``attempts`` says
+    what each ran into; ``code`` is the last one's."""
+
+    def __init__(self, code: str, attempts: tuple[str, ...]) -> None:
+        super().__init__(code, "outcome unknown after " + "; ".join(attempts))
+        self.attempts = tuple(attempts)
 
 
 def _error_code(exc: AzureError) -> str:
@@ -172,6 +204,7 @@ class AccountStorage:
         results_per_page: int | None = None,
         reader: str = "lean",
         read_transport: Any = None,
+        delete_backoff: float = 0.5,
         **client_kwargs: Any,
     ) -> None:
         if reader not in READERS:
@@ -186,6 +219,9 @@ class AccountStorage:
             **client_kwargs,
         )
         self.results_per_page = results_per_page
+        # A delete is tried 1 + retry_total times, waiting delete_backoff, then twice as long, ...
+        self.delete_attempts = 1 + max(0, retry_total)
+        self.delete_backoff = delete_backoff
         self.reader = reader
         self._read_transport = read_transport
         self._client: BlobServiceClient | None = None
@@ -357,19 +393,72 @@ class AccountStorage:
     def delete_if_match(self, key: BlobKey, etag: str) -> None:
         """Delete the base blob only if its ETag is still ``etag``; never its snapshots.
 
-        Raises :class:`DeleteRefused` when the service refuses (see :data:`REFUSAL_CODES`),
-        :class:`StorageError` for anything else.
+        Tried up to :attr:`delete_attempts` times (the SDK's own retries are off for this call:
+        whether an attempt may have been executed is what the caller must know). An attempt is
+        retried after a transport error (the connection failed or dropped, a timeout) or a 408,
+        429 or 5xx; every such attempt counts as possibly executed, for none of them proves the
+        service did not act.
+
+        Raises :class:`DeleteRefused` when the service refuses (see :data:`REFUSAL_CODES`; its
+        ``after`` names the earlier attempts that may have been executed), :class:`DeleteOutcomeUnknown`
+        when no attempt got a definite answer (or a definite error followed one that may have been
+        executed), :class:`StorageError` for any other error of a first attempt.
         """
         blob_client = self.client.get_blob_client(key.container, key.blob)
-        try:
-            blob_client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
-        except HttpResponseError as exc:
-            code = _error_code(exc)
-            if code in REFUSAL_CODES:
-                raise DeleteRefused(code, _storage_error(exc).message) from exc
-            raise _storage_error(exc) from exc
-        except AzureError as exc:
-            raise _storage_error(exc) from exc
+        uncertain: list[str] = []  # what each earlier attempt ran into: any of them may have deleted it
+        last: Exception | None = None
+        for attempt in range(1, self.delete_attempts + 1):
+            retry_after = None
+            try:
+                blob_client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified, retry_total=0)
+                return
+            except HttpResponseError as exc:
+                code = _error_code(exc)
+                if code in REFUSAL_CODES:
+                    raise DeleteRefused(code, _storage_error(exc).message, after=tuple(uncertain)) from exc
+                status = exc.status_code
+                if status is not None and 400 <= status and status not in DELETE_RETRY_STATUSES:
+                    if uncertain:  # definite, but an earlier attempt may have gone through
+                        raise DeleteOutcomeUnknown(code, (*uncertain, f"{status} {code}")) from exc
+                    raise _storage_error(exc) from exc
+                uncertain.append(f"{status} {code}")
+                retry_after = _retry_after(exc)
+                last = exc
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                uncertain.append(f"{type(exc).__name__}: {_first_line(exc)}")
+                last = exc
+            except AzureError as exc:  # not a transport error, nothing sent (a credential failed)
+                if uncertain:
+                    raise DeleteOutcomeUnknown(_error_code(exc), (*uncertain, _error_code(exc))) from exc
+                raise _storage_error(exc) from exc
+            if attempt < self.delete_attempts:
+                self._delete_pause(attempt, retry_after)
+        assert last is not None
+        raise DeleteOutcomeUnknown(_error_code(last), tuple(uncertain)) from last
+
+    def _delete_pause(self, attempt: int, retry_after: float | None) -> None:
+        """The wait before attempt ``attempt + 1``: the service's Retry-After, else exponential with jitter."""
+        if retry_after is not None:
+            pause = min(retry_after, RETRY_AFTER_CAP)
+        else:
+            pause = min(self.delete_backoff * 2 ** (attempt - 1), DELETE_BACKOFF_CAP)
+            pause *= random.uniform(0.75, 1.25)
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: not what the storage service sends; use our own backoff
+        return None
 
 
 def _soft_delete_days(client: BlobServiceClient) -> int | None:

@@ -662,6 +662,18 @@ class Store:
             rows = conn.execute(select(operator_holds))
             return {BlobKey(r.account, r.container, r.blob): r.reason for r in rows}
 
+    def hold(self, key: BlobKey) -> str | None:
+        """The reason of the operator hold on ``key`` as committed now, None when it is not held.
+
+        A query of its own on a connection of its own, in a transaction that begins here: never a
+        snapshot taken earlier (a pass's). On PostgreSQL (read committed, or any stricter level: the
+        snapshot is taken at this transaction's first statement) and on SQLite (WAL: a read
+        transaction sees every commit made before it began) it sees a hold that another process
+        committed a moment ago. The executor asks it right before each delete."""
+        stmt = select(operator_holds.c.reason).where(_key_filter(key, operator_holds))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
     def add_hold(self, key: BlobKey, reason: str, created_by: str, at: datetime) -> None:
         """Keep ``key``; holding it again replaces the reason, who and when."""
         with self.engine.begin() as conn:

@@ -1,6 +1,7 @@
 """pytest plugin: the session-wide fault tally, printed as ONE line at the very end of the output.
 
-Tests record each injected fault with :func:`record`; ``pytest_terminal_summary`` prints::
+Tests record each injected fault with :func:`record` (the reference sources, the blob listing, the
+state database, the clock, and the delete whose reply is lost); ``pytest_terminal_summary`` prints::
 
     fault tally: 123 faults tried, 98 passes failed closed, 25 passes completed correctly, wrongful deletions = 0, lost records = 0
 
@@ -36,6 +37,8 @@ class Tally:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, case: str, result: str, *, wrongful_deletions: int = 0, lost_records: int = 0) -> None:
+        """``lost_records``: state an incomplete pass changed, or a deletion vhd-gc made that its
+        records (audit outcome, report) do not show."""
         if result not in (FAILED_CLOSED, COMPLETED, WRONG):
             raise ValueError(f"unknown fault result {result!r}")
         with self._lock:
