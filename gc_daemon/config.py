@@ -139,8 +139,21 @@ class AzureConfig(_Strict):
     # How blob listings and page ranges are read: "lean" sends the SDK's REST calls through its
     # credential policy and reads the XML itself (about 10x less CPU); "sdk" uses the SDK's models.
     storage_reader: Literal["lean", "sdk"] = "lean"
+    # A pass is refused (incomplete) when the local clock and a storage service's (the Date of its
+    # listing's first answer) disagree by more than this; min_age is measured on the service's time.
+    max_clock_skew: Duration = timedelta(minutes=5)
+    # Pages of ONE listing (a container's blobs, the containers, an ARM list's nextLinks) before it
+    # fails closed as endless; a NextMarker repeating one already seen fails it at once.
+    max_list_pages: Annotated[int, Field(ge=1)] = 10_000
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _positive_skew(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("max_clock_skew must be longer than 0s (the Date header counts whole seconds)")
+        return v
 
     @model_validator(mode="after")
     def _discovery_xor_list(self) -> "AzureConfig":

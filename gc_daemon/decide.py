@@ -1,4 +1,4 @@
-"""The decision: a pure function of (references, blobs, stored state, policy, now).
+"""The decision: a pure function of (references, blobs, stored state, policy, now, the service's time).
 
 Nothing here does I/O or reads a clock. ``classify`` says what a blob is at an instant (in use,
 too young, an orphan and whether it is held); ``decide_blob`` turns that and the stored row into
@@ -139,8 +139,13 @@ def classify(
     operator_holds: Mapping[BlobKey, str],
     policy: Policy,
     now: datetime,
+    service_now: datetime | None = None,
 ) -> Classification:
-    """What the blob is at ``now``. In use beats everything; then age; then the holds."""
+    """What the blob is at ``now``. In use beats everything; then age; then the holds.
+
+    Age (``min_age``) is measured at ``service_now``, the storage service's own time when the
+    listing gave one, else at ``now``: a blob's last_modified is the service's clock, so its age is
+    too. Everything else (import_hold here, grace and sightings in decide_blob) is the pass clock's."""
     found = refs.lookup(blob.key)
     active = tuple(r for r in found if r.protects_at(now, policy.import_hold))
     if active:
@@ -148,7 +153,7 @@ def classify(
     if blob.leased:
         return Classification(Verdict.LEASED, reason=f"lease {blob.lease_state or blob.lease_status}")
     # A clock that steps backwards makes everything young: uncertainty keeps.
-    if now - blob.last_modified < policy.min_age:
+    if (now if service_now is None else service_now) - blob.last_modified < policy.min_age:
         return Classification(Verdict.TOO_YOUNG, reason=f"modified {blob.last_modified.isoformat()}")
     expired = found  # imports past their hold: they name the leftover's last owner
     hold, why = _hold(blob, operator_holds, policy)
@@ -322,17 +327,21 @@ def decide_stream(
     now: datetime,
     seq: int,
     skip_quiet: bool = True,
+    *,
+    service_now: datetime | None = None,
 ) -> Iterator[BlobDecision | Forget]:
     """Decide one account's listing as it streams. ``tracked`` is consumed (what is left vanished).
 
     With ``skip_quiet``, untracked blobs that a permanent reference holds yield nothing at all.
+    ``service_now`` is the storage service's time, for ``min_age`` only (see :func:`classify`).
     """
     grace, min_sightings = policy.grace_period, policy.min_sightings
-    # `now - last_modified >= min_age`, as one comparison a blob instead of a subtraction and one.
+    aged_at = now if service_now is None else service_now
+    # `aged_at - last_modified >= min_age`, as one comparison a blob instead of a subtraction and one.
     try:
-        old_enough = now - policy.min_age
+        old_enough = aged_at - policy.min_age
     except OverflowError:  # a min_age reaching back before year 1: no blob is old enough
-        old_enough = datetime.min.replace(tzinfo=now.tzinfo)
+        old_enough = datetime.min.replace(tzinfo=aged_at.tzinfo)
     counting_orphan = (State.CANDIDATE, State.DUE)
     due_state = State.DUE
     # What ReferenceIndex.permanently_referenced and .mentions read, looked up here without a call.
@@ -404,7 +413,7 @@ def decide_stream(
             if prev is not None and prev.state is not State.DELETED:
                 yield Forget(blob.key, reason="no longer a VHD")
             continue
-        c = classify(blob, refs, operator_holds, policy, now)
+        c = classify(blob, refs, operator_holds, policy, now, service_now)
         yield decide_blob(blob, prev, c, policy, now, seq)
     yield from vanished(tracked.values())
     tracked.clear()
@@ -418,10 +427,13 @@ def decide(
     policy: Policy,
     now: datetime,
     seq: int,
+    *,
+    service_now: datetime | None = None,
 ) -> Decision:
     """The whole decision for one complete listing, collected (tests and small estates)."""
     out = Decision()
-    for d in decide_stream(blobs, dict(tracked), refs, operator_holds, policy, now, seq, skip_quiet=False):
+    for d in decide_stream(blobs, dict(tracked), refs, operator_holds, policy, now, seq, skip_quiet=False,
+                           service_now=service_now):
         if isinstance(d, Forget):
             out.changes.append(d)
             continue

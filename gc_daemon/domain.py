@@ -95,6 +95,15 @@ class Reference:
         return now < self.time_created + import_hold
 
 
+class ServiceTime(NamedTuple):
+    """The storage service's own time, from the ``Date`` header of the first answer of an account's
+    listing: what a blob's age is measured against (``min_age``), and what the local clock is checked
+    against (``azure.max_clock_skew``). Blobs listed later can only look younger against it."""
+
+    date: datetime | None  # timezone-aware UTC; None when the answer carried no Date header
+    received: float  # time.monotonic() when that answer had arrived
+
+
 class LeaseState(str, enum.Enum):
     AVAILABLE = "available"
     LEASED = "leased"

@@ -21,15 +21,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Protocol
 
 import structlog
 
-from .config import Config
+from .config import Config, format_duration
 from .decide import ReferenceIndex, decide_stream
-from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, State, Tracked
+from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, ServiceTime, State, Tracked
 from .execute import Execution, Executor, resolve_intents
 from .state.store import UPSERT_BATCH
 
@@ -47,6 +47,11 @@ class ReferenceSource(Protocol):
 
 
 class BlobSource(Protocol):
+    """A storage account. A source whose ``reports_service_time`` is true takes
+    ``list_blobs(on_service_time=...)`` and calls it once, before its first blob, with the service's
+    time (AccountStorage does); the others (the bench's in-process sources) are measured on the
+    pass's clock."""
+
     def list_blobs(self) -> Iterable[BlobSeen]: ...
 
     def read_blob(self, key: BlobKey) -> BlobSeen | None: ...
@@ -132,7 +137,7 @@ class Collector:
 
     def _run_pass(self, should_stop: Callable[[], bool]) -> PassResult:
         now = self.clock()
-        t0 = time.monotonic()
+        t0 = time.monotonic()  # with `now`: maps a monotonic stamp onto the pass's (injected) clock
         # Only the lock holder runs passes: a pass still "running" is one whose process died.
         self.store.abandon_running(now)
         pass_id = self.store.begin_pass(now, self.config.mode, self.host)
@@ -142,7 +147,7 @@ class Collector:
         progress.phase(f"pass {pass_id}: reading references and listing")
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
-            seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, stats, should_stop)
+            seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, t0, stats, should_stop)
         except PassIncomplete as exc:
             result = self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
             result.sources_failed = exc.sources
@@ -163,6 +168,10 @@ class Collector:
                 should_stop=should_stop,
             )
             progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
+            # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
+            # whose ETag is the one recorded when it was marked, and an unchanged ETag means an
+            # unchanged last_modified, which this pass (or an earlier one) already found old enough
+            # on the service's time. A local clock behind the service can only refuse more.
             execution = executor.execute(due, refs, holds, now, seq, pass_id)
             if execution.changes:
                 with self.store.transaction() as tx:
@@ -191,7 +200,7 @@ class Collector:
             stats.references_by_kind = {kind.value: n for kind, n in by_kind.items()}
         return index
 
-    def _inventory_and_decide(self, pass_id: int, now: datetime, stats: PassStats, should_stop):
+    def _inventory_and_decide(self, pass_id: int, now: datetime, t0: float, stats: PassStats, should_stop):
         plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
         enabled = getattr(plog, "is_enabled_for", None)
         log_changes = enabled is None or enabled(logging.INFO)  # nor do the fields of its lines
@@ -221,8 +230,10 @@ class Collector:
                         batch: list[Change | Forget] = []
                         tracked = tx.stored_rows(name)
                         try:
+                            service_now = self._service_now(name, listing.service_time(name), now, t0)
                             blobs = listing.blobs(name, stats, should_stop)
-                            for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq):
+                            for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq,
+                                                   service_now=service_now):
                                 if type(d) is Forget:
                                     batch.append(d)
                                     stats.vanished += 1
@@ -272,6 +283,40 @@ class Collector:
         finally:
             listing.stop()
         return seq, due, refs, holds, accounts
+
+    def _service_now(self, name: str, st: ServiceTime | None, now: datetime, t0: float) -> datetime | None:
+        """The instant an account's blobs are aged at (``min_age``): the storage service's own time,
+        from the first answer of its listing (blobs listed later can only look younger). A pass whose
+        clock disagrees with the service by more than ``azure.max_clock_skew`` is refused: its grace
+        periods and sightings would be counted on a wrong clock. The local time compared is the pass
+        clock when that answer arrived (a monotonic stamp mapped onto it), so a slow machine or a
+        long reference read does not look like skew.
+
+        None (age on the pass clock, as before) for a source that gives no service time, and for an
+        answer without a Date header: HTTP requires the header of a server with a clock and Azure
+        Storage always sends it, so a missing one means something in between (a proxy) strips it;
+        the pass then has no better clock than its own, which is today's behaviour, and says so in
+        a warning. A Date header that is not a date is a malformed answer: the reader fails it."""
+        if st is None:
+            return None
+        if st.date is None:
+            log.warning("service_time_missing", account=name,
+                        detail="the listing's first answer had no Date header: min_age is measured on the "
+                               "local clock and the clock is not checked against the service")
+            return None
+        local = now + timedelta(seconds=st.received - t0)
+        skew = local - st.date
+        limit = self.config.azure.max_clock_skew
+        if abs(skew) > limit:
+            direction = "ahead of" if skew > timedelta(0) else "behind"
+            raise PassIncomplete(
+                [f"storage/{name}: clock skew: the storage service's time was {st.date.isoformat()} (the Date "
+                 f"of its listing's first answer), the local clock said {local.isoformat()} when that answer "
+                 f"arrived: {format_duration(abs(skew))} {direction} the service, over azure.max_clock_skew "
+                 f"{format_duration(limit)}; fix the clock (NTP) of this machine"],
+                [f"storage/{name}"],
+            )
+        return st.date
 
     def _check_blast_radius(self, stats: PassStats) -> None:
         """Refuse to mark an implausible share of the estate at once (a missing subscription makes
@@ -368,6 +413,7 @@ class Listing:
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[str, object] = {}
+        self._pending: dict[str, object] = {}  # an item service_time() took that was not a time
 
     def start(self) -> None:
         if not self.accounts:
@@ -391,7 +437,10 @@ class Listing:
             return
         try:
             chunk: list[BlobSeen] = []
-            for blob in account.list_blobs():
+            kwargs = {}
+            if getattr(account, "reports_service_time", False):
+                kwargs["on_service_time"] = lambda st: self._put(q, st)  # the first item of the queue
+            for blob in account.list_blobs(**kwargs):
                 chunk.append(blob)
                 if len(chunk) >= self.CHUNK:
                     if not self._put(q, (chunk, _vhds(chunk))):
@@ -403,23 +452,41 @@ class Listing:
         except BaseException as exc:  # noqa: BLE001 - handed to the decision, which fails the pass
             self._put(q, _Failed(exc))
 
-    def blobs(self, name: str, stats: PassStats, should_stop: Callable[[], bool]) -> Iterator[BlobSeen]:
-        """One account's blobs in listing order; counts them (and its VHDs) into ``stats``."""
+    def _next(self, name: str):
+        """The next item of an account's queue: a ServiceTime, a (chunk, vhds) pair, _END or _Failed."""
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            return pending
         q = self.queues[name]
-        stats.blobs_by_account[name] = 0
         while True:
             try:
-                item = q.get(timeout=1.0)
+                return q.get(timeout=1.0)
             except queue.Empty:
                 future = self._futures.get(name)
                 if future is not None and future.done() and q.empty():
                     # The worker ended without saying how: never wait for it forever.
                     raise ListingFailed(RuntimeError("the listing worker stopped without finishing")) from None
-                continue
+
+    def service_time(self, name: str) -> ServiceTime | None:
+        """The service's time of an account's listing (waits for its first answer), or None when the
+        source gives none or its listing failed first (blobs() then raises the failure)."""
+        item = self._next(name)
+        if type(item) is ServiceTime:
+            return item
+        self._pending[name] = item
+        return None
+
+    def blobs(self, name: str, stats: PassStats, should_stop: Callable[[], bool]) -> Iterator[BlobSeen]:
+        """One account's blobs in listing order; counts them (and its VHDs) into ``stats``."""
+        stats.blobs_by_account[name] = 0
+        while True:
+            item = self._next(name)
             if item is _END:
                 return
             if isinstance(item, _Failed):
                 raise ListingFailed(item.exc) from item.exc
+            if type(item) is ServiceTime:  # only ever first (service_time() takes it): nothing to list
+                continue
             if should_stop():
                 raise PassIncomplete(["stopped by a signal during the listing"], [])
             chunk, vhds = item

@@ -184,6 +184,7 @@ class DiscoveredAccounts:
                     connection_verify=ca_bundle(),
                     reader=self.config.azure.storage_reader,
                     read_transport=read_transport(self.config),
+                    max_list_pages=self.config.azure.max_list_pages,
                 )
             accounts[acct.name] = self._cache[cache_key]
         return accounts
@@ -210,6 +211,7 @@ def build_accounts(config: Config, credential=None):
             connection_verify=ca_bundle(),
             reader=config.azure.storage_reader,
             read_transport=read_transport(config),
+            max_list_pages=config.azure.max_list_pages,
         )
     return accounts
 

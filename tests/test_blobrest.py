@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -23,6 +22,7 @@ from gc_daemon.azure.storage import AccountStorage, StorageError
 from gc_daemon.domain import BlobKey, BlobSeen
 from sandbox import seed
 from sandbox.azurite import Azurite, random_key
+from tests.support.canned import Canned, blob_xml, blobs, containers
 
 ACCOUNT = "gcacct1"
 PAGE = 512
@@ -162,50 +162,6 @@ def test_lean_listing_equals_the_sdk_listing_for_any_names_metadata_and_tags(
 # --------------------------------------------------------------------------------------------------
 
 
-class Canned:
-    """Serves the queued (status, headers, body) answers in order; records each request's path.
-    With ``cert``/``key`` it speaks HTTPS."""
-
-    def __init__(self, cert: str | None = None, key: str | None = None) -> None:
-        self.answers: list[tuple[int, dict[str, str], bytes]] = []
-        self.requests: list[str] = []
-        canned = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                canned.requests.append(self.path)
-                status, headers, body = canned.answers.pop(0) if canned.answers else (599, {}, b"")
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        scheme = "http"
-        if cert:
-            import ssl
-
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/{ACCOUNT}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def ok(self, body: str) -> None:
-        self.answers.append((200, {"Content-Type": "application/xml"}, body.encode()))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def canned() -> Iterator[Canned]:
     server = Canned()
@@ -215,31 +171,6 @@ def canned() -> Iterator[Canned]:
 
 def rest(canned: Canned, retry_total: int = 0, transport: object = None) -> BlobRest:
     return BlobRest(canned.endpoint, None, "2025-01-05", transport or Urllib3Transport(), retry_total=retry_total)
-
-
-def containers(*names: str, next_marker: str = "") -> str:
-    items = "".join(f"<Container><Name>{n}</Name><Properties/></Container>" for n in names)
-    return f"<EnumerationResults><Containers>{items}</Containers><NextMarker>{next_marker}</NextMarker></EnumerationResults>"
-
-
-def blob_xml(name: str = "d.vhd", *, props: dict[str, str] | None = None, extra: str = "",
-             name_attrs: str = "") -> str:
-    fields = {
-        "Last-Modified": "Wed, 25 Nov 2026 10:00:00 GMT",
-        "Etag": "0x8DD0000000000001",
-        "Content-Length": "1048576",
-        "BlobType": "PageBlob",
-        "LeaseStatus": "unlocked",
-        "LeaseState": "available",
-    }
-    fields.update(props or {})
-    body = "".join(f"<{k}>{v}</{k}>" for k, v in fields.items() if v is not None)
-    return f"<Blob><Name{name_attrs}>{name}</Name><Properties>{body}</Properties>{extra}</Blob>"
-
-
-def blobs(*items: str, next_marker: str = "") -> str:
-    return (f"<EnumerationResults><Blobs>{''.join(items)}</Blobs>"
-            f"<NextMarker>{next_marker}</NextMarker></EnumerationResults>")
 
 
 def test_canned_listing_is_read_field_by_field(canned: Canned) -> None:
@@ -428,3 +359,135 @@ def test_urllib3_transport_maps_a_dropped_answer_to_a_response_error_and_retries
     finally:
         thread.join(timeout=10)
         listener.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Listings that never end, and the service's time: both readers, through the adapter
+# --------------------------------------------------------------------------------------------------
+
+READERS = ["lean", "sdk"]
+XML = {"Content-Type": "application/xml"}
+
+
+def canned_storage(canned: Canned, reader: str, **kwargs: object) -> AccountStorage:
+    return AccountStorage(ACCOUNT, canned.endpoint, random_key(), retry_total=0, reader=reader, **kwargs)
+
+
+def endless_containers(cap: int = 300):
+    """A container list whose every page gives the NextMarker "c-1" (its blob lists end at once);
+    500s after ``cap`` requests, so that a reader that does not notice fails instead of hanging."""
+    served = {"n": 0}
+
+    def respond(path: str):
+        served["n"] += 1
+        if served["n"] > cap:
+            return 500, XML, b"<Error><Code>InternalError</Code><Message>gave up</Message></Error>"
+        if "restype=container" in path:
+            return 200, XML, blobs(blob_xml("d.vhd")).encode()
+        return 200, XML, containers(f"c{served['n']}", next_marker="c-1").encode()
+
+    return respond
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize(
+    "marker, pages",
+    [(lambda n: "m/same 1", 2), (lambda n: "ab"[n % 2], 3)],  # the same marker again; one seen two pages back
+    ids=["same-marker", "marker-seen-before"],
+)
+def test_a_blob_listing_whose_next_marker_repeats_fails_closed_naming_container_and_marker(
+    canned: Canned, reader: str, marker, pages: int
+) -> None:
+    from tests.support.canned import endless_listing
+
+    canned.respond = endless_listing(containers("vhds"), marker=marker)
+    with canned_storage(canned, reader) as storage, pytest.raises(StorageError) as err:
+        list(storage.list_blobs())
+    assert err.value.code == "ListingLoop", err.value
+    assert "container 'vhds'" in err.value.message and repr(marker(pages)) in err.value.message
+    assert len(canned.requests) == 1 + pages  # the container list, then the blob pages up to the repeat
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_container_list_whose_next_marker_repeats_fails_closed(canned: Canned, reader: str) -> None:
+    canned.respond = endless_containers()
+    with canned_storage(canned, reader) as storage, pytest.raises(StorageError) as err:
+        list(storage.list_blobs())
+    assert err.value.code == "ListingLoop", err.value
+    assert "the container list" in err.value.message and "'c-1'" in err.value.message
+    assert len(canned.requests) == 4  # containers page 1, its container's blobs, containers page 2: the repeat
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_listing_with_ever_new_markers_fails_closed_past_max_list_pages(canned: Canned, reader: str) -> None:
+    from tests.support.canned import endless_listing
+
+    canned.respond = endless_listing(containers("vhds"), marker=lambda n: f"page-{n + 1}")
+    with canned_storage(canned, reader, max_list_pages=5) as storage, pytest.raises(StorageError) as err:
+        list(storage.list_blobs())
+    assert err.value.code == "ListingTooLong", err.value
+    assert "container 'vhds'" in err.value.message and "'page-6'" in err.value.message
+    assert "azure.max_list_pages" in err.value.message
+    assert len(canned.requests) == 1 + 5  # the sixth page is never asked for
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_listing_of_exactly_max_list_pages_pages_is_complete(canned: Canned, reader: str) -> None:
+    from tests.support.canned import endless_listing
+
+    canned.respond = endless_listing(containers("vhds"), marker=lambda n: f"page-{n + 1}" if n < 5 else "")
+    with canned_storage(canned, reader, max_list_pages=5) as storage:
+        names = [b.key.blob for b in storage.list_blobs()]
+    assert names == [f"d{n:06d}.vhd" for n in range(1, 6)]
+
+
+def test_page_ranges_whose_next_marker_repeats_fail_the_measurement(canned: Canned) -> None:
+    page = "<PageList><PageRange><Start>0</Start><End>511</End></PageRange><NextMarker>p</NextMarker></PageList>"
+    canned.ok(page)
+    canned.ok(page)
+    canned.ok(page)  # a reader that does not notice asks for a third page, and then gets a 599
+    with pytest.raises(ReadError) as err:
+        rest(canned).page_bytes("vhds", "d.vhd")
+    assert err.value.code == "ListingLoop" and "page ranges of vhds/'d.vhd'" in err.value.message
+    assert len(canned.requests) == 2
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_the_service_time_is_the_date_of_the_listings_first_answer(canned: Canned, reader: str) -> None:
+    import time
+
+    canned.ok(containers("vhds", next_marker="c2"), Date="Wed, 25 Nov 2026 10:00:00 GMT")
+    canned.ok(blobs(blob_xml("a.vhd")), Date="Wed, 25 Nov 2026 11:00:00 GMT")
+    canned.ok(containers("more"), Date="Wed, 25 Nov 2026 12:00:00 GMT")
+    canned.ok(blobs(blob_xml("b.vhd")), Date="Wed, 25 Nov 2026 13:00:00 GMT")
+    events: list[object] = []
+    before = time.monotonic()
+    with canned_storage(canned, reader) as storage:
+        for blob in storage.list_blobs(1, on_service_time=events.append):
+            events.append(blob.key.blob)
+    after = time.monotonic()
+    first, *rest_ = events
+    assert rest_ == ["a.vhd", "b.vhd"]  # told once, before the first blob
+    assert first.date.isoformat() == "2026-11-25T10:00:00+00:00"
+    assert before <= first.received <= after
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_listing_answer_without_a_date_gives_no_service_time(canned: Canned, reader: str) -> None:
+    canned.ok(containers("vhds"), Date=None)
+    canned.ok(blobs(blob_xml("a.vhd")))
+    events: list[object] = []
+    with canned_storage(canned, reader) as storage:
+        assert [b.key.blob for b in storage.list_blobs(on_service_time=events.append)] == ["a.vhd"]
+    assert [e.date for e in events] == [None]
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("date", ["yesterday", "", "Wed, 32 Nov 2026 10:00:00 GMT"])
+def test_a_listing_answer_with_an_unparseable_date_fails_the_listing(canned: Canned, reader: str, date: str) -> None:
+    canned.ok(containers("vhds"), Date=date)
+    canned.ok(blobs(blob_xml("a.vhd")))
+    with canned_storage(canned, reader) as storage, pytest.raises(StorageError) as err:
+        list(storage.list_blobs(on_service_time=lambda st: None))
+    assert err.value.code == MALFORMED
+    assert f"Date header {date!r} is not an HTTP date" in err.value.message

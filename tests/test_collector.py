@@ -155,8 +155,14 @@ def test_too_young_blobs_are_never_candidates(gc):
     assert gc.scan().outcome == "complete"
     assert gc.exists("uploads", "fresh.vhd")
     assert gc.state(url) is None
-    # Once old enough it is an orphan like any other.
-    gc.scan(advance=timedelta(hours=2))
+    # The collector's clock moving on does not age it: age is counted on the storage service's clock.
+    assert gc.scan(advance=timedelta(hours=2)).outcome == "complete"
+    assert gc.exists("uploads", "fresh.vhd") and gc.state(url) is None
+    # Once old enough on the service's clock, it is an orphan like any other.
+    modified = gc.svc().get_blob_client("uploads", "fresh.vhd").get_blob_properties().last_modified
+    gc.configure(mode="delete", min_age="1s")
+    gc.wait_for_service_time(modified + timedelta(seconds=1))
+    assert gc.scan().outcome == "complete"
     assert not gc.exists("uploads", "fresh.vhd")
 
 
@@ -548,3 +554,57 @@ def test_blast_radius_bytes_limit_and_a_configuration_change_lets_it_through(gc)
     gc.configure(mode="dry-run", blast_radius={"max_new_bytes": 32 << 20})
     assert gc.cli("scan").code == 0
     assert len(gc.report()) == 3
+
+
+# -- the listing's service time, from sources that give one and sources that do not ---------------
+
+
+def _listed(source, name="acct"):
+    from gc_daemon.domain import PassStats
+    from gc_daemon.passes import Listing
+
+    listing = Listing({name: source}, 1, 1000)
+    listing.start()
+    try:
+        first = listing.service_time(name)
+        return first, [b.key.blob for b in listing.blobs(name, PassStats(), lambda: False)]
+    finally:
+        listing.stop()
+
+
+def test_a_source_without_a_service_time_is_listed_as_before():
+    from tests.builders import seen
+
+    class InProcess:  # the bench's sources: no reports_service_time, list_blobs() takes nothing
+        def list_blobs(self):
+            yield from (seen("a.vhd"), seen("b.vhd"))
+
+    assert _listed(InProcess()) == (None, ["a.vhd", "b.vhd"])
+
+
+def test_a_source_with_a_service_time_gives_it_before_its_blobs():
+    from gc_daemon.domain import ServiceTime
+    from tests.builders import NOW, seen
+
+    class Timed:
+        reports_service_time = True
+
+        def list_blobs(self, on_service_time=None):
+            on_service_time(ServiceTime(NOW, 12.5))
+            yield from (seen("a.vhd"), seen("b.vhd"))
+
+    assert _listed(Timed()) == (ServiceTime(NOW, 12.5), ["a.vhd", "b.vhd"])
+
+
+def test_a_listing_that_fails_before_its_first_answer_fails_after_the_service_time():
+    from gc_daemon.passes import ListingFailed
+
+    class Broken:
+        reports_service_time = True
+
+        def list_blobs(self, on_service_time=None):
+            raise RuntimeError("refused")
+            yield  # a generator, like the real one
+
+    with pytest.raises(ListingFailed, match="refused"):
+        _listed(Broken())

@@ -452,3 +452,28 @@ def test_load_config_never_quotes_the_line_of_a_yaml_error(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_config(path)
     assert "S3cr3t" not in str(err.value) and "\n" not in str(err.value)
+
+
+# --- the storage listing's guards: the service's clock, endless listings ---------------------------
+
+
+def test_max_clock_skew_and_max_list_pages_default_and_parse():
+    cfg = parse_config(minimal())
+    assert (cfg.azure.max_clock_skew, cfg.azure.max_list_pages) == (timedelta(minutes=5), 10_000)
+    cfg = parse_config(with_azure(max_clock_skew="90s", max_list_pages=1))
+    assert (cfg.azure.max_clock_skew, cfg.azure.max_list_pages) == (timedelta(seconds=90), 1)
+    out = redacted(cfg)["azure"]
+    assert (out["max_clock_skew"], out["max_list_pages"]) == ("90s", 1)
+
+
+@pytest.mark.parametrize(
+    "azure, key",
+    [
+        ({"max_clock_skew": "0s"}, "azure.max_clock_skew"),
+        ({"max_clock_skew": "soon"}, "azure.max_clock_skew"),
+        ({"max_list_pages": 0}, "azure.max_list_pages"),
+        ({"max_list_pages": "many"}, "azure.max_list_pages"),
+    ],
+)
+def test_bad_max_clock_skew_or_max_list_pages_is_refused_naming_the_key(azure, key):
+    assert refusal(with_azure(**azure)).startswith(f"{key}:")

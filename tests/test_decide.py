@@ -248,6 +248,30 @@ def test_clock_before_last_modified_makes_the_blob_too_young(min_age):
     assert classify(blob, index(), {}, policy(min_age=min_age), NOW).verdict is Verdict.TOO_YOUNG
 
 
+def test_age_is_counted_on_the_service_time_when_the_listing_gave_one():
+    blob = seen(age=2 * HOUR)  # two hours old on the pass clock
+    pol = policy(min_age=HOUR)
+    assert classify(blob, index(), {}, pol, NOW).verdict is Verdict.ORPHAN
+    # the service's clock 90 minutes behind ours: on it the blob is 30 minutes old
+    assert classify(blob, index(), {}, pol, NOW, NOW - 90 * timedelta(minutes=1)).verdict is Verdict.TOO_YOUNG
+    young = seen(age=30 * timedelta(minutes=1))
+    assert classify(young, index(), {}, pol, NOW).verdict is Verdict.TOO_YOUNG
+    assert classify(young, index(), {}, pol, NOW, NOW + 90 * timedelta(minutes=1)).verdict is Verdict.ORPHAN
+
+
+def test_the_service_time_moves_min_age_only():
+    """Grace period, sightings and import_hold stay on the pass clock."""
+    blob = seen(age=3 * DAY)
+    service_now = NOW - 2 * DAY  # far behind; the blob is still a day old on it
+    pol = policy(min_age=HOUR, grace_period=DAY, min_sightings=1, import_hold=7 * DAY)
+    (d,) = list(decide_stream([blob], {}, index(), {}, pol, NOW, 5, service_now=service_now))
+    assert d.change.row.first_orphaned_at == NOW and d.change.row.delete_after == NOW + DAY
+    r = import_ref(blob.key, created=NOW - 8 * DAY)  # its hold is over on the pass clock, not on the service's
+    assert classify(blob, index(r), {}, pol, NOW, service_now).verdict is Verdict.ORPHAN
+    out = decide([blob], {}, index(), {}, pol, NOW, 5, service_now=NOW - 3 * DAY + timedelta(seconds=1))
+    assert out.classifications[blob.key].verdict is Verdict.TOO_YOUNG and not out.changes
+
+
 def test_lease_beats_age_and_holds():
     blob = leased(age=HOUR, snapshots=1)
     assert classify(blob, index(), {}, policy(), NOW).verdict is Verdict.LEASED
@@ -688,12 +712,14 @@ DISTURBANCES = {
     grace_days=st.integers(0, 10),
     min_sightings=st.integers(1, 5),
     age_h=st.sampled_from([24, 72]),
+    # the storage service's time against the pass clock (None: the source gave none); it decides age only
+    service_shift_h=st.sampled_from([None, 0, -49, -30, -1, 1, 30]),
 )
 def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orphaned_days, streak_start, grace_days,
-                                                   min_sightings, age_h):
+                                                   min_sightings, age_h, service_shift_h):
     """Quiet blobs (untracked in-use ones, unchanged candidates) skip classify/decide_blob, and new
     plain orphans are marked without them; for each of these cases and each disturbance of it (one
-    or two at a time) the outcome is the same."""
+    or two at a time), and whatever the service's time, the outcome is the same."""
     p = dict(name="disk.vhd", blob_type="PageBlob", lease="available", snapshots=0, keep_md=False, keep_tag=False,
              age_h=age_h, ref_kind=None, operator=False, prev_state=prev_state, same_etag=True, billed_known=True,
              stale_delete_after=False, owner=None, tier=None)
@@ -722,11 +748,13 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
                        streak_start=streak_start, billed_bytes=GIB if billed_known else None,
                        etag=None if same_etag else '"other"')
     seq = 12
+    service_now = None if service_shift_h is None else NOW + timedelta(hours=service_shift_h)
 
     def outcome(skip_quiet, stored=False):
         row = StoredRow.stored(prev) if stored and prev is not None else prev
         tracked_rows = {blob.key: row} if row is not None else {}
-        out = list(decide_stream([blob], tracked_rows, refs, holds, pol, NOW, seq, skip_quiet=skip_quiet))
+        out = list(decide_stream([blob], tracked_rows, refs, holds, pol, NOW, seq, skip_quiet=skip_quiet,
+                                 service_now=service_now))
         changes = [d.change for d in out if not isinstance(d, Forget) and d.change is not None]
         forgets = [d for d in out if isinstance(d, Forget)]
         dues = [d.due for d in out if not isinstance(d, Forget) and d.due is not None]

@@ -12,16 +12,19 @@ and the rare per-blob re-reads stay on the SDK's clients.
 
 Nothing unexpected is glossed over: an error status, a body that is not the XML the service sends,
 or a field the decision needs that is missing raises :class:`StorageError`, so a pass that could not
-read everything fails closed. ``tests/test_blobrest.py`` holds this reader to the SDK's, field by
+read everything fails closed. So does a listing that would not end (:class:`PageGuard`: a NextMarker
+repeating one already given, or more pages than the limit), and a ``Date`` header that is not a date
+(the first answer of a listing gives the service's time, :func:`service_time`). ``tests/test_blobrest.py`` holds this reader to the SDK's, field by
 field, over the same Azurite estates.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -34,7 +37,12 @@ from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy, UserAgen
 from azure.core.pipeline.transport import HttpResponse, HttpTransport
 from azure.core.rest import HttpRequest
 
+from gc_daemon.domain import ServiceTime
+
 MALFORMED = "MalformedResponse"
+LISTING_LOOP = "ListingLoop"  # a NextMarker repeats one the same listing already gave
+LISTING_TOO_LONG = "ListingTooLong"  # a listing goes on past its page limit (azure.max_list_pages)
+MAX_LIST_PAGES = 10_000
 
 
 class ReadError(Exception):
@@ -173,6 +181,55 @@ def _error_details(body: bytes) -> tuple[str | None, str]:
     return root.findtext("Code"), message[0] if message else ""
 
 
+def service_time(date: str | None, received: float) -> ServiceTime:
+    """The service's time from an answer's ``Date`` header (RFC 9110 IMF-fixdate). A missing header
+    gives ``date=None`` (the caller decides); one that is not an HTTP date is a malformed answer."""
+    if date is None:
+        return ServiceTime(None, received)
+    try:
+        parsed = parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        parsed = None
+    if parsed is None:
+        raise _malformed(f"Date header {_show(date)} is not an HTTP date")
+    if parsed.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return ServiceTime(parsed.astimezone(timezone.utc), received)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+class PageGuard:
+    """Follows the NextMarkers of ONE listing and refuses to go on when one repeats a marker it
+    already gave (the service would answer the same pages forever) or when the listing passes
+    ``max_pages`` pages: a listing that never ends would stall the pass forever instead of
+    failing it closed. Per page, never per item."""
+
+    __slots__ = ("what", "max_pages", "pages", "_seen")
+
+    def __init__(self, what: str, max_pages: int = MAX_LIST_PAGES) -> None:
+        self.what = what
+        self.max_pages = max_pages
+        self.pages = 0
+        self._seen: set[str] = set()
+
+    def next(self, marker: str | None) -> bool:
+        """Count one page whose NextMarker is ``marker``: whether there is a next page to ask for."""
+        self.pages += 1
+        if not marker:
+            return False
+        if marker in self._seen:
+            raise ReadError(LISTING_LOOP, f"{self.what}: NextMarker {_show(marker)} of page {self.pages} "
+                                          "repeats one this listing already gave")
+        if self.pages >= self.max_pages:
+            raise ReadError(LISTING_TOO_LONG, f"{self.what}: still a NextMarker ({_show(marker)}) after "
+                                              f"{self.pages} pages, the limit (azure.max_list_pages)")
+        self._seen.add(marker)
+        return True
+
+
 class BlobRest:
     """One account's REST reads. Thread-safe: the pipeline holds no per-call state."""
 
@@ -187,8 +244,10 @@ class BlobRest:
         connection_timeout: float = 10,
         read_timeout: float = 60,
         connection_verify: str | bool = True,
+        max_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self.endpoint = blob_endpoint.rstrip("/")
+        self.max_pages = max_pages  # of one listing: a container's blobs, the containers, a blob's page ranges
         # Path-style endpoints (Azurite, http://host:port/account) list containers at the account's
         # path; service endpoints at the root.
         self._service_url = self.endpoint + ("?" if urlsplit(self.endpoint).path else "/?")
@@ -206,8 +265,13 @@ class BlobRest:
         }
 
     def _get(self, url: str) -> bytes:
+        return self._fetch(url)[0]
+
+    def _fetch(self, url: str) -> tuple[bytes, Any, float]:
+        """The body and headers of a 200 answer, and time.monotonic() when it had arrived."""
         try:
             response = self._pipeline.run(HttpRequest("GET", url), **self._send_kwargs).http_response
+            received = time.monotonic()
             status = response.status_code
             body = response.body()
         except AzureError as exc:
@@ -217,7 +281,7 @@ class BlobRest:
             code, message = _error_details(body)
             code = response.headers.get("x-ms-error-code") or code or f"HTTP {status}"
             raise ReadError(code, message or f"status {status}")
-        return body
+        return body, response.headers, received
 
     @staticmethod
     def _page_query(per_page: int | None, marker: str) -> str:
@@ -226,11 +290,19 @@ class BlobRest:
             query += "&marker=" + quote(marker, safe="")
         return query
 
-    def list_containers(self, per_page: int | None = None) -> Iterator[str]:
+    def list_containers(
+        self, per_page: int | None = None, on_time: Callable[[ServiceTime], None] | None = None
+    ) -> Iterator[str]:
+        """Every container's name. ``on_time`` gets the service's time from the first answer, before
+        any name is yielded (an unparseable Date header fails the read)."""
         marker = ""
+        guard = PageGuard("the container list", self.max_pages)
         while True:
-            root = _parse(self._get(self._service_url + "comp=list" + self._page_query(per_page, marker)),
-                          "EnumerationResults")
+            body, headers, received = self._fetch(self._service_url + "comp=list" + self._page_query(per_page, marker))
+            if on_time is not None:
+                on_time(service_time(headers.get("Date"), received))
+                on_time = None
+            root = _parse(body, "EnumerationResults")
             containers = root.find("Containers")
             if containers is None:
                 raise _malformed("container listing without <Containers>")
@@ -240,7 +312,7 @@ class BlobRest:
                     raise _malformed(f"container listing item <{item.tag}> without a name")
                 yield name
             marker = root.findtext("NextMarker") or ""
-            if not marker:
+            if not guard.next(marker):
                 return
 
     def list_blobs(self, container: str, per_page: int | None = None) -> Iterator[ListedBlob]:
@@ -249,6 +321,7 @@ class BlobRest:
                 "?restype=container&comp=list&include=metadata,snapshots,tags")
         marker = ""
         times: dict[str, datetime] = {}
+        guard = PageGuard(f"container {container!r}", self.max_pages)
         while True:
             root = _parse(self._get(base + self._page_query(per_page, marker)), "EnumerationResults")
             blobs = root.find("Blobs")
@@ -257,7 +330,7 @@ class BlobRest:
             for item in blobs:
                 yield _listed_blob(item, times)
             marker = root.findtext("NextMarker") or ""
-            if not marker:
+            if not guard.next(marker):
                 return
 
     def page_bytes(self, container: str, blob: str) -> int:
@@ -265,6 +338,7 @@ class BlobRest:
         base = f"{self.endpoint}/{quote(container, safe='')}/{quote(blob, safe='~/')}?comp=pagelist"
         total = 0
         marker = ""
+        guard = PageGuard(f"page ranges of {container}/{blob!r}", self.max_pages)
         while True:
             root = _parse(self._get(base + self._page_query(None, marker)), "PageList")
             marker = ""
@@ -281,7 +355,7 @@ class BlobRest:
                     total += last - first + 1
                 elif tag == "NextMarker":
                     marker = item.text or ""
-            if not marker:
+            if not guard.next(marker):
                 return total
 
 

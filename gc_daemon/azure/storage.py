@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,8 +30,16 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobProperties, BlobServiceClient
 
-from gc_daemon.azure.blobrest import BlobRest, ListedBlob, ReadError, Urllib3Transport
-from gc_daemon.domain import BlobKey, BlobSeen
+from gc_daemon.azure.blobrest import (
+    MAX_LIST_PAGES,
+    BlobRest,
+    ListedBlob,
+    PageGuard,
+    ReadError,
+    Urllib3Transport,
+    service_time,
+)
+from gc_daemon.domain import BlobKey, BlobSeen, ServiceTime
 from gc_daemon.urls import blob_url, redact_url
 
 KEEP_METADATA_KEY = "vhdgc_keep"
@@ -165,6 +173,19 @@ def _listed(props: BlobProperties) -> ListedBlob:
     )
 
 
+def _guarded(paged: Any, guard: PageGuard, on_page: Callable[[], None] | None = None) -> Iterator[Any]:
+    """The items of an SDK listing (ItemPaged), page by page, with ``guard`` checking each page's
+    continuation token before the next page is asked for; ``on_page`` runs once the first page is in."""
+    pages = paged.by_page()
+    for page in pages:
+        if on_page is not None:
+            on_page()
+            on_page = None
+        yield from page
+        if not guard.next(pages.continuation_token):
+            return
+
+
 def fold_snapshots(items: Iterable[Any]) -> Iterator[tuple[Any, int]]:
     """Fold a name-sorted listing into (base item, snapshot count) pairs.
 
@@ -192,6 +213,9 @@ def fold_snapshots(items: Iterable[Any]) -> Iterator[tuple[Any, int]]:
 class AccountStorage:
     """One storage account's blobs. No I/O happens until a method is called."""
 
+    # list_blobs() takes on_service_time: the pass measures ages against the service's time.
+    reports_service_time = True
+
     def __init__(
         self,
         account: str,
@@ -205,6 +229,7 @@ class AccountStorage:
         reader: str = "lean",
         read_transport: Any = None,
         delete_backoff: float = 0.5,
+        max_list_pages: int = MAX_LIST_PAGES,
         **client_kwargs: Any,
     ) -> None:
         if reader not in READERS:
@@ -223,6 +248,7 @@ class AccountStorage:
         self.delete_attempts = 1 + max(0, retry_total)
         self.delete_backoff = delete_backoff
         self.reader = reader
+        self.max_list_pages = max_list_pages
         self._read_transport = read_transport
         self._client: BlobServiceClient | None = None
         self._rest: BlobRest | None = None
@@ -270,6 +296,7 @@ class AccountStorage:
                     connection_timeout=kwargs["connection_timeout"],
                     read_timeout=kwargs["read_timeout"],
                     connection_verify=kwargs.get("connection_verify", True),
+                    max_pages=self.max_list_pages,
                 )
             return self._rest
 
@@ -296,17 +323,53 @@ class AccountStorage:
     def blob_url(self, key: BlobKey) -> str:
         return blob_url(self.blob_endpoint, key)
 
-    def list_blobs(self, results_per_page: int | None = None) -> Iterator[BlobSeen]:
-        """Every base blob of every container, streamed. Errors propagate as :class:`StorageError`."""
+    def list_blobs(
+        self,
+        results_per_page: int | None = None,
+        *,
+        on_service_time: Callable[[ServiceTime], None] | None = None,
+    ) -> Iterator[BlobSeen]:
+        """Every base blob of every container, streamed. Errors propagate as :class:`StorageError`.
+
+        ``on_service_time`` is called once, before the first blob, with the service's time from the
+        ``Date`` header of the listing's first answer (the container list): a Date that is not an
+        HTTP date fails the listing (``MalformedResponse``); a missing one is passed on as None.
+        A NextMarker that repeats one the same listing gave, or a listing longer than
+        ``max_list_pages`` pages, fails it (``ListingLoop``, ``ListingTooLong``)."""
         per_page = results_per_page or self.results_per_page
-        if self.reader == "lean":
-            yield from self._list_blobs_lean(per_page)
-            return
-        page_kwargs = {"results_per_page": per_page} if per_page else {}
         try:
-            for container in self.client.list_containers(**page_kwargs):
+            if self.reader == "lean":
+                yield from self._list_blobs_lean(per_page, on_service_time)
+            else:
+                yield from self._list_blobs_sdk(per_page, on_service_time)
+        except ReadError as exc:
+            raise StorageError(exc.code, exc.message) from exc
+
+    def _list_blobs_sdk(
+        self, per_page: int | None, on_service_time: Callable[[ServiceTime], None] | None
+    ) -> Iterator[BlobSeen]:
+        page_kwargs: dict[str, Any] = {"results_per_page": per_page} if per_page else {}
+        container_kwargs = dict(page_kwargs)
+        report: Callable[[], None] | None = None
+        if on_service_time is not None:
+            first: list[tuple[str | None, float]] = []
+
+            def hook(response: Any) -> None:  # every try of every page: keep the first answer that listed
+                if not first and response.http_response.status_code == 200:
+                    first.append((response.http_response.headers.get("Date"), time.monotonic()))
+
+            def once_listed() -> None:
+                on_service_time(service_time(*first[0]) if first else ServiceTime(None, time.monotonic()))
+
+            report = once_listed
+            container_kwargs["raw_response_hook"] = hook  # a per-call option of the storage pipeline
+        max_pages = self.max_list_pages
+        try:
+            containers = self.client.list_containers(**container_kwargs)
+            for container in _guarded(containers, PageGuard("the container list", max_pages), report):
                 container_client = self.client.get_container_client(container.name)
-                items = container_client.list_blobs(include=_LIST_INCLUDE, **page_kwargs)
+                items = _guarded(container_client.list_blobs(include=_LIST_INCLUDE, **page_kwargs),
+                                 PageGuard(f"container {container.name!r}", max_pages))
                 for item, snapshot_count in fold_snapshots(items):
                     tags = item.tags
                     if tags is None and item.tag_count:
@@ -316,17 +379,16 @@ class AccountStorage:
         except AzureError as exc:
             raise _storage_error(exc) from exc
 
-    def _list_blobs_lean(self, per_page: int | None) -> Iterator[BlobSeen]:
+    def _list_blobs_lean(
+        self, per_page: int | None, on_service_time: Callable[[ServiceTime], None] | None
+    ) -> Iterator[BlobSeen]:
         rest = self.rest
-        try:
-            for container in rest.list_containers(per_page):
-                for item, snapshot_count in fold_snapshots(rest.list_blobs(container, per_page)):
-                    tags = item.tags
-                    if tags is None and item.tag_count:
-                        tags = self._tags(container, item.name)
-                    yield self._seen(container, item, snapshot_count, tags)
-        except ReadError as exc:
-            raise StorageError(exc.code, exc.message) from exc
+        for container in rest.list_containers(per_page, on_service_time):
+            for item, snapshot_count in fold_snapshots(rest.list_blobs(container, per_page)):
+                tags = item.tags
+                if tags is None and item.tag_count:
+                    tags = self._tags(container, item.name)
+                yield self._seen(container, item, snapshot_count, tags)
 
     def _tags(self, container: str, blob: str) -> dict[str, str]:
         try:
@@ -360,12 +422,15 @@ class AccountStorage:
             except ReadError as exc:
                 raise StorageError(exc.code, exc.message) from exc
         blob_client = self.client.get_blob_client(key.container, key.blob)
+        guard = PageGuard(f"page ranges of {key.container}/{key.blob!r}", self.max_list_pages)
         try:
             return sum(
-                r.end - r.start + 1 for r in blob_client.list_page_ranges() if not r.cleared
+                r.end - r.start + 1 for r in _guarded(blob_client.list_page_ranges(), guard) if not r.cleared
             )
         except AzureError as exc:
             raise _storage_error(exc) from exc
+        except ReadError as exc:
+            raise StorageError(exc.code, exc.message) from exc
 
     def _seen(
         self, container: str, item: ListedBlob, snapshot_count: int, tags: dict[str, str] | None
