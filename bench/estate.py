@@ -354,7 +354,7 @@ def sdk_list_account(account: Account) -> int:
 
 
 def sdk_list_references(arm_url: str, cert_path: str, max_workers: int = 8) -> int:
-    """The list calls ComputeInventory makes for one subscription, consumed fully; item count."""
+    """The Compute list calls the reference inventory makes for one subscription, consumed fully; item count."""
     from azure.mgmt.compute import ComputeManagementClient
 
     from gc_daemon.azure.credentials import EmulatorCredential  # a fixed token, no vhd-gc logic

@@ -65,7 +65,13 @@ TOP_LEVEL_KINDS = {
     "snapshots": "snapshots",
     "galleries": "galleries",
 }
+# Resources of other services (and Compute's gallery applications) are served by one generic route:
+# a resource by its id, a collection by its parent's id and its type segment (at any depth below the
+# parent: Site Recovery's vault-wide lists return items nested under fabrics and containers).
+GENERIC_NAMESPACES = ("microsoft.recoveryservices", "microsoft.virtualmachineimages", "microsoft.devtestlab")
+GENERIC_COMPUTE_TYPES = ("galleries/applications", "galleries/applications/versions")
 SUBSCRIPTION_BUCKETS = (
+    "resources",
     "virtualMachines",
     "virtualMachineScaleSets",
     "virtualMachineScaleSetVMs",
@@ -578,6 +584,8 @@ def place(estate: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
     elif rtype == f"{COMPUTE}/galleries/images/versions".lower():
         key = f"{rg}/{parts[2]}/{parts[4]}"
         bucket_set.setdefault("galleryImageVersions", {}).setdefault(key, []).append(resource)
+    elif rtype.split("/", 1)[0] in GENERIC_NAMESPACES or rtype.split("/", 1)[-1] in GENERIC_COMPUTE_TYPES:
+        bucket_set.setdefault("resources", []).append(resource)
     else:
         kind = rtype.split("/", 1)[1] if "/" in rtype else rtype
         if kind not in TOP_LEVEL_KINDS:
@@ -915,6 +923,11 @@ class _Handler(BaseHTTPRequestHandler):
         namespace, tail, tail_low = rest_low[1], rest[2:], rest_low[2:]
         if namespace == STORAGE.lower() and tail_low[0] == "storageaccounts":
             return self._list_or_get(sub.get("storageAccounts", []), tail, rg, f"{STORAGE}/storageAccounts")
+        if namespace in GENERIC_NAMESPACES or (
+            namespace == COMPUTE.lower() and len(tail_low) >= 3 and tail_low[0] == "galleries"
+            and tail_low[2] == "applications"
+        ):
+            return self._generic(sub, segs, rg, rest[1])
         if namespace != COMPUTE.lower():
             raise _not_found("/" + "/".join(segs), rg)
         kind = tail_low[0]
@@ -958,6 +971,31 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _not_found(f"{type_name}/{tail[1]}/images/{tail[3]}/versions/{tail[5]}", rg)
             return ver
         raise _not_found("/" + "/".join(segs), rg)
+
+    @staticmethod
+    def _generic(sub: dict[str, Any], segs: list[str], rg: str | None, namespace: str) -> list[Any] | dict[str, Any]:
+        """A resource of the ``resources`` bucket by its id, or a collection of them."""
+        resources = [r for r in sub.get("resources", []) if isinstance(r, dict)]
+        path = "/" + "/".join(segs)
+        low = path.lower()
+        for r in resources:
+            if str(r.get("id", "")).lower() == low:
+                return r
+        parent, _, type_seg = low.rpartition("/")
+        if rg is None:  # /subscriptions/S/providers/NS/type: every top-level resource of that type
+            if len(segs) != 5:
+                raise _not_found(path, rg)
+            want = f"{namespace}/{segs[4]}".lower()
+            return [r for r in resources if str(r.get("type", "")).lower() == want]
+        if not parent.endswith(f"/providers/{namespace.lower()}"):
+            known = {str(r.get("id", "")).lower() for r in resources}
+            known |= {str(g.get("id", "")).lower() for g in sub.get("galleries", []) if isinstance(g, dict)}
+            if parent not in known:
+                raise _not_found(parent, rg)
+        return [
+            r for r in resources
+            if str(r.get("id", "")).lower().startswith(parent + "/") and str(r["id"]).lower().split("/")[-2] == type_seg
+        ]
 
     @staticmethod
     def _list_or_get(

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from gc_daemon.azure.compute import (
-    SCALE_SET_VMS,
-    SOURCE_KINDS,
-    ComputeInventory,
-    ReferenceRead,
-)
+from gc_daemon.sources import REGISTRY
+from gc_daemon.sources.base import ReferenceRead
+from gc_daemon.sources.inventory import ReferenceInventory
+
+SCALE_SET_VMS = "virtualMachineScaleSetVMs"
+SOURCE_KINDS = tuple(label for source in REGISTRY for label in source.labels)
 from gc_daemon.azure.credentials import EMULATOR_TOKEN, EmulatorCredential, build_credential
 from gc_daemon.domain import RefKind
 from sandbox import arm as sb
@@ -34,7 +34,7 @@ S1 = "00000000-0000-0000-0000-000000000001"
 S2 = "00000000-0000-0000-0000-000000000002"
 UNKNOWN = "00000000-0000-0000-0000-00000000dead"
 CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-TOP_SOURCES = ("virtualMachines", "virtualMachineScaleSets", "images", "disks", "snapshots", "galleries")
+TOP_SOURCES = tuple(source.reads[0].label for source in REGISTRY)  # each source's first list
 
 
 def blob(name: str, account: str = "acct1", container: str = "vhds") -> str:
@@ -585,7 +585,7 @@ def test_standin_as_a_process_with_http_control(tmp_path):
 
         control("PUT", "/_control/estate", estate)
         control("POST", "/_control/faults", [{"path": "/disks$", "status": 500, "times": 1}])
-        inventory = ComputeInventory(
+        inventory = ReferenceInventory(
             EmulatorCredential(), url, [S1], connection_verify=cert, retry_total=2, retry_backoff=0.01, timeout=5
         )
         with inventory:

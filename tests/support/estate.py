@@ -63,9 +63,19 @@ class Harness:
     def exists(self, container: str, blob: str, account: str = "gcacct1") -> bool:
         return seed.exists(self.svc(account), container, blob)
 
-    def compute(self, *resources: dict) -> None:
-        """Replace what Azure Compute holds."""
+    def compute(self, *resources: dict, place_accounts: bool = True) -> None:
+        """Replace what Azure Resource Manager holds. The collected accounts are registered in ``SUB``
+        (their own subscription, as vhd-gc checks at every pass) unless ``resources`` registers them
+        elsewhere or ``place_accounts`` is False."""
         self.resources = list(resources)
+        listed = self.settings["azure"].get("storage_accounts") or []
+        registered = {r["name"] for r in resources if r.get("type", "").lower() == "microsoft.storage/storageaccounts"}
+        if place_accounts:
+            resources = resources + tuple(
+                armlib.storage_account(SUB, "storage-rg", a["name"], blob_endpoint=a.get("blob_endpoint"))
+                for a in listed
+                if a["name"] not in registered
+            )
         self.arm.set_estate(armlib.build_estate(*resources, subscriptions=self.settings["azure"]["subscriptions"]))
 
     # -- configuration ---------------------------------------------------------------------
