@@ -201,23 +201,9 @@ class Collector:
         placed = getattr(read, "accounts", None)
         if placed is None:
             return  # discovered accounts come from the configured subscriptions
-        problems = []
-        for name in accounts:
-            if name in placed:
-                continue
-            locate = getattr(self.references, "locate", None)
-            where = locate(name) if locate is not None else None
-            if where is not None:
-                problems.append(
-                    f"storage account {name} belongs to subscription {where.subscription}, which is not in "
-                    "azure.subscriptions: the references of that subscription are not read, so its VHDs in use "
-                    "would look orphaned; add the subscription (or stop collecting the account)"
-                )
-            else:
-                problems.append(
-                    f"storage account {name} is in no configured subscription and ARM cannot place it: "
-                    "check azure.subscriptions and the identity's access to the account's subscription"
-                )
+        from .sources.storage_accounts import placement_problems
+
+        problems = placement_problems(placed, accounts, getattr(self.references, "locate", None))
         if problems:
             raise PassIncomplete(problems, ["storageAccounts"])
 

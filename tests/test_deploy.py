@@ -268,6 +268,21 @@ def test_azure_role_is_least_privilege(path):
     assert "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read" in role["DataActions"]
 
 
+@pytest.mark.parametrize("path", ROLES, ids=lambda p: p.name)
+def test_azure_roles_are_what_the_reference_sources_declare(path):
+    """Each source declares the permission of each read (gc_daemon/sources/); the roles are generated
+    from those declarations (`python -m gc_daemon.sources.roles`), so a new source cannot ship
+    without its permission, nor a role keep one no source needs."""
+    from gc_daemon.sources import permissions
+    from gc_daemon.sources.roles import render
+
+    role = json.loads(path.read_text())
+    assert path.read_text() == render(path.name, role["AssignableScopes"]), (
+        "deploy/azure is out of date: run python -m gc_daemon.sources.roles"
+    )
+    assert set(permissions()) <= set(role["Actions"])
+
+
 def test_full_role_deletes_blobs_and_reader_role_cannot():
     full, reader = (json.loads(p.read_text()) for p in ROLES)
     delete = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete"

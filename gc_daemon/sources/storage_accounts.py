@@ -5,6 +5,7 @@ that use its VHDs unread, and those VHDs would look orphaned: the pass fails clo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .base import Found, PlacedAccount, Read, Source, SubscriptionContext, attr, holder_id, name_of
@@ -47,3 +48,28 @@ SOURCE = Source(
     "storage_accounts", "Storage", (READ,), tasks,
     sees="nothing by itself: it places every collected account in a configured subscription",
 )
+
+
+def placement_problems(
+    placed_accounts: Mapping[str, PlacedAccount],
+    collected: Iterable[str],
+    locate: Callable[[str], PlacedAccount | None] | None = None,
+) -> list[str]:
+    """Why each collected account that no configured subscription holds cannot be collected."""
+    problems = []
+    for name in collected:
+        if name in placed_accounts:
+            continue
+        where = locate(name) if locate is not None else None
+        if where is not None:
+            problems.append(
+                f"storage account {name} belongs to subscription {where.subscription}, which is not in "
+                "azure.subscriptions: the references of that subscription are not read, so its VHDs in use "
+                "would look orphaned; add the subscription (or stop collecting the account)"
+            )
+        else:
+            problems.append(
+                f"storage account {name} is in no configured subscription and ARM cannot place it: "
+                "check azure.subscriptions and the identity's access to the account's subscription"
+            )
+    return problems

@@ -45,6 +45,7 @@ class Harness:
     db_url: str
     settings: dict[str, Any] = field(default_factory=dict)
     resources: list[dict] = field(default_factory=list)
+    placed: bool | None = None  # whether compute() registers the collected accounts (None: not yet called)
     clock_offset: timedelta = timedelta(0)
 
     # -- the estate ------------------------------------------------------------------------
@@ -68,6 +69,7 @@ class Harness:
         (their own subscription, as vhd-gc checks at every pass) unless ``resources`` registers them
         elsewhere or ``place_accounts`` is False."""
         self.resources = list(resources)
+        self.placed = place_accounts
         listed = self.settings["azure"].get("storage_accounts") or []
         registered = {r["name"] for r in resources if r.get("type", "").lower() == "microsoft.storage/storageaccounts"}
         if place_accounts:
@@ -111,6 +113,8 @@ class Harness:
         self.settings = base
         path = self.tmp / "vhd-gc.yaml"
         path.write_text(yaml.safe_dump(base))
+        if self.placed is not None:  # keep the collected accounts registered in ARM, as configured
+            self.compute(*self.resources, place_accounts=self.placed)
         return path
 
     @property
