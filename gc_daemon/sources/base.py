@@ -30,7 +30,7 @@ from azure.core.rest import HttpRequest
 
 from gc_daemon.domain import RawReference, RefKind
 
-_MAX_MESSAGE = 240
+_MAX_MESSAGE = 400
 DEFAULT_MAX_PAGES = 10_000
 
 
@@ -134,7 +134,8 @@ class MalformedPage(ValueError):
 
 
 class IncompleteItem(ValueError):
-    """An item that lacks the fields that would hold its references: uncertainty, never "none"."""
+    """An item that lacks the fields that would hold its references: it cannot be read in full, which
+    is uncertainty, never "it holds none"."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def required(obj: Any, holder: str, *path: str, where: str) -> Any:
     """Like :func:`attr`, but a missing or null field is an :class:`IncompleteItem` naming the item."""
     value = attr(obj, *path)
     if value is None:
-        raise IncompleteItem(f"{holder}: {where} is missing or null: the item cannot be read in full")
+        raise IncompleteItem(f"{where} missing or null in {holder}")
     return value
 
 

@@ -58,7 +58,7 @@ def custom_image_references(image: dict[str, Any], accounts: list[str]) -> list[
     if name.lower().startswith(("http://", "https://")):
         return [RawReference(kind=RefKind.DEVTEST_LAB_IMAGE, holder=holder, uri=name, field=where)]
     if not accounts:
-        raise IncompleteItem(f"{holder}: its lab names no storage account to find {name!r} in")
+        raise IncompleteItem(f"a storage account for {name!r} missing in the lab of {holder}")
     return [
         RawReference(
             kind=RefKind.DEVTEST_LAB_IMAGE, holder=holder, field=where,

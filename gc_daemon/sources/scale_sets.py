@@ -39,7 +39,8 @@ INSTANCES = Read(
 
 
 def is_flexible(scale_set: Any) -> bool:
-    return str(attr(scale_set, "orchestration_mode") or "").lower() == "flexible"
+    mode = attr(scale_set, "orchestration_mode")
+    return str(getattr(mode, "value", mode) or "").lower() == "flexible"
 
 
 def scale_set_references(scale_set: Any) -> list[RawReference]:
@@ -53,7 +54,7 @@ def scale_set_references(scale_set: Any) -> list[RawReference]:
     if profile is None:
         if is_flexible(scale_set):
             return []
-        raise IncompleteItem(f"{holder}: virtualMachineProfile is missing or null: the item cannot be read in full")
+        raise IncompleteItem(f"virtualMachineProfile missing or null in {holder}")
     storage_profile = required(profile, holder, "storage_profile", where="virtualMachineProfile.storageProfile")
     os_disk = required(storage_profile, holder, "os_disk", where="virtualMachineProfile.storageProfile.osDisk")
     refs: list[RawReference] = []
