@@ -1,9 +1,10 @@
 """Blob URL -> canonical (account, container, blob) key.
 
 The matching rule of the contract: the account is the host's first label (``<account>.blob.<any
-suffix>``, also Azure's DNS-zone endpoints ``<account>.zNN.blob.<suffix>``), or the first path
-segment when the host is an IP address or localhost (path-style, as Azurite and Azure Stack serve
-it). Host and container compare without case; the blob name exactly, after percent-decoding.
+suffix>``, also Azure's DNS-zone endpoints ``<account>.zNN.blob.<suffix>``, private endpoints
+``<account>.privatelink.blob.<suffix>``, and the account's secondary and routing-preference
+endpoints ``<account>-secondary``, ``<account>-microsoftrouting``, ...), or the first path segment
+when the host is an IP address or localhost (path-style, as Azurite and Azure Stack serve it). Host and container compare without case; the blob name exactly, after percent-decoding.
 
 Anything that does not fit is an error, never a guess: a reference we cannot place makes the pass
 incomplete, because a wrong key is how collectors delete disks in use.
@@ -74,10 +75,25 @@ def _host_account(host: str) -> str | None:
     (the account itself)."""
     labels = host.split(".")
     if len(labels) >= 3 and labels[1] == "blob":
-        return labels[0]
+        return _strip_endpoint_suffix(labels[0])
     if len(labels) >= 4 and labels[2] == "blob" and (_ZONE.match(labels[1]) or labels[1] == "privatelink"):
-        return labels[0]
+        return _strip_endpoint_suffix(labels[0])
     return None
+
+
+# The account's other endpoints: its read-only secondary (RA-GRS) and its routing-preference
+# endpoints (storage__StorageAccountList.json in azure-rest-api-specs lists
+# sto1125-microsoftrouting.blob.core.windows.net beside sto1125.blob.core.windows.net).
+_ENDPOINT_SUFFIXES = ("-microsoftrouting-secondary", "-internetrouting-secondary", "-microsoftrouting",
+                      "-internetrouting", "-secondary")
+
+
+def _strip_endpoint_suffix(label: str) -> str:
+    if "-" in label:
+        for suffix in _ENDPOINT_SUFFIXES:
+            if label.endswith(suffix):
+                return label[: -len(suffix)]
+    return label
 
 
 def account_of(uri: str) -> str | None:

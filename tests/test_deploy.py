@@ -423,3 +423,18 @@ def test_container_healthcheck_fails_when_nothing_listens():
     result = run_healthcheck(f"http://127.0.0.1:{port}/healthz")
     assert result.returncode == 1
     assert "unhealthy" in result.stdout
+
+
+def test_operations_guide_documents_every_registered_reference_source():
+    """docs/operations.md's "Where references come from" names every source and every label its
+    failures carry (what an operator sees in `scan` and in vhdgc_inventory_errors_total)."""
+    from gc_daemon.sources import REGISTRY
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = guide.split("## Where references come from", 1)[1].split("\n## ", 1)[0]
+    for source in REGISTRY:
+        assert f"`{source.name}`" in section, source.name
+        for label in source.labels:
+            assert f"`{label}`" in section, label
+    # The guide ends with what vhd-gc can and cannot see.
+    assert guide.split("\n## ")[-1].startswith("What vhd-gc can and cannot see")

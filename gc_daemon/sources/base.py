@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
@@ -157,6 +157,7 @@ class PageGuard:
     already read, and the list stays within ``max_pages``. A new guard for every list call."""
 
     def __init__(self, endpoint: str, max_pages: int = DEFAULT_MAX_PAGES) -> None:
+        self.endpoint = endpoint.rstrip("/") + "/"
         self.origin = _origin(endpoint)
         self.max_pages = max(1, max_pages)
         self.pages = 0
@@ -173,6 +174,7 @@ class PageGuard:
         self._read.add(_canonical(pipeline_response.http_request.url))
         next_link = body.get("nextLink")
         if next_link:
+            next_link = urljoin(self.endpoint, next_link)  # a relative link is the SDK's base URL's
             if _origin(next_link) != self.origin:
                 raise MalformedPage(
                     f"nextLink leads to another host ({_origin(next_link)[1] or 'none'}), not the endpoint's "
@@ -248,7 +250,7 @@ def arm_list(client: Any, endpoint: str, path: str, api_version: str, max_pages:
             raise _http_error(response)
         body = check_list_body(response.text())
         yield from body["value"]
-        url = body.get("nextLink") or None
+        url = urljoin(endpoint.rstrip("/") + "/", body["nextLink"]) if body.get("nextLink") else None
 
 
 def _http_error(response: Any) -> HttpResponseError:

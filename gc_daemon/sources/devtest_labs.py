@@ -1,8 +1,9 @@
 """DevTest Labs: the uploaded VHDs its custom images are built from.
 
 A custom image names its VHD by blob name only (``vhd.imageName``): the VHD is in the ``uploads``
-container of the lab's storage account. Every account the lab names (default, premium data disk,
-artifacts) is taken as a place the VHD may be; a name that is a full URL is taken as it is."""
+container of the lab's storage account. Every account the lab names (default, default premium,
+premium data disk, artifacts) is taken as a place the VHD may be; a name that is a full URL is taken
+as it is."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ CUSTOM_IMAGES = Read(
     api_version="2018-09-15",
 )
 UPLOADS = "uploads"
-_LAB_ACCOUNTS = ("defaultStorageAccount", "premiumDataDiskStorageAccount", "artifactsStorageAccount")
+# The lab's storage accounts (Labs_ListBySubscription.json names these four).
+_LAB_ACCOUNTS = ("defaultStorageAccount", "defaultPremiumStorageAccount", "premiumDataDiskStorageAccount",
+                 "artifactsStorageAccount")
 _ACCOUNT_NAME = re.compile(r"/providers/Microsoft\.Storage/storageAccounts/([^/]+)/?$", re.IGNORECASE)
 
 

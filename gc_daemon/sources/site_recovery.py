@@ -5,15 +5,20 @@ accounts they write to.
 A replicated unmanaged disk's replica, and an agentless migration's seed, are page blobs that hold
 no lease and that no Compute resource names: only the vault knows them. The items' provider-specific
 details differ by scenario (A2A, HyperVReplicaAzure, InMageAzureV2, InMageRcm, VMwareCbt, ...) and
-grow fields over time, so rather than trusting a list of field names the whole item is read:
+grow fields over time (a replica's URI is ``recoveryDiskUri`` in A2A, ``targetDiskLocation`` in
+HyperVReplicaAzure, ``targetBlobUri`` in VMwareCbt), so rather than trusting a list of field names
+the whole item is read:
 
-- every string under a key ending in ``Uri`` (``diskUri``, ``recoveryDiskUri``, ``seedBlobUri``,
-  ``targetBlobUri``, ...) is a reference (a host that can be no collected account is ignored for
-  matching, as for every source);
+- every http(s) URL anywhere in the item is a reference (one on a host that can be no collected
+  account, a key vault's say, is ignored for matching, as for every source);
 - every storage account id under a key that names a storage account (``primaryStagingAzureStorageAccountId``
-  (the cache), ``logStorageAccountId``, ``recoveryAzureLogStorageAccountId``,
-  ``recoveryAzureStorageAccountId`` (the target), ...) holds every blob of that account, except the
-  primary disks' own account and boot-diagnostics accounts.
+  (the cache), ``logStorageAccountId``, ``recoveryAzureLogStorageAccountId``, ``recoveryAzureStorageAccount``
+  and ``recoveryAzureStorageAccountId`` (the target), ``storageAccountId``, ...) holds every blob of that
+  account, except the primary disks' own account and boot-diagnostics accounts: replicas such as
+  HyperVReplicaAzure's ``vhdName`` are named only by blob name, inside those accounts.
+
+Field names are those of the 2025-08-01 schema (azure-rest-api-specs,
+specification/recoveryservicessiterecovery/.../stable/2025-08-01/service.json).
 """
 
 from __future__ import annotations
@@ -30,21 +35,21 @@ VAULTS = Read(
     "recoveryServicesVaults",
     "/subscriptions/{subscriptionId}/providers/Microsoft.RecoveryServices/vaults",
     "Microsoft.RecoveryServices/vaults/read",
-    api_version="2024-04-01",
+    api_version="2025-02-01",
 )
 PROTECTED_ITEMS = Read(
     "replicationProtectedItems",
     "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/"
     "vaults/{resourceName}/replicationProtectedItems",
     "Microsoft.RecoveryServices/vaults/replicationProtectedItems/read",
-    api_version="2024-10-01",
+    api_version="2025-08-01",
 )
 MIGRATION_ITEMS = Read(
     "replicationMigrationItems",
     "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/"
     "vaults/{resourceName}/replicationMigrationItems",
     "Microsoft.RecoveryServices/vaults/replicationMigrationItems/read",
-    api_version="2024-10-01",
+    api_version="2025-08-01",
 )
 
 _ACCOUNT_ID = re.compile(
@@ -83,8 +88,7 @@ def item_references(item: dict[str, Any], blob_kind: RefKind, account_kind: RefK
     for path, key, value in _walk(props):
         if not value.strip():
             continue
-        low = key.lower()
-        if low.endswith("uri") and value.lstrip().lower().startswith(("http://", "https://")):
+        if value.lstrip().lower().startswith(("http://", "https://")):
             refs.append(RawReference(kind=blob_kind, holder=holder, uri=value, field=path))
         elif _ACCOUNT_ID.match(value) and holds_account(key):
             refs.append(RawReference(kind=account_kind, holder=holder, uri=value, field=path))
