@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> Section:
             section.add("seeding", f"{args.blobs} blobs in {seed_s:.1f} s ({args.blobs / seed_s:,.0f} blobs/s, 2 requests each)")
             # Every other blob is referenced (by VMs, OS disk + one data disk each): the rest are orphans.
             referenced = [b.url for b in blobs[::2]][:refs]
-            estate = E.build_compute_estate(referenced, refs_per_vm=2)
+            estate = E.build_compute_estate(referenced, refs_per_vm=2, accounts=accounts)
             vms = len(estate["subscriptions"][E.SUB]["virtualMachines"])
             arm_cls = E.ArmInProcess if args.arm_in_process else E.ArmProcess
             arm = arm_cls(estate, args.arm_page_size, tmp).start()

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> Section:
                 list(pool.map(lambda p: E.seed_blobs(p, desc=f"seeding {p[0].account.name}"), plans))
             section.add("seeding", f"{2 * n} blobs in {time.perf_counter() - t0:.1f} s")
             referenced = [b.url for p in plans for b in p[::2]]
-            arm = E.ArmProcess(E.build_compute_estate(referenced), args.arm_page_size, tmp).start()
+            arm = E.ArmProcess(E.build_compute_estate(referenced, accounts=accounts), args.arm_page_size, tmp).start()
             os.environ["REQUESTS_CA_BUNDLE"] = arm.cert_path
             emulators = [s.pid for s in servers] + [arm.proc.pid]
             how = lower_emulator_priority(emulators)

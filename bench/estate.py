@@ -139,11 +139,12 @@ def seed_blobs(blobs: list[SeededBlob], workers: int = SEED_WORKERS, desc: str =
 # --------------------------------------------------------------------------------------------------
 
 
-def build_compute_estate(referenced: list[str], refs_per_vm: int = 2) -> dict[str, Any]:
-    """One subscription, VMs holding ``referenced`` as OS disk + (refs_per_vm - 1) data disks each."""
+def build_compute_estate(referenced: list[str], refs_per_vm: int = 2, accounts: list["Account"] = ()) -> dict[str, Any]:
+    """One subscription, VMs holding ``referenced`` as OS disk + (refs_per_vm - 1) data disks each,
+    and the collected ``accounts`` registered there (vhd-gc places them at every pass)."""
     from sandbox import arm as armlib
 
-    resources = []
+    resources = [armlib.storage_account(SUB, "storage-rg", a.name, blob_endpoint=a.endpoint) for a in accounts]
     for n, start in enumerate(range(0, len(referenced), refs_per_vm)):
         chunk = referenced[start : start + refs_per_vm]
         resources.append(
@@ -354,7 +355,7 @@ def sdk_list_account(account: Account) -> int:
 
 
 def sdk_list_references(arm_url: str, cert_path: str, max_workers: int = 8) -> int:
-    """The list calls ComputeInventory makes for one subscription, consumed fully; item count."""
+    """The Compute list calls the reference inventory makes for one subscription, consumed fully; item count."""
     from azure.mgmt.compute import ComputeManagementClient
 
     from gc_daemon.azure.credentials import EmulatorCredential  # a fixed token, no vhd-gc logic
@@ -382,6 +383,19 @@ def sdk_list_references(arm_url: str, cert_path: str, max_workers: int = 8) -> i
             rg = g.id.split("/")[4]
             for img in client.gallery_images.list_by_gallery(rg, g.name):
                 n += 1 + count(client.gallery_image_versions.list_by_gallery_image(rg, g.name, img.name))
+            for app in client.gallery_applications.list_by_gallery(rg, g.name):
+                n += 1 + count(client.gallery_application_versions.list_by_gallery_application(rg, g.name, app.name))
+        return n
+
+    def rest(path: str, api_version: str) -> int:
+        """A list of another service, as its source reads it: GETs through the same pipeline, every page."""
+        from azure.core.rest import HttpRequest
+
+        n, url = 0, f"{arm_url}{path}?api-version={api_version}"
+        while url:
+            body = client.send_request(HttpRequest("GET", url)).json()
+            n += len(body["value"])
+            url = body.get("nextLink")
         return n
 
     calls = [
@@ -391,6 +405,11 @@ def sdk_list_references(arm_url: str, cert_path: str, max_workers: int = 8) -> i
         lambda: count(client.disks.list()),
         lambda: count(client.snapshots.list()),
         galleries,
+        # The other services' first lists (their estates are empty here), and the accounts' placement.
+        lambda: rest(f"/subscriptions/{SUB}/providers/Microsoft.RecoveryServices/vaults", "2025-02-01"),
+        lambda: rest(f"/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/imageTemplates", "2024-02-01"),
+        lambda: rest(f"/subscriptions/{SUB}/providers/Microsoft.DevTestLab/labs", "2018-09-15"),
+        lambda: rest(f"/subscriptions/{SUB}/providers/Microsoft.Storage/storageAccounts", "2025-06-01"),
     ]
     try:
         with ThreadPoolExecutor(max_workers=max_workers) as pool:

@@ -64,7 +64,7 @@ class MemReferences:
 
 def build_references(n_refs: int, n_accounts: int, per_account: int):
     """``n_refs`` VM OS-disk references, to the even-numbered blobs of each account in turn."""
-    from gc_daemon.azure.compute import ReferenceRead
+    from gc_daemon.sources.base import ReferenceRead
     from gc_daemon.domain import RawReference, RefKind
 
     refs = []

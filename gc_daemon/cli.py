@@ -429,11 +429,39 @@ def config_check(ctx: click.Context, offline: bool) -> None:
     except ConfigError as exc:  # the file is valid; the environment of this shell is not complete
         click.echo(f"# warning: {_safe(exc)} (scan and run will refuse to start)", err=True)
         env_ok = False
+    problems: list[str] = []
     if env_ok and not offline and config.azure.storage_accounts:
         _warn_soft_delete(config)
+        problems = _placement(config)
     click.echo(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), nl=False)
     if config.mode == "dry-run":
         click.echo("# mode is dry-run: nothing will be deleted", err=True)
+    if problems:
+        for problem in problems:
+            click.echo(f"error: azure.storage_accounts: {problem}", err=True)
+        ctx.exit(2)
+
+
+def _placement(config: Config) -> list[str]:
+    """Every collected account must be in a configured subscription (what every pass checks too):
+    asked of ARM once, so the operator learns it before the first pass."""
+    from .sources import storage_accounts
+    from .sources.inventory import ReferenceInventory
+    from .wiring import build_credential, ca_bundle
+
+    inventory = ReferenceInventory(
+        build_credential(config), config.azure.arm_endpoint, list(config.azure.subscriptions),
+        sources=(storage_accounts.SOURCE,), connection_verify=ca_bundle(), retry_total=1,
+        timeout=min(config.azure.timeout.total_seconds(), 15),
+    )
+    with inventory:
+        read = inventory.read()
+        if read.errors:
+            for e in read.errors:
+                click.echo(f"# warning: could not place the storage accounts ({e.source}: {e.message})", err=True)
+            return []
+        names = [a.name for a in config.azure.storage_accounts or []]
+        return storage_accounts.placement_problems(read.accounts or {}, names, inventory.locate)
 
 
 def main(argv: list[str] | None = None) -> None:

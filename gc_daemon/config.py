@@ -185,6 +185,11 @@ class PolicyConfig(_Strict):
 
     delete_block_blob_vhds: bool = False
     delete_non_vhd_page_blobs: bool = False
+    # Captured VM images (system/Microsoft.Compute/Images/...) are held: only the capture's template
+    # names them. With a duration, one older than that (last modified) is no longer held.
+    captured_image_max_age: Duration | None = None
+    # Kubernetes in-tree azureDisk volumes (by their naming convention) are held.
+    hold_kubernetes_volumes: bool = True
 
 
 class BlastRadiusConfig(_Strict):
@@ -276,6 +281,8 @@ class Config(_Strict):
             import_hold=self.import_hold,
             delete_block_blob_vhds=self.policy.delete_block_blob_vhds,
             delete_non_vhd_page_blobs=self.policy.delete_non_vhd_page_blobs,
+            captured_image_max_age=self.policy.captured_image_max_age,
+            hold_kubernetes_volumes=self.policy.hold_kubernetes_volumes,
         )
 
     @property

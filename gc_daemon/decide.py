@@ -7,6 +7,7 @@ the lifecycle transition of the contract; ``decide`` runs both over one account'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,45 +28,73 @@ from .domain import (
     Tracked,
     Verdict,
 )
-from .urls import UrlError, blob_url_parser, parse_container_url
+from .urls import UrlError, account_of, blob_url_parser, parse_account_id, parse_container_url, redact_query
 
 # States in which a row counts consecutive sightings (it is an orphan, seen by every complete pass).
 COUNTING = (State.CANDIDATE, State.DUE, State.KEPT)
 
 
 class ReferenceIndex:
-    """Every reference of a pass, indexed by the blob (or container) it protects.
+    """Every reference of a pass, indexed by the blob (or container, or account) it protects.
 
     Compact for large estates: it keeps the raw references once and maps each key to their
     positions; :class:`Reference` objects are made only when someone asks (:meth:`lookup`).
+
+    Built for a set of ``accounts`` (the collected ones), a reference on a host that can be no
+    collected account (another tenant's account, a managed disk's export host) is *foreign*: it
+    cannot name a blob the pass lists, so it is counted (:attr:`foreign`) and left out of matching.
+    A reference that cannot be parsed at all, or that names a collected account but cannot be
+    placed on one blob, is an error (the pass fails closed).
     """
 
-    __slots__ = ("_raw", "_blobs", "_containers", "_imports_only")
+    __slots__ = ("_raw", "_blobs", "_containers", "_accounts", "_imports_only", "accounts", "foreign", "foreign_sample")
 
     def __init__(self) -> None:
         self._raw: list[RawReference] = []
         self._blobs: dict[BlobKey, int | tuple[int, ...]] = {}
         self._containers: dict[ContainerKey, tuple[int, ...]] = {}
+        self._accounts: dict[str, tuple[int, ...]] = {}  # references that hold every blob of an account
         # Keys every direct reference of which is an import (rare): any other key in _blobs is
         # held by a reference that protects whatever the time.
         self._imports_only: set[BlobKey] = set()
+        self.accounts: frozenset[str] | None = None  # the collected accounts it was built for
+        self.foreign = 0  # references left out: their host can be no collected account
+        self.foreign_sample: list[str] = []  # a few of them, for the log
 
     @classmethod
-    def build(cls, raw: Iterable[RawReference]) -> tuple["ReferenceIndex", list[str]]:
+    def build(
+        cls, raw: Iterable[RawReference], accounts: Iterable[str] | None = None
+    ) -> tuple["ReferenceIndex", list[str]]:
         """Parse every raw reference. Unparseable ones come back as errors (the pass fails closed)."""
         index = cls()
         errors: list[str] = []
+        collected = None if accounts is None else frozenset(a.lower() for a in accounts)
+        index.accounts = collected
         blobs, containers, keep, imports_only = index._blobs, index._containers, index._raw, index._imports_only
-        vmss_container, imports = RefKind.VMSS_CONTAINER, _IMPORT_KINDS
+        account_refs = index._accounts
+        imports = _IMPORT_KINDS
         parse = blob_url_parser()
         for r in raw:
             kind = r.kind
+            scope = kind.scope
             try:
-                if kind is vmss_container:
+                if scope == "container":
                     ckey = parse_container_url(r.uri)
+                    if collected is not None and ckey.account not in collected:
+                        index._foreign(r)
+                        continue
                     containers[ckey] = containers.get(ckey, ()) + (len(keep),)
+                elif scope == "account":
+                    name = parse_account_id(r.uri)
+                    if collected is not None and name not in collected:
+                        index._foreign(r)
+                        continue
+                    account_refs[name] = account_refs.get(name, ()) + (len(keep),)
                 else:
                     key = parse(r.uri)
+                    if collected is not None and key.account not in collected:
+                        index._foreign(r)
+                        continue
                     old = blobs.get(key)
                     if old is None:
                         blobs[key] = len(keep)
@@ -76,10 +105,18 @@ class ReferenceIndex:
                         if imports_only and kind not in imports:
                             imports_only.discard(key)
             except UrlError as exc:
+                if scope != "account" and _foreign_host(r.uri, collected):
+                    index._foreign(r)
+                    continue
                 errors.append(f"{r.kind.value} of {r.holder}: {exc}")
                 continue
             keep.append(r)
         return index, errors
+
+    def _foreign(self, r: RawReference) -> None:
+        self.foreign += 1
+        if len(self.foreign_sample) < 3:
+            self.foreign_sample.append(f"{r.kind.value} of {r.holder}: {redact_query(r.uri)}")
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -89,32 +126,54 @@ class ReferenceIndex:
         out = () if direct is None else (direct if isinstance(direct, tuple) else (direct,))
         if self._containers:
             out += self._containers.get(ContainerKey(key.account, key.container), ())
+        if self._accounts:
+            out += self._accounts.get(key.account, ())
         return out
 
     def permanently_referenced(self, key: BlobKey) -> bool:
         """Held by a reference that protects whatever the time (anything but an import)."""
         if key in self._blobs and key not in self._imports_only:
             return True
+        if self._accounts and key[0] in self._accounts:
+            return True
         return bool(self._containers) and (key[0], key[1]) in self._containers
 
     def mentions(self, key: BlobKey) -> bool:
-        """Any reference at all (permanent, import, or through the container)."""
-        return key in self._blobs or (bool(self._containers) and (key[0], key[1]) in self._containers)
+        """Any reference at all (permanent, import, or through the container or the account)."""
+        return (
+            key in self._blobs
+            or (bool(self._containers) and (key[0], key[1]) in self._containers)
+            or (bool(self._accounts) and key[0] in self._accounts)
+        )
 
     def lookup(self, key: BlobKey) -> tuple[Reference, ...]:
-        """Every reference naming this blob, directly or through its container."""
+        """Every reference naming this blob, directly or through its container or account."""
         refs = []
         for i in self._positions(key):
             r = self._raw[i]
-            if r.kind is RefKind.VMSS_CONTAINER:
-                refs.append(Reference(r.kind, r.holder, r.uri, None, ContainerKey(key.account, key.container)))
+            if r.kind.scope == "container":
+                refs.append(Reference(r.kind, r.holder, r.uri, None, ContainerKey(key.account, key.container),
+                                      field=r.field))
+            elif r.kind.scope == "account":
+                refs.append(Reference(r.kind, r.holder, r.uri, None, None, field=r.field))
             else:
-                refs.append(Reference(r.kind, r.holder, r.uri, key, None, r.time_created, r.provisioning_state))
+                refs.append(Reference(r.kind, r.holder, r.uri, key, None, r.time_created, r.provisioning_state,
+                                      field=r.field))
         return tuple(refs)
 
     def union(self, other: "ReferenceIndex") -> "ReferenceIndex":
-        merged, _ = ReferenceIndex.build(self._raw + other._raw)
+        accounts = self.accounts if self.accounts is not None else other.accounts
+        merged, _ = ReferenceIndex.build(self._raw + other._raw, accounts)
         return merged
+
+
+def _foreign_host(uri: str, collected: frozenset[str] | None) -> bool:
+    """Whether an unparseable reference is on a host that can be no collected account."""
+    try:
+        account = account_of(uri)
+    except UrlError:
+        return False  # not even a URL with a host: it cannot be placed, so it fails the pass
+    return account is None or (collected is not None and account not in collected)
 
 
 _IMPORT_KINDS = frozenset(k for k in RefKind if k.is_import)
@@ -156,7 +215,7 @@ def classify(
     if (now if service_now is None else service_now) - blob.last_modified < policy.min_age:
         return Classification(Verdict.TOO_YOUNG, reason=f"modified {blob.last_modified.isoformat()}")
     expired = found  # imports past their hold: they name the leftover's last owner
-    hold, why = _hold(blob, operator_holds, policy)
+    hold, why = _hold(blob, operator_holds, policy, now if service_now is None else service_now)
     if hold is not None:
         return Classification(Verdict.ORPHAN, hold=hold, references=expired, reason=why)
     reason = ORPHAN_REASON
@@ -165,7 +224,9 @@ def classify(
     return Classification(Verdict.ORPHAN, references=expired, reason=reason)
 
 
-def _hold(blob: BlobSeen, operator_holds: Mapping[BlobKey, str], policy: Policy) -> tuple[Hold | None, str]:
+def _hold(
+    blob: BlobSeen, operator_holds: Mapping[BlobKey, str], policy: Policy, aged_at: datetime
+) -> tuple[Hold | None, str]:
     if blob.key in operator_holds:
         return Hold.OPERATOR, f"kept by operator: {operator_holds[blob.key]}"
     if blob.blob_type != "PageBlob":
@@ -179,15 +240,52 @@ def _hold(blob: BlobSeen, operator_holds: Mapping[BlobKey, str], policy: Policy)
         return Hold.METADATA, "metadata vhdgc_keep"
     if blob.keep_tag:
         return Hold.TAG, "index tag vhdgc-keep"
+    if is_captured_image(blob) and (
+        policy.captured_image_max_age is None or aged_at - blob.last_modified < policy.captured_image_max_age
+    ):
+        return Hold.CAPTURED_IMAGE, "a captured VM image (only the capture's template names it)" + (
+            "" if policy.captured_image_max_age is None else f"; held until {policy.captured_image_max_age} old"
+        )
+    if policy.hold_kubernetes_volumes and is_kubernetes_volume(blob):
+        return Hold.KUBERNETES, "a Kubernetes in-tree azureDisk volume (unleased while no pod mounts it)"
     return None, ""
+
+
+CAPTURED_PREFIX = "microsoft.compute/images/"  # in container `system`, as Compute's capture writes it
+# The in-tree azureDisk provisioner names a blob volume <cluster>-dynamic-<pv name>.vhd (the cluster
+# name is "kubernetes" unless set), PV names are pvc-<uid>, and it sets metadata createdby:
+# k8sAzureDataDisk (kubernetes/kubernetes, staging/src/k8s.io/legacy-cloud-providers/azure/
+# azure_blobDiskController.go, createVHDBlobDisk, and volumeutil.GenerateVolumeName).
+_KUBERNETES_NAME = re.compile(r"(?:^|/)(?:[^/]*-)?dynamic-pvc-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.vhd$", re.I)
+KUBERNETES_MARK = "dynamic-pvc-"  # what every such name holds (the fast paths look for it, lower-cased)
+
+
+def is_captured_image(blob: BlobSeen) -> bool:
+    return blob.image_type is not None or (
+        blob.key.container == "system" and blob.key.blob.lower().startswith(CAPTURED_PREFIX)
+    )
+
+
+def is_kubernetes_volume(blob: BlobSeen) -> bool:
+    return (blob.created_by or "").lower() == "k8sazuredatadisk" or _KUBERNETES_NAME.search(blob.key.blob) is not None
 
 
 def _owner(c: Classification, blob: BlobSeen, prev: Tracked | None) -> str | None:
     if c.references:
         return c.references[0].holder
     if blob.owner_hint:
-        return f"vm:{blob.owner_hint}"
+        return owner_evidence(blob)
     return prev.last_owner if prev else None
+
+
+def owner_evidence(blob: BlobSeen) -> str:
+    """The last owner Compute wrote in an attached VHD's metadata: evidence, not a reference (a VM
+    converted to managed disks still exists under that name)."""
+    text = f"vm:{blob.owner_hint}"
+    extra = [f"resource group {blob.owner_group}"] if blob.owner_group else []
+    if blob.owner_disk:
+        extra.append(f"disk {blob.owner_disk}")
+    return f"{text} ({', '.join(extra)})" if extra else text
 
 
 @dataclass(slots=True)
@@ -346,6 +444,8 @@ def decide_stream(
     due_state = State.DUE
     # What ReferenceIndex.permanently_referenced and .mentions read, looked up here without a call.
     ref_blobs, imports_only, ref_containers = refs._blobs, refs._imports_only, refs._containers
+    ref_accounts = refs._accounts
+    mark = KUBERNETES_MARK
     # Every new plain orphan of this pass gets the same schedule (decide_blob's first sighting).
     new_delete_after = now + grace
     new_is_due = now >= new_delete_after and 1 >= min_sightings
@@ -360,6 +460,8 @@ def decide_stream(
                         continue  # in use and untracked: the common case in a large estate, and no write
                 elif ref_containers and (key[0], key[1]) in ref_containers:
                     continue  # in use through its container
+                elif ref_accounts and key[0] in ref_accounts:
+                    continue  # in use through its account (a Site Recovery staging account, ...)
                 elif (
                     # An untracked orphan, seen for the first time: the first pass of a large estate
                     # marks many. What classify + decide_blob conclude for it (the property test
@@ -371,14 +473,18 @@ def decide_stream(
                     and blob.lease_state in _UNLEASED
                     and blob.lease_status in _UNLOCKED
                     and blob.last_modified <= old_enough
-                    and key[2].lower().endswith(".vhd")
+                    and (low := key[2].lower()).endswith(".vhd")
                     and key not in operator_holds
+                    # what the service holds (captured images, Kubernetes volumes) takes classify
+                    and blob.image_type is None
+                    and blob.created_by is None
+                    and key[1] != "system"
+                    and mark not in low
                 ):
-                    owner = blob.owner_hint
                     row = Tracked(
                         key, blob.url, new_state, blob.blob_type, blob.size, blob.etag, blob.last_modified, now,
                         new_delete_after, seq, None, None, None, ORPHAN_REASON,
-                        f"vm:{owner}" if owner else None, blob.tier, None, now,
+                        owner_evidence(blob) if blob.owner_hint else None, blob.tier, None, now,
                     )
                     yield BlobDecision(key, Change(row, True, new_event), row if new_is_due else None, QUIET_ORPHAN)
                     continue
@@ -396,10 +502,15 @@ def decide_stream(
                 and blob.lease_state in _UNLEASED
                 and blob.lease_status in _UNLOCKED
                 and blob.last_modified <= old_enough
-                and key.blob.lower().endswith(".vhd")
+                and (low := key[2].lower()).endswith(".vhd")
                 and key not in operator_holds
                 and key not in ref_blobs
                 and not (ref_containers and (key[0], key[1]) in ref_containers)
+                and not (ref_accounts and key[0] in ref_accounts)
+                and blob.image_type is None
+                and blob.created_by is None
+                and key[1] != "system"
+                and mark not in low
                 and prev.delete_after == prev.first_orphaned_at + grace
             ):
                 is_due = now >= prev.delete_after and seq - prev.streak_start + 1 >= min_sightings

@@ -33,7 +33,7 @@ class ContainerKey(NamedTuple):
 
 
 class RefKind(str, enum.Enum):
-    """Where Azure Compute holds a blob URI (see AZURE-NOTES.md)."""
+    """Where Azure holds a blob URI (see AZURE-NOTES.md and gc_daemon/sources/)."""
 
     VM_OS_DISK = "vm_os_disk"  # virtualMachines: storageProfile.osDisk.vhd.uri
     VM_DATA_DISK = "vm_data_disk"  # storageProfile.dataDisks[].vhd.uri
@@ -47,10 +47,27 @@ class RefKind(str, enum.Enum):
     DISK_IMPORT = "disk_import"  # disks: creationData.sourceUri (time-limited, see import_hold)
     SNAPSHOT_IMPORT = "snapshot_import"  # snapshots: creationData.sourceUri (time-limited)
     DISK_SECURITY = "disk_security"  # disks: securityDataUri / securityMetadataUri (kept, to be safe)
+    GALLERY_APPLICATION = "gallery_application"  # gallery application versions: mediaLink, defaultConfigurationLink
+    SITE_RECOVERY = "site_recovery"  # replication protected items: diskUri, recoveryDiskUri, ...
+    SITE_RECOVERY_ACCOUNT = "site_recovery_account"  # their staging (cache), log, recovery accounts: whole accounts
+    MIGRATION = "azure_migrate"  # migration items: seedBlobUri, targetBlobUri, ...
+    MIGRATION_ACCOUNT = "azure_migrate_account"  # their log accounts: whole accounts
+    IMAGE_BUILDER_OUTPUT = "image_builder_output"  # Image Builder run outputs: artifactUri
+    DEVTEST_LAB_IMAGE = "devtest_lab_image"  # DevTest Labs custom images: vhd.imageName in the lab's uploads
 
     @property
     def is_import(self) -> bool:
         return self in (RefKind.DISK_IMPORT, RefKind.SNAPSHOT_IMPORT)
+
+    @property
+    def scope(self) -> str:
+        """What one reference of this kind protects: a ``blob``, a whole ``container`` (its URI is a
+        container URL) or a whole ``account`` (its URI is the storage account's ARM id)."""
+        if self is RefKind.VMSS_CONTAINER:
+            return "container"
+        if self in (RefKind.SITE_RECOVERY_ACCOUNT, RefKind.MIGRATION_ACCOUNT):
+            return "account"
+        return "blob"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,7 @@ class RawReference:
     # Imports only: when the disk/snapshot was created and whether it is provisioned yet.
     time_created: datetime | None = None
     provisioning_state: str | None = None
+    field: str | None = None  # where in the holder it was found, when the kind does not say it
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +92,11 @@ class Reference:
     kind: RefKind
     holder: str
     uri: str
-    key: BlobKey | None  # the blob, for every kind but VMSS_CONTAINER
-    container: ContainerKey | None  # VMSS_CONTAINER only: every blob in it is protected
+    key: BlobKey | None  # the blob, for references of blob scope
+    container: ContainerKey | None  # container scope (VMSS_CONTAINER): every blob in it is protected
     time_created: datetime | None = None
     provisioning_state: str | None = None
+    field: str | None = None  # where in the holder it was found, when the kind does not say it
 
     def protects_at(self, now: datetime, import_hold: timedelta) -> bool:
         """Whether this reference keeps its blob in use at ``now``.
@@ -129,6 +148,11 @@ class BlobSeen:
     keep_tag: bool = False  # index tags have the key vhdgc-keep
     owner_hint: str | None = None  # metadata MicrosoftAzureCompute_VMName, left by an attached VM
     tier: str | None = None  # access tier; premium page blobs say P10, P20, ...
+    # Evidence that other services left in the metadata (None when absent):
+    image_type: str | None = None  # MicrosoftAzureCompute_ImageType: a captured VM image
+    created_by: str | None = None  # createdby: k8sAzureDataDisk for a Kubernetes in-tree volume
+    owner_group: str | None = None  # MicrosoftAzureCompute_ResourceGroupName of the last VM
+    owner_disk: str | None = None  # MicrosoftAzureCompute_DiskName it had there
 
     @property
     def leased(self) -> bool:
@@ -161,6 +185,8 @@ class Hold(str, enum.Enum):
     OPERATOR = "operator"  # `vhd-gc keep`
     BLOCK_BLOB = "block_blob"  # a .vhd uploaded as a block blob: reported, never deleted
     NOT_VHD = "not_vhd"  # a page blob not named .vhd: reported, never deleted
+    CAPTURED_IMAGE = "captured_image"  # system/Microsoft.Compute/Images/..., or ImageType metadata
+    KUBERNETES = "kubernetes"  # an in-tree azureDisk volume (unleased while no pod mounts it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +197,8 @@ class Policy:
     import_hold: timedelta
     delete_block_blob_vhds: bool = False
     delete_non_vhd_page_blobs: bool = False
+    captured_image_max_age: timedelta | None = None  # None: captured images are held forever
+    hold_kubernetes_volumes: bool = True
 
 
 @dataclass(slots=True)
@@ -247,6 +275,7 @@ class Classification:
 @dataclass(slots=True)
 class PassStats:
     references: int = 0
+    references_foreign: int = 0  # on hosts that can be no collected account: ignored for matching
     references_by_kind: dict[str, int] = field(default_factory=dict)
     blobs: int = 0
     blobs_by_account: dict[str, int] = field(default_factory=dict)

@@ -32,7 +32,7 @@ def explain(config: Config, key: BlobKey) -> dict:
     read = build_references(config, credential).read()
     if read.errors:
         data["references_error"] = "; ".join(f"{e.source}: {e.message}" for e in read.errors)
-    refs, parse_errors = ReferenceIndex.build(read.references)
+    refs, parse_errors = ReferenceIndex.build(read.references, accounts or None)
     if parse_errors:
         data["references_error"] = "; ".join(filter(None, [data.get("references_error"), *parse_errors]))
 
@@ -44,6 +44,7 @@ def explain(config: Config, key: BlobKey) -> dict:
             "uri": redact_query(r.uri),
             "time_created": _iso(r.time_created),
             "provisioning_state": r.provisioning_state,
+            "field": r.field,
             "protects": r.protects_at(now, config.import_hold),
         }
         for r in found
@@ -75,6 +76,15 @@ def explain(config: Config, key: BlobKey) -> dict:
             "keep_metadata": live.keep_metadata,
             "keep_tag": live.keep_tag,
             "owner_hint": live.owner_hint,
+            # What Compute left in the metadata of an attached VHD: evidence of the last owner,
+            # not a reference (a VM converted to managed disks still exists under that name).
+            "last_owner_evidence": {
+                "vm": live.owner_hint,
+                "resource_group": live.owner_group,
+                "disk": live.owner_disk,
+            } if live.owner_hint or live.owner_group or live.owner_disk else None,
+            "image_type": live.image_type,
+            "created_by": live.created_by,
         }
     row = store.row(key)
     data["stored"] = record(row, store.last_complete_seq()) if row else None

@@ -43,7 +43,7 @@ def utcnow() -> datetime:
 
 
 class ReferenceSource(Protocol):
-    def read(self): ...  # -> gc_daemon.azure.compute.ReferenceRead
+    def read(self): ...  # -> gc_daemon.sources.base.ReferenceRead
 
 
 class BlobSource(Protocol):
@@ -185,20 +185,37 @@ class Collector:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _read_references(self, stats: PassStats | None = None) -> ReferenceIndex:
+    def _read_references(self, accounts: Mapping[str, object], stats: PassStats | None = None) -> ReferenceIndex:
         read = self.references.read()
         errors = [f"{e.source}: {e.message}" for e in read.errors]
         if errors:
             raise PassIncomplete(errors, sorted({e.source.split("/", 1)[-1] for e in read.errors}))
-        index, parse_errors = ReferenceIndex.build(read.references)
+        self._check_placement(read, accounts)
+        index, parse_errors = ReferenceIndex.build(read.references, accounts)
         if parse_errors:
             raise PassIncomplete([f"unparseable reference: {e}" for e in parse_errors], ["references"])
         if stats is not None:
             stats.references = len(index)
+            stats.references_foreign = index.foreign
             # Counted by kind (first seen first, as before), named once per kind.
             by_kind = Counter(map(attrgetter("kind"), read.references))
             stats.references_by_kind = {kind.value: n for kind, n in by_kind.items()}
+            if index.foreign:
+                log.info("references_foreign", count=index.foreign, examples=index.foreign_sample,
+                         detail="on hosts that can be no collected account: ignored for matching")
         return index
+
+    def _check_placement(self, read, accounts: Mapping[str, object]) -> None:
+        """Every collected account must belong to a configured subscription: otherwise the VMs and
+        images of its own subscription, which use its VHDs, were never read."""
+        placed = getattr(read, "accounts", None)
+        if placed is None:
+            return  # discovered accounts come from the configured subscriptions
+        from .sources.storage_accounts import placement_problems
+
+        problems = placement_problems(placed, accounts, getattr(self.references, "locate", None))
+        if problems:
+            raise PassIncomplete(problems, ["storageAccounts"])
 
     def _inventory_and_decide(self, pass_id: int, now: datetime, t0: float, stats: PassStats, should_stop):
         plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
@@ -212,7 +229,7 @@ class Collector:
         listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch)
         listing.start()
         try:
-            refs = self._read_references(stats)
+            refs = self._read_references(accounts, stats)
             resolve_intents(self.store, accounts, now)  # before the pass transaction: it writes on its own
             if should_stop():
                 raise PassIncomplete(["stopped by a signal"], [])
@@ -276,7 +293,7 @@ class Collector:
                     self._check_blast_radius(stats)
                     if due and self.config.mode == "delete":
                         # Deleting is the one irreversible step: check against references read just now too.
-                        refs = refs.union(self._read_references())
+                        refs = refs.union(self._read_references(accounts))
                     tx.complete_pass(pass_id, self.clock(), asdict(stats))
             finally:
                 measurer.close()

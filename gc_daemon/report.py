@@ -243,6 +243,12 @@ def explain_text(data: dict) -> str:
             f"lease {live['lease_state']}, snapshots {live['snapshot_count']}, "
             f"keep-metadata {live['keep_metadata']}, keep-tag {live['keep_tag']}\n"
         )
+        evidence = live.get("last_owner_evidence")
+        if evidence:
+            w(
+                f"last owner (metadata Compute wrote, evidence only): vm {evidence['vm']}, resource group "
+                f"{evidence['resource_group']}, disk {evidence['disk']}\n"
+            )
     if data.get("references_error"):
         w(f"references: NOT READ ({data['references_error']}): the verdict cannot rule out a reference\n")
     refs = data.get("references") or []
@@ -251,7 +257,8 @@ def explain_text(data: dict) -> str:
         extra = ""
         if r.get("time_created"):
             extra = f" (import created {r['time_created']}, {r['provisioning_state']}, protects: {r['protects']})"
-        w(f"  - {r['kind']} of {r['holder']}{extra}\n")
+        where = f" at {r['field']}" if r.get("field") else ""
+        w(f"  - {r['kind']} of {r['holder']}{where}{extra}\n")
     if data.get("operator_hold"):
         w(f"operator hold: {data['operator_hold']}\n")
     stored = data.get("stored")

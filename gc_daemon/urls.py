@@ -1,9 +1,10 @@
 """Blob URL -> canonical (account, container, blob) key.
 
 The matching rule of the contract: the account is the host's first label (``<account>.blob.<any
-suffix>``, also Azure's DNS-zone endpoints ``<account>.zNN.blob.<suffix>``), or the first path
-segment when the host is an IP address or localhost (path-style, as Azurite and Azure Stack serve
-it). Host and container compare without case; the blob name exactly, after percent-decoding.
+suffix>``, also Azure's DNS-zone endpoints ``<account>.zNN.blob.<suffix>``, private endpoints
+``<account>.privatelink.blob.<suffix>``, and the account's secondary and routing-preference
+endpoints ``<account>-secondary``, ``<account>-microsoftrouting``, ...), or the first path segment
+when the host is an IP address or localhost (path-style, as Azurite and Azure Stack serve it). Host and container compare without case; the blob name exactly, after percent-decoding.
 
 Anything that does not fit is an error, never a guess: a reference we cannot place makes the pass
 incomplete, because a wrong key is how collectors delete disks in use.
@@ -139,6 +140,67 @@ def _is_path_style(host: str) -> bool:
     return True
 
 
+def _host_account(host: str) -> str | None:
+    """The account label of a blob host: ``<account>.blob.<suffix>``, Azure's DNS-zone endpoints
+    ``<account>.zNN.blob.<suffix>``, and private endpoints ``<account>.privatelink.blob.<suffix>``
+    (the account itself)."""
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[1] == "blob":
+        return _strip_endpoint_suffix(labels[0])
+    if len(labels) >= 4 and labels[2] == "blob" and (_ZONE.match(labels[1]) or labels[1] == "privatelink"):
+        return _strip_endpoint_suffix(labels[0])
+    return None
+
+
+# The account's other endpoints: its read-only secondary (RA-GRS) and its routing-preference
+# endpoints (storage__StorageAccountList.json in azure-rest-api-specs lists
+# sto1125-microsoftrouting.blob.core.windows.net beside sto1125.blob.core.windows.net).
+_ENDPOINT_SUFFIXES = ("-microsoftrouting-secondary", "-internetrouting-secondary", "-microsoftrouting",
+                      "-internetrouting", "-secondary")
+
+
+def _strip_endpoint_suffix(label: str) -> str:
+    if "-" in label:
+        for suffix in _ENDPOINT_SUFFIXES:
+            if label.endswith(suffix):
+                return label[: -len(suffix)]
+    return label
+
+
+def account_of(uri: str) -> str | None:
+    """The storage account a URI could address, or None when its host can be no storage account's
+    blob endpoint (a managed disk's export host ``md-*.blob.storage.azure.net``, a file share, a key
+    vault, ...). Raises :class:`UrlError` when the URI is not an http(s) URL with a host at all."""
+    if not isinstance(uri, str) or not uri:
+        raise UrlError(str(uri), "empty")
+    try:
+        parts = urlsplit(uri.strip())
+        host = parts.hostname
+    except ValueError as exc:
+        raise UrlError(uri, str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise UrlError(uri, "not an http(s) URL with a host")
+    host = host.lower().rstrip(".")
+    if _is_path_style(host):
+        account = parts.path.lstrip("/").partition("/")[0].lower()
+    else:
+        account = _host_account(host)
+    return account if account is not None and _ACCOUNT.match(account) else None
+
+
+_STORAGE_ACCOUNT_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Storage/storageAccounts/([^/]+)/?$", re.IGNORECASE
+)
+
+
+def parse_account_id(resource_id: str) -> str:
+    """The account name of a storage account's ARM id (references that hold a whole account)."""
+    m = _STORAGE_ACCOUNT_ID.match(resource_id) if isinstance(resource_id, str) else None
+    if m is None or not _ACCOUNT.match(m.group(1).lower()):
+        raise UrlError(str(resource_id), "not a storage account id")
+    return m.group(1).lower()
+
+
 def _split(uri: str) -> tuple[str, str, str | None]:
     """(account, raw container segment, raw blob remainder or None without a slash), undecoded."""
     if not isinstance(uri, str) or not uri:
@@ -166,12 +228,8 @@ def _split(uri: str) -> tuple[str, str, str | None]:
             raise UrlError(uri, "path-style URL without a container")
         account = account.lower()
     else:
-        labels = host.split(".")
-        if len(labels) >= 3 and labels[1] == "blob":
-            account = labels[0]
-        elif len(labels) >= 4 and _ZONE.match(labels[1]) and labels[2] == "blob":
-            account = labels[0]
-        else:
+        account = _host_account(host)
+        if account is None:
             raise UrlError(uri, "host is not <account>.blob.<suffix> nor path-style")
     if not _ACCOUNT.match(account):
         raise UrlError(uri, f"{account!r} is not a storage account name")

@@ -143,6 +143,7 @@ class DiscoveredAccounts:
             connection_verify=os.environ.get("REQUESTS_CA_BUNDLE") or True,
             retry_total=config.azure.retry_total,
             timeout=config.azure.timeout.total_seconds(),
+            max_pages=config.azure.max_list_pages,
         )
         self._cache: dict[tuple[str, str], object] = {}
 
@@ -223,16 +224,22 @@ def build_credential(config: Config):
 
 
 def build_references(config: Config, credential=None):
-    from .azure.compute import ComputeInventory
+    from .sources import REGISTRY, without_placement
+    from .sources.inventory import ReferenceInventory
 
-    return ComputeInventory(
+    # Listed accounts are placed in the configured subscriptions at every pass; discovered ones are
+    # found there by construction.
+    sources = REGISTRY if config.azure.storage_accounts is not None else without_placement()
+    return ReferenceInventory(
         credential or build_credential(config),
         config.azure.arm_endpoint,
         list(config.azure.subscriptions),
+        sources=sources,
         connection_verify=ca_bundle(),
         retry_total=config.azure.retry_total,
         timeout=config.azure.timeout.total_seconds(),
         max_workers=config.azure.max_concurrency,
+        max_pages=config.azure.max_list_pages,
     )
 
 

@@ -45,6 +45,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -65,7 +66,13 @@ TOP_LEVEL_KINDS = {
     "snapshots": "snapshots",
     "galleries": "galleries",
 }
+# Resources of other services (and Compute's gallery applications) are served by one generic route:
+# a resource by its id, a collection by its parent's id and its type segment (at any depth below the
+# parent: Site Recovery's vault-wide lists return items nested under fabrics and containers).
+GENERIC_NAMESPACES = ("microsoft.recoveryservices", "microsoft.virtualmachineimages", "microsoft.devtestlab")
+GENERIC_COMPUTE_TYPES = ("galleries/applications", "galleries/applications/versions")
 SUBSCRIPTION_BUCKETS = (
+    "resources",
     "virtualMachines",
     "virtualMachineScaleSets",
     "virtualMachineScaleSetVMs",
@@ -548,6 +555,173 @@ def storage_account(
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# Builders of the other services' resources. Each starts from a response body of Microsoft's
+# published REST API examples (sandbox/rest_examples/, provenance in its PROVENANCE.md: odd casing,
+# nulls and extra fields kept) and sets what a test needs. Where the examples hold no such field
+# (Site Recovery's provider-specific disk details, Image Builder's artifactUri, DevTest Labs'
+# vhd.imageName), the field is added under the name the service's schema gives it.
+# --------------------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent / "rest_examples"
+
+
+def example(name: str, index: int | None = 0) -> Any:
+    """A deep copy of an example body (``value[index]`` of a list body; the body with ``index=None``)."""
+    body = json.loads((EXAMPLES / f"{name}.json").read_text())
+    return copy.deepcopy(body if index is None else body["value"][index])
+
+
+def _recovery_id(sub: str, rg: str, vault: str) -> str:
+    # Site Recovery's own ids say "/Subscriptions/" (ReplicationProtectedItems_List.json): kept.
+    return f"/Subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{vault}"
+
+
+def recovery_vault(sub: str, rg: str, name: str) -> dict[str, Any]:
+    """A Recovery Services vault (recoveryservices__ListBySubscriptionIds.json, value[0])."""
+    item = example("recoveryservices__ListBySubscriptionIds")
+    item["id"] = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{name}"
+    item["name"] = name
+    return item
+
+
+def a2a_details(*disks: dict[str, Any], boot_diag_account: str | None = None) -> dict[str, Any]:
+    """A2A (Azure to Azure) replication details with unmanaged ``protectedDisks`` (A2AProtectedDiskDetails:
+    ``diskUri``, ``recoveryDiskUri``, ``primaryStagingAzureStorageAccountId``, ``recoveryAzureStorageAccountId``,
+    ``primaryDiskAzureStorageAccountId``), as the 2025-08-01 schema names them."""
+    details: dict[str, Any] = {
+        "instanceType": "A2A",
+        "fabricObjectId": None,
+        "multiVmGroupName": "vmGroup1",
+        "protectedDisks": [dict({"diskName": f"disk{i}", "diskType": "Standard_LRS", "monitoringPercentageCompletion": None,
+                                 "dataPendingInStagingStorageAccountInMB": 0.0}, **d) for i, d in enumerate(disks)],
+        "protectedManagedDisks": [],
+        "recoveryBootDiagStorageAccountId": boot_diag_account,
+    }
+    return details
+
+
+def hyperv_azure_details(*, recovery_account: str, log_account: str | None = None,
+                         disks: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """HyperVReplicaAzure details: ``recoveryAzureStorageAccount``, ``recoveryAzureLogStorageAccountId``,
+    ``azureVmDiskDetails[]`` (``vhdName``, ``vhdId``, ``targetDiskLocation``: the blob URI of the replica)."""
+    return {
+        "instanceType": "HyperVReplicaAzure",
+        "recoveryAzureStorageAccount": recovery_account,
+        "recoveryAzureLogStorageAccountId": log_account,
+        "azureVmDiskDetails": [dict({"vhdType": "OperatingSystem", "maxSizeMB": "130048"}, **d) for d in disks],
+    }
+
+
+def vmware_cbt_details(*disks: dict[str, Any]) -> dict[str, Any]:
+    """VMwareCbt migration details: ``protectedDisks[]`` (``seedBlobUri``, ``targetBlobUri``, ``logStorageAccountId``)."""
+    return {
+        "instanceType": "VMwareCbt",
+        "protectedDisks": [dict({"diskId": f"6000C29{i}", "diskType": "Standard_LRS", "isOSDisk": str(i == 0),
+                                 "capacityInBytes": 34359738368}, **d) for i, d in enumerate(disks)],
+    }
+
+
+def replication_protected_item(sub: str, rg: str, vault: str, name: str, details: dict[str, Any]) -> dict[str, Any]:
+    """A Site Recovery protected item (ReplicationProtectedItems_List.json, value[0]) with these details."""
+    item = example("recoveryservicessiterecovery__ReplicationProtectedItems_List")
+    item["id"] = (f"{_recovery_id(sub, rg, vault)}/replicationFabrics/cloud1/replicationProtectionContainers/"
+                  f"cloud_6d224fc6-f326-5d35-96de-fbf51efb3179/replicationProtectedItems/{name}")
+    item["name"] = name
+    item["properties"]["providerSpecificDetails"] = details
+    return item
+
+
+def replication_migration_item(sub: str, rg: str, vault: str, name: str, details: dict[str, Any]) -> dict[str, Any]:
+    """An Azure Migrate migration item (ReplicationMigrationItems_List.json, value[0]) with these details."""
+    item = example("recoveryservicessiterecovery__ReplicationMigrationItems_List")
+    item["id"] = (f"{_recovery_id(sub, rg, vault)}/replicationFabrics/vmwarefabric1/replicationProtectionContainers/"
+                  f"vmwareContainer1/replicationMigrationItems/{name}")
+    item["name"] = name
+    item["properties"]["providerSpecificDetails"] = details
+    return item
+
+
+def image_template(sub: str, rg: str, name: str) -> dict[str, Any]:
+    """An Image Builder template (imagebuilder__ListImageTemplates.json, value[0])."""
+    item = example("imagebuilder__ListImageTemplates")
+    item["id"] = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates/{name}"
+    item["name"] = name
+    return item
+
+
+def image_run_output(sub: str, rg: str, template: str, name: str, *, artifact_uri: str | None = None) -> dict[str, Any]:
+    """A run output (imagebuilder__ListRunOutputs.json, value[0]); a VHD distribution adds ``artifactUri``."""
+    item = example("imagebuilder__ListRunOutputs")
+    # The example's own lower-case "resourcegroups" is kept.
+    item["id"] = (f"/subscriptions/{sub}/resourcegroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates/"
+                  f"{template}/runOutputs/{name}")
+    item["name"] = name
+    if artifact_uri is not None:
+        item["properties"].pop("artifactId", None)
+        item["properties"]["artifactUri"] = artifact_uri
+    return item
+
+
+def devtest_lab(sub: str, rg: str, name: str, *, default_account: str, premium_account: str | None = None) -> dict[str, Any]:
+    """A DevTest lab (devtestlabs__Labs_ListBySubscription.json, value[0]) whose storage accounts are ours."""
+    item = example("devtestlabs__Labs_ListBySubscription")
+    item["id"] = f"/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.devtestlab/labs/{name}"
+    item["name"] = name
+    props = item["properties"]
+    default = storage_account_id(sub, rg, default_account)
+    props["defaultStorageAccount"] = default
+    props["artifactsStorageAccount"] = default
+    premium = storage_account_id(sub, rg, premium_account) if premium_account else default
+    props["defaultPremiumStorageAccount"] = premium
+    props["premiumDataDiskStorageAccount"] = premium
+    props["vaultName"] = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}kv"
+    return item
+
+
+def devtest_custom_image(sub: str, rg: str, lab: str, name: str, *, vhd_name: str | None) -> dict[str, Any]:
+    """A custom image (devtestlabs__CustomImages_List.json, value[0]: made from a VM); with ``vhd_name``
+    it is made from an uploaded VHD instead (``vhd``: ``imageName``, ``sysPrep``, ``osType``)."""
+    item = example("devtestlabs__CustomImages_List")
+    item["id"] = f"/subscriptions/{sub}/resourcegroups/{rg}/providers/microsoft.devtestlab/labs/{lab}/customimages/{name}"
+    item["name"] = name
+    item["location"] = DEFAULT_LOCATION
+    if vhd_name is not None:
+        item["properties"].pop("vm", None)
+        item["properties"]["vhd"] = {"imageName": vhd_name, "sysPrep": False, "osType": "Linux"}
+    return item
+
+
+def gallery_application(sub: str, rg: str, gallery_name: str, name: str) -> dict[str, Any]:
+    """A gallery application (GalleryApplication_ListByGallery.json, value[0]: it carries no ``type``)."""
+    item = example("compute-gallery__GalleryApplication_ListByGallery")
+    item["id"] = compute_id(sub, rg, "galleries", gallery_name, "applications", name)
+    item["name"] = name
+    return item
+
+
+def gallery_application_version(
+    sub: str, rg: str, gallery_name: str, app: str, name: str, *, media_link: str, config_link: str | None = None
+) -> dict[str, Any]:
+    """An application version (GalleryApplicationVersion_ListByGalleryApplication.json, value[0])."""
+    item = example("compute-gallery__GalleryApplicationVersion_ListByGalleryApplication")
+    item["id"] = compute_id(sub, rg, "galleries", gallery_name, "applications", app, "versions", name)
+    item["name"] = name
+    source = item["properties"]["publishingProfile"]["source"]
+    source["mediaLink"] = media_link
+    if config_link is not None:
+        source["defaultConfigurationLink"] = config_link
+    return item
+
+
+def _type_of(resource: dict[str, Any]) -> str:
+    """A resource's type, from its ``type``, else from its id (some examples carry none)."""
+    if resource.get("type"):
+        return str(resource["type"])
+    parts = str(resource["id"]).split("/providers/", 1)[1].split("/")
+    return "/".join([parts[0]] + parts[1::2])
+
+
 def empty_subscription() -> dict[str, Any]:
     return {bucket: ({} if bucket in _KEYED_BUCKETS else []) for bucket in SUBSCRIPTION_BUCKETS}
 
@@ -568,7 +742,7 @@ def place(estate: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
     parts = m["rest"].split("/")  # Namespace/type/name[/type/name...]
     subs = estate.setdefault("subscriptions", {})
     bucket_set = subs.setdefault(sub, empty_subscription())
-    rtype = resource["type"].lower()
+    rtype = _type_of(resource).lower()
     if rtype == f"{STORAGE}/storageAccounts".lower():
         bucket_set.setdefault("storageAccounts", []).append(resource)
     elif rtype == f"{COMPUTE}/virtualMachineScaleSets/virtualMachines".lower():
@@ -578,6 +752,8 @@ def place(estate: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
     elif rtype == f"{COMPUTE}/galleries/images/versions".lower():
         key = f"{rg}/{parts[2]}/{parts[4]}"
         bucket_set.setdefault("galleryImageVersions", {}).setdefault(key, []).append(resource)
+    elif rtype.split("/", 1)[0] in GENERIC_NAMESPACES or rtype.split("/", 1)[-1] in GENERIC_COMPUTE_TYPES:
+        bucket_set.setdefault("resources", []).append(resource)
     else:
         kind = rtype.split("/", 1)[1] if "/" in rtype else rtype
         if kind not in TOP_LEVEL_KINDS:
@@ -915,6 +1091,11 @@ class _Handler(BaseHTTPRequestHandler):
         namespace, tail, tail_low = rest_low[1], rest[2:], rest_low[2:]
         if namespace == STORAGE.lower() and tail_low[0] == "storageaccounts":
             return self._list_or_get(sub.get("storageAccounts", []), tail, rg, f"{STORAGE}/storageAccounts")
+        if namespace in GENERIC_NAMESPACES or (
+            namespace == COMPUTE.lower() and len(tail_low) >= 3 and tail_low[0] == "galleries"
+            and tail_low[2] == "applications"
+        ):
+            return self._generic(sub, segs, rg, rest[1])
         if namespace != COMPUTE.lower():
             raise _not_found("/" + "/".join(segs), rg)
         kind = tail_low[0]
@@ -958,6 +1139,31 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _not_found(f"{type_name}/{tail[1]}/images/{tail[3]}/versions/{tail[5]}", rg)
             return ver
         raise _not_found("/" + "/".join(segs), rg)
+
+    @staticmethod
+    def _generic(sub: dict[str, Any], segs: list[str], rg: str | None, namespace: str) -> list[Any] | dict[str, Any]:
+        """A resource of the ``resources`` bucket by its id, or a collection of them."""
+        resources = [r for r in sub.get("resources", []) if isinstance(r, dict)]
+        path = "/" + "/".join(segs)
+        low = path.lower()
+        for r in resources:
+            if str(r.get("id", "")).lower() == low:
+                return r
+        parent, _, type_seg = low.rpartition("/")
+        if rg is None:  # /subscriptions/S/providers/NS/type: every top-level resource of that type
+            if len(segs) != 5:
+                raise _not_found(path, rg)
+            want = f"{namespace}/{segs[4]}".lower()
+            return [r for r in resources if _type_of(r).lower() == want]
+        if not parent.endswith(f"/providers/{namespace.lower()}"):
+            known = {str(r.get("id", "")).lower() for r in resources}
+            known |= {str(g.get("id", "")).lower() for g in sub.get("galleries", []) if isinstance(g, dict)}
+            if parent not in known:
+                raise _not_found(parent, rg)
+        return [
+            r for r in resources
+            if str(r.get("id", "")).lower().startswith(parent + "/") and str(r["id"]).lower().split("/")[-2] == type_seg
+        ]
 
     @staticmethod
     def _list_or_get(

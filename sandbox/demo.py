@@ -223,6 +223,9 @@ class Demo:
                 ),
                 armlib.image(SUB, RG, "golden", os_blob=self.url(a1, "system", golden_blob)),
                 armlib.vmss(SUB, RG, "web-ss", vhd_containers=[self.url(a2, "webss")]),
+                # The collected accounts, where ARM places them: vhd-gc checks they are in a configured subscription.
+                *(armlib.storage_account(SUB, "storage-rg", acct, blob_endpoint=self.azurite.blob_endpoint(acct))
+                  for acct in ACCOUNTS),
                 subscriptions=[SUB],
             )
         )  # fmt: skip

@@ -26,6 +26,7 @@ from gc_daemon.urls import blob_url, default_blob_endpoint
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 ACCOUNT = "gcacct1"
+SUB_ID = "00000000-0000-0000-0000-000000000001"
 CONTAINER = "vhds"
 VM = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
 DISK = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Compute/disks/disk1"
@@ -48,6 +49,8 @@ def policy(
     import_hold: timedelta = timedelta(days=7),
     delete_block_blob_vhds: bool = False,
     delete_non_vhd_page_blobs: bool = False,
+    captured_image_max_age: timedelta | None = None,
+    hold_kubernetes_volumes: bool = True,
 ) -> Policy:
     """The contract's example policy unless told otherwise."""
     return Policy(
@@ -57,6 +60,8 @@ def policy(
         import_hold=import_hold,
         delete_block_blob_vhds=delete_block_blob_vhds,
         delete_non_vhd_page_blobs=delete_non_vhd_page_blobs,
+        captured_image_max_age=captured_image_max_age,
+        hold_kubernetes_volumes=hold_kubernetes_volumes,
     )
 
 
@@ -77,6 +82,10 @@ def seen(
     owner_hint: str | None = None,
     size: int = 30 * GIB,
     tier: str | None = None,
+    image_type: str | None = None,
+    created_by: str | None = None,
+    owner_group: str | None = None,
+    owner_disk: str | None = None,
 ) -> BlobSeen:
     """A blob as a listing saw it: by default an old, unleased page blob named .vhd."""
     k = k or key(name)
@@ -94,6 +103,10 @@ def seen(
         keep_tag=keep_tag,
         owner_hint=owner_hint,
         tier=tier,
+        image_type=image_type,
+        created_by=created_by,
+        owner_group=owner_group,
+        owner_disk=owner_disk,
     )
 
 
@@ -117,6 +130,12 @@ def container_ref(container: str = CONTAINER, *, account: str = ACCOUNT, holder:
     """A scale set's vhdContainers entry: every blob of that container is protected."""
     uri = f"{default_blob_endpoint(account)}/{container}"
     return Reference(RefKind.VMSS_CONTAINER, holder, uri, None, ContainerKey(account, container))
+
+
+def account_ref(account: str = ACCOUNT, *, kind: RefKind = RefKind.SITE_RECOVERY_ACCOUNT, holder: str = VM) -> Reference:
+    """A staging/cache/log account a Site Recovery item names: every blob of the account is in use."""
+    uri = f"/subscriptions/{SUB_ID}/resourceGroups/asr-rg/providers/Microsoft.Storage/storageAccounts/{account}"
+    return Reference(kind, holder, uri, None, None)
 
 
 def import_ref(
@@ -144,7 +163,7 @@ def raw(
 
 def index(*refs: Reference) -> ReferenceIndex:
     built, errors = ReferenceIndex.build(
-        RawReference(r.kind, r.holder, r.uri, r.time_created, r.provisioning_state) for r in refs
+        RawReference(r.kind, r.holder, r.uri, r.time_created, r.provisioning_state, r.field) for r in refs
     )
     assert not errors, errors
     return built

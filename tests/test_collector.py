@@ -4,6 +4,8 @@ Azurite (does the blob still exist?)."""
 
 from __future__ import annotations
 
+import json
+
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -375,12 +377,34 @@ def test_an_unknown_subscription_fails_the_pass_closed(gc):
 
 def test_an_unparseable_reference_fails_the_pass_closed(gc):
     gc.page("vhds", "disk.vhd")
-    gc.compute(a.vm(SUB, RG, "cdn", os_vhd="https://disks.example.com/vhds/disk.vhd"))
+    # On a collected account, but not on one blob: a dot segment (clients resolve it, we refuse to guess).
+    gc.compute(a.vm(SUB, RG, "cdn", os_vhd=gc.url("vhds", "sub/../disk.vhd").replace("%2E", ".")))
     gc.configure(mode="delete")
     run = gc.cli("scan")
     assert run.code == 3
-    assert "disks.example.com" in run.err
+    assert "vm_os_disk of" in run.err and "cdn" in run.err
     assert gc.exists("vhds", "disk.vhd")
+
+
+def test_a_reference_on_a_host_that_can_be_no_collected_account_is_ignored_and_counted(gc):
+    """Issue 11: a managed disk's export URL (md-*.blob.storage.azure.net), another tenant's account or
+    a host that is no blob endpoint at all must not stop every pass forever: counted, logged once, ignored."""
+    gc.page("vhds", "leftover.vhd")
+    gc.compute(
+        a.disk(SUB, RG, "from-export",
+               source_uri="https://md-lsz1xpr4bz3d.z23.blob.storage.azure.net/pbvdmpqhfbsd/abcd?sv=2018-03-28&sig=S3CR3T"),
+        a.vm(SUB, RG, "other-tenant", os_vhd="https://othertenant.blob.core.windows.net/vhds/theirs.vhd"),
+        a.vm(SUB, RG, "cdn", os_vhd="https://disks.example.com/vhds/disk.vhd"),
+    )
+    gc.configure(mode="delete")
+    run = gc.cli("scan")
+    assert run.code == 0, run.err
+    events = [json.loads(line) for line in run.err.splitlines() if line.startswith("{")]
+    foreign = [e for e in events if e.get("event") == "references_foreign"]
+    assert len(foreign) == 1 and foreign[0]["count"] == 3
+    assert "S3CR3T" not in run.out + run.err
+    assert [e for e in events if e.get("event") == "pass_complete"][0]["references_foreign"] == 3
+    assert not gc.exists("vhds", "leftover.vhd")  # the pass went on and collected what it should
 
 
 def test_an_unreachable_storage_account_fails_the_pass_closed(gc):

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from gc_daemon.azure.compute import (
-    SCALE_SET_VMS,
-    SOURCE_KINDS,
-    ComputeInventory,
-    ReferenceRead,
-)
+from gc_daemon.sources import REGISTRY
+from gc_daemon.sources.base import ReferenceRead
+from gc_daemon.sources.inventory import ReferenceInventory
+
+SCALE_SET_VMS = "virtualMachineScaleSetVMs"
+SOURCE_KINDS = tuple(label for source in REGISTRY for label in source.labels)
 from gc_daemon.azure.credentials import EMULATOR_TOKEN, EmulatorCredential, build_credential
 from gc_daemon.domain import RefKind
 from sandbox import arm as sb
@@ -34,7 +34,7 @@ S1 = "00000000-0000-0000-0000-000000000001"
 S2 = "00000000-0000-0000-0000-000000000002"
 UNKNOWN = "00000000-0000-0000-0000-00000000dead"
 CREATED = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-TOP_SOURCES = ("virtualMachines", "virtualMachineScaleSets", "images", "disks", "snapshots", "galleries")
+TOP_SOURCES = tuple(source.reads[0].label for source in REGISTRY)  # each source's first list
 
 
 def blob(name: str, account: str = "acct1", container: str = "vhds") -> str:
@@ -94,6 +94,23 @@ def full_estate(sub: str = S1) -> tuple[dict, set[tuple[RefKind, str, str]]]:
             sub, "rg-gal", "gal1", "def1", "1.0.0", os_source=blob("gal-os"), data_sources=[blob("gal-data0")]
         ),
         sb.gallery_image_version(sub, "rg-gal", "gal1", "def1", "1.0.1"),  # from a managed image
+        sb.gallery_application(sub, "rg-gal", "gal1", "app1"),
+        sb.gallery_application_version(sub, "rg-gal", "gal1", "app1", "1.0.0", media_link=blob("app-pkg"),
+                                       config_link=blob("app-cfg")),
+        sb.recovery_vault(sub, "rg-asr", "vault1"),
+        sb.replication_protected_item(sub, "rg-asr", "vault1", "item1", sb.a2a_details(
+            {"diskUri": blob("asr-src"), "recoveryDiskUri": blob("asr-replica"),
+             "primaryStagingAzureStorageAccountId": sb.storage_account_id(sub, "rg-asr", "cacheacct"),
+             "primaryDiskAzureStorageAccountId": sb.storage_account_id(sub, "rg-vms", "acct1")},
+            boot_diag_account=sb.storage_account_id(sub, "rg-asr", "diagacct"))),
+        sb.replication_migration_item(sub, "rg-asr", "vault1", "mig1", sb.vmware_cbt_details(
+            {"seedBlobUri": blob("mig-seed"), "logStorageAccountId": sb.storage_account_id(sub, "rg-asr", "logacct")})),
+        sb.image_template(sub, "rg-aib", "tpl1"),
+        sb.image_run_output(sub, "rg-aib", "tpl1", "vhd", artifact_uri=blob("aib-out")),
+        sb.image_run_output(sub, "rg-aib", "tpl1", "managed"),  # a managed image: no blob
+        sb.devtest_lab(sub, "rg-dtl", "lab1", default_account="labacct"),
+        sb.devtest_custom_image(sub, "rg-dtl", "lab1", "golden-img", vhd_name="golden.vhd"),
+        sb.devtest_custom_image(sub, "rg-dtl", "lab1", "from-vm", vhd_name=None),
     ]
     ss = lambda name: sb.compute_id(sub, "rg-ss", "virtualMachineScaleSets", name)  # noqa: E731
     ssvm = lambda name, i: sb.compute_id(  # noqa: E731
@@ -105,6 +122,10 @@ def full_estate(sub: str = S1) -> tuple[dict, set[tuple[RefKind, str, str]]]:
     cvm = sb.compute_id(sub, "rg-disk", "disks", "cvm")
     snap1 = sb.compute_id(sub, "rg-disk", "snapshots", "snap1")
     ver = sb.compute_id(sub, "rg-gal", "galleries", "gal1", "images", "def1", "versions", "1.0.0")
+    by_name = {r["name"]: r["id"] for r in resources}
+    app_ver = sb.compute_id(sub, "rg-gal", "galleries", "gal1", "applications", "app1", "versions", "1.0.0")
+    asr_item, mig_item = by_name["item1"], by_name["mig1"]
+    aib_out, dtl_img = by_name["vhd"], by_name["golden-img"]
     expected = {
         (RefKind.VM_OS_DISK, vm1, blob("vm1-os")),
         (RefKind.VM_DATA_DISK, vm1, blob("vm1-data0")),
@@ -127,6 +148,15 @@ def full_estate(sub: str = S1) -> tuple[dict, set[tuple[RefKind, str, str]]]:
         (RefKind.SNAPSHOT_IMPORT, snap1, blob("snap-src")),
         (RefKind.GALLERY_SOURCE, ver, blob("gal-os")),
         (RefKind.GALLERY_SOURCE, ver, blob("gal-data0")),
+        (RefKind.GALLERY_APPLICATION, app_ver, blob("app-pkg")),
+        (RefKind.GALLERY_APPLICATION, app_ver, blob("app-cfg")),
+        (RefKind.SITE_RECOVERY, asr_item, blob("asr-src")),
+        (RefKind.SITE_RECOVERY, asr_item, blob("asr-replica")),
+        (RefKind.SITE_RECOVERY_ACCOUNT, asr_item, sb.storage_account_id(sub, "rg-asr", "cacheacct")),
+        (RefKind.MIGRATION, mig_item, blob("mig-seed")),
+        (RefKind.MIGRATION_ACCOUNT, mig_item, sb.storage_account_id(sub, "rg-asr", "logacct")),
+        (RefKind.IMAGE_BUILDER_OUTPUT, aib_out, blob("aib-out")),
+        (RefKind.DEVTEST_LAB_IMAGE, dtl_img, "https://labacct.blob.core.windows.net/uploads/golden.vhd"),
     }
     return sb.build_estate(*resources), expected
 
@@ -585,7 +615,7 @@ def test_standin_as_a_process_with_http_control(tmp_path):
 
         control("PUT", "/_control/estate", estate)
         control("POST", "/_control/faults", [{"path": "/disks$", "status": 500, "times": 1}])
-        inventory = ComputeInventory(
+        inventory = ReferenceInventory(
             EmulatorCredential(), url, [S1], connection_verify=cert, retry_total=2, retry_backoff=0.01, timeout=5
         )
         with inventory:

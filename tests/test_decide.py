@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gc_daemon.state.store import StoredRow
 from gc_daemon.decide import ReferenceIndex, classify, decide, decide_stream, is_tracked_kind
 from gc_daemon.domain import (
+    BlobKey,
     Change,
     ContainerKey,
     Forget,
@@ -21,9 +22,11 @@ from gc_daemon.domain import (
 )
 from tests.builders import (
     ACCOUNT,
+    CONTAINER,
     GIB,
     DISK,
     NOW,
+    account_ref,
     container_ref,
     import_ref,
     index,
@@ -40,7 +43,8 @@ from tests.builders import (
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 
-BLOB_REFERENCE_KINDS = [k for k in RefKind if k is not RefKind.VMSS_CONTAINER and not k.is_import]
+BLOB_REFERENCE_KINDS = [k for k in RefKind if k.scope == "blob" and not k.is_import]
+ACCOUNT_REFERENCE_KINDS = [k for k in RefKind if k.scope == "account"]
 
 
 # --- references ----------------------------------------------------------------------------------
@@ -54,6 +58,57 @@ def test_referenced_blob_is_in_use_and_not_tracked(kind):
     assert d.classification.verdict is Verdict.REFERENCED
     assert d.classification.references == (r,)
     assert d.change is None and d.due is None
+
+
+@pytest.mark.parametrize("kind", ACCOUNT_REFERENCE_KINDS, ids=lambda k: k.value)
+def test_an_account_reference_holds_every_blob_of_that_account_and_no_other(kind):
+    inside, other = seen(), seen(k=BlobKey("gcacct2", CONTAINER, "other.vhd"))
+    r = account_ref(kind=kind)
+    refs = index(r)
+    d = see(inside, refs=refs)
+    assert d.classification.verdict is Verdict.REFERENCED
+    assert d.classification.references[0].kind is kind
+    assert see(other, refs=refs).classification.verdict is Verdict.ORPHAN
+    # The streaming decision's fast paths agree: an untracked blob of the account is quiet.
+    out = list(decide_stream([inside, other], {}, refs, {}, policy(), NOW, 1))
+    assert [d.key for d in out] == [other.key]
+
+
+def test_references_to_hosts_that_can_be_no_collected_account_are_counted_and_ignored():
+    raws = [
+        raw(RefKind.DISK_IMPORT, "https://md-lsz1xpr4bz3d.z23.blob.storage.azure.net/pbvdmpqhfbsd/abcd?sv=2018-03-28&sig=S3CR3T"),
+        raw(RefKind.VM_OS_DISK, "https://othertenant.blob.core.windows.net/vhds/theirs.vhd"),
+        raw(RefKind.SITE_RECOVERY, "https://kv1.vault.azure.net/secrets/x"),
+        raw(RefKind.VM_DATA_DISK, "https://othertenant.blob.core.windows.net/a--b/bad-container.vhd"),
+        raw(RefKind.SITE_RECOVERY_ACCOUNT,
+            "/subscriptions/x/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/elsewhere1"),
+    ]
+    idx, errors = ReferenceIndex.build(raws, {ACCOUNT})
+    assert errors == []
+    assert len(idx) == 0 and idx.foreign == 5
+    assert all("S3CR3T" not in e for e in idx.foreign_sample)
+
+
+def test_a_private_endpoint_host_is_the_account_itself():
+    blob = seen()
+    r = raw(RefKind.VM_OS_DISK, f"https://{ACCOUNT}.privatelink.blob.core.windows.net/{CONTAINER}/{blob.key.blob}")
+    idx, errors = ReferenceIndex.build([r], {ACCOUNT})
+    assert errors == [] and idx.foreign == 0
+    assert classify(blob, idx, {}, policy(), NOW).verdict is Verdict.REFERENCED
+
+
+@pytest.mark.parametrize("uri", [
+    "not a url", "ftp://gcacct1.blob.core.windows.net/vhds/a.vhd", "https:///vhds/a.vhd",
+    "https://gcacct1.blob.core.windows.net/vhds/sub/../a.vhd", "https://gcacct1.blob.core.windows.net/A--B/a.vhd",
+])
+def test_a_reference_that_cannot_be_placed_on_a_collected_account_still_fails(uri):
+    idx, errors = ReferenceIndex.build([raw(RefKind.VM_OS_DISK, uri)], {ACCOUNT})
+    assert len(errors) == 1 and len(idx) == 0 and idx.foreign == 0
+
+
+def test_a_malformed_account_id_fails():
+    idx, errors = ReferenceIndex.build([raw(RefKind.SITE_RECOVERY_ACCOUNT, "/subscriptions/x/storageAccounts")], {ACCOUNT})
+    assert len(errors) == 1
 
 
 def test_reference_outlives_any_age_and_grace():
@@ -161,13 +216,13 @@ def test_finished_import_next_to_a_live_reference_still_protects():
 
 def test_reference_index_build_reports_unparseable_uris_and_keeps_the_rest():
     good = raw(RefKind.VM_OS_DISK, f"https://{ACCOUNT}.blob.core.windows.net/vhds/ok.vhd")
-    bad_blob = raw(RefKind.VM_DATA_DISK, "https://example.com/vhds/data.vhd", holder="/vm/bad")
+    bad_blob = raw(RefKind.VM_DATA_DISK, f"https://{ACCOUNT}.blob.core.windows.net/vhds/../data.vhd", holder="/vm/bad")
     bad_container = raw(RefKind.VMSS_CONTAINER, f"https://{ACCOUNT}.blob.core.windows.net/a--b", holder="/vmss/bad")
     idx, errors = ReferenceIndex.build([good, bad_blob, bad_container])
     assert len(idx) == 1
     assert idx.lookup(key("ok.vhd"))[0].uri == good.uri
     assert len(errors) == 2
-    assert "vm_data_disk of /vm/bad" in errors[0] and "example.com" in errors[0]
+    assert "vm_data_disk of /vm/bad" in errors[0] and "/vhds/../data.vhd" in errors[0]
     assert "vmss_vhd_container of /vmss/bad" in errors[1]
 
 
@@ -605,7 +660,8 @@ steps = st.fixed_dictionaries(
         "referenced": st.booleans(),
         "leased": st.booleans(),
         "etag": st.sampled_from(['"a"', '"a"', '"a"', '"b"', '"c"']),
-        "hold": st.sampled_from([None, None, None, "snapshots", "metadata", "tag", "operator"]),
+        "hold": st.sampled_from([None, None, None, "snapshots", "metadata", "tag", "operator", "captured_image",
+                                 "kubernetes"]),
         "advance": st.sampled_from([timedelta(0), timedelta(minutes=1), HOUR, DAY, 3 * DAY]),
         "touched": st.booleans(),  # modified just before this pass (too young)
     }
@@ -639,6 +695,8 @@ def test_lifecycle_invariants_over_random_passes(passes, grace, min_sightings, m
             snapshots=1 if step["hold"] == "snapshots" else 0,
             keep_metadata=step["hold"] == "metadata",
             keep_tag=step["hold"] == "tag",
+            image_type="Generalized" if step["hold"] == "captured_image" else None,
+            created_by="k8sAzureDataDisk" if step["hold"] == "kubernetes" else None,
         )
         refs = index(ref(RefKind.VM_OS_DISK, blob.key)) if step["referenced"] else index()
         holds = {blob.key: "ops"} if step["hold"] == "operator" else {}
@@ -700,6 +758,14 @@ DISTURBANCES = {
     "deleted": ("prev_state", State.DELETED), "etag_changed": ("same_etag", False), "billed_unknown": ("billed_known", False),
     "grace_changed": ("stale_delete_after", True), "container_referenced": ("ref_kind", RefKind.VMSS_CONTAINER),
     "owner_hint": ("owner", "vm-7"), "owner_hint_empty": ("owner", ""), "premium": ("tier", "P10"),
+    "owner_group": ("owner_group", "rg-web"), "owner_disk": ("owner_disk", "web-os"),
+    "account_referenced": ("ref_kind", RefKind.SITE_RECOVERY_ACCOUNT),
+    "captured_path": ("container", "system"), "captured_name": ("name", "Microsoft.Compute/Images/vhds/x-osDisk.1.vhd"),
+    "captured_metadata": ("image_type", "Generalized"),
+    "kubernetes_name": ("name", "kubernetes-dynamic-pvc-0f6c1e2a-1b2c-4d5e-8f90-a1b2c3d4e5f6.vhd"),
+    "kubernetes_name_upper": ("name", "KUBERNETES-DYNAMIC-PVC-0F6C1E2A-1B2C-4D5E-8F90-A1B2C3D4E5F6.VHD"),
+    "kubernetes_metadata": ("created_by", "k8sAzureDataDisk"), "other_creator": ("created_by", "someone"),
+    "kubernetes_not_held": ("hold_k8s", False), "captured_ages_out": ("captured_max_age", timedelta(days=1)),
 }
 
 
@@ -722,7 +788,8 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
     or two at a time), and whatever the service's time, the outcome is the same."""
     p = dict(name="disk.vhd", blob_type="PageBlob", lease="available", snapshots=0, keep_md=False, keep_tag=False,
              age_h=age_h, ref_kind=None, operator=False, prev_state=prev_state, same_etag=True, billed_known=True,
-             stale_delete_after=False, owner=None, tier=None)
+             stale_delete_after=False, owner=None, tier=None, owner_group=None, owner_disk=None, container="vhds",
+             image_type=None, created_by=None, hold_k8s=True, captured_max_age=None)
     for d in sorted(disturbances):
         param, value = DISTURBANCES[d]
         p[param] = value
@@ -730,14 +797,19 @@ def test_fast_paths_agree_with_the_full_decision(disturbances, prev_state, orpha
         billed_known, stale_delete_after = (p[k] for k in ("name", "blob_type", "lease", "snapshots", "keep_md",
                                                           "keep_tag", "age_h", "ref_kind", "operator", "prev_state",
                                                           "same_etag", "billed_known", "stale_delete_after"))
-    blob = seen(name, blob_type=blob_type, lease_state=lease, lease_status=None if lease is None else "unlocked",
-                snapshots=snapshots, keep_metadata=keep_md, keep_tag=keep_tag, age=timedelta(hours=age_h),
-                owner_hint=p["owner"], tier=p["tier"])
-    pol = policy(min_age=timedelta(hours=24), grace_period=timedelta(days=grace_days), min_sightings=min_sightings)
+    blob = seen(name, k=BlobKey(ACCOUNT, p["container"], name), blob_type=blob_type, lease_state=lease,
+                lease_status=None if lease is None else "unlocked", snapshots=snapshots, keep_metadata=keep_md,
+                keep_tag=keep_tag, age=timedelta(hours=age_h), owner_hint=p["owner"], tier=p["tier"],
+                owner_group=p["owner_group"], owner_disk=p["owner_disk"], image_type=p["image_type"],
+                created_by=p["created_by"])
+    pol = policy(min_age=timedelta(hours=24), grace_period=timedelta(days=grace_days), min_sightings=min_sightings,
+                 hold_kubernetes_volumes=p["hold_k8s"], captured_image_max_age=p["captured_max_age"])
     if ref_kind is None:
         refs = index()
     elif ref_kind is RefKind.VMSS_CONTAINER:
         refs = index(container_ref(blob.key.container, account=blob.key.account))
+    elif ref_kind.scope == "account":
+        refs = index(account_ref(blob.key.account, kind=ref_kind))
     else:
         refs = index(ref(ref_kind, blob.key, time_created=NOW - timedelta(days=30), provisioning_state="Succeeded"))
     holds = {blob.key: "legal"} if operator else {}

@@ -268,6 +268,21 @@ def test_azure_role_is_least_privilege(path):
     assert "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read" in role["DataActions"]
 
 
+@pytest.mark.parametrize("path", ROLES, ids=lambda p: p.name)
+def test_azure_roles_are_what_the_reference_sources_declare(path):
+    """Each source declares the permission of each read (gc_daemon/sources/); the roles are generated
+    from those declarations (`python -m gc_daemon.sources.roles`), so a new source cannot ship
+    without its permission, nor a role keep one no source needs."""
+    from gc_daemon.sources import permissions
+    from gc_daemon.sources.roles import render
+
+    role = json.loads(path.read_text())
+    assert path.read_text() == render(path.name, role["AssignableScopes"]), (
+        "deploy/azure is out of date: run python -m gc_daemon.sources.roles"
+    )
+    assert set(permissions()) <= set(role["Actions"])
+
+
 def test_full_role_deletes_blobs_and_reader_role_cannot():
     full, reader = (json.loads(p.read_text()) for p in ROLES)
     delete = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete"
@@ -408,3 +423,18 @@ def test_container_healthcheck_fails_when_nothing_listens():
     result = run_healthcheck(f"http://127.0.0.1:{port}/healthz")
     assert result.returncode == 1
     assert "unhealthy" in result.stdout
+
+
+def test_operations_guide_documents_every_registered_reference_source():
+    """docs/operations.md's "Where references come from" names every source and every label its
+    failures carry (what an operator sees in `scan` and in vhdgc_inventory_errors_total)."""
+    from gc_daemon.sources import REGISTRY
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = guide.split("## Where references come from", 1)[1].split("\n## ", 1)[0]
+    for source in REGISTRY:
+        assert f"`{source.name}`" in section, source.name
+        for label in source.labels:
+            assert f"`{label}`" in section, label
+    # The guide ends with what vhd-gc can and cannot see.
+    assert guide.split("\n## ")[-1].startswith("What vhd-gc can and cannot see")

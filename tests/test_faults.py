@@ -76,18 +76,8 @@ TRANSIENT = [
     ("429-once", dict(kind="error", status=429, times=1)),
 ]
 CONVERGE = "then-a-healthy-pass-converges"
-# The source label vhd-gc names in a pass's errors ("<subscription>/<label>: ...").
-LABELS = {
-    "virtualMachines": "virtualMachines",
-    "virtualMachineScaleSets": "virtualMachineScaleSets",
-    "virtualMachineScaleSets/{name}/virtualMachines": "virtualMachineScaleSetVMs",
-    "images": "images",
-    "disks": "disks",
-    "snapshots": "snapshots",
-    "galleries": "galleries",
-    "galleries/{g}/images": "galleryImages",
-    "galleries/{g}/images/{i}/versions": "galleryImageVersions",
-}
+# The source label vhd-gc names in a pass's errors ("<subscription>/<label>: ...") is the read's own.
+LABELS = {label: label for label, _ in SOURCES}
 
 
 @dataclass
@@ -272,6 +262,18 @@ def test_reference_source_fault_retried_away_completes_correctly(matrix: Matrix,
     assert wrongful == 0 and not would_delete, f"{case}: in-use blobs taken for orphans: {would_delete}"
     assert result.outcome == "complete", f"{case}: a fault retried away should not fail the pass: {result.errors}"
     assert leftover_due, f"{case}: the new leftover is not due"
+
+
+def test_the_matrix_estate_covers_every_registered_read(matrix: Matrix):
+    """Every read every registered source declares is in the matrix, with blobs in use behind its
+    pages: registering a source without giving it an estate here fails."""
+    from gc_daemon.sources import reads
+
+    assert {r.label for r in reads()} == {label for label, _ in SOURCES} == matrix.estate.covered
+    kinds = {b.why for b in matrix.estate.in_use}
+    for why in ("site recovery disk", "azure migrate seed", "image builder output", "devtest lab custom image",
+                "gallery application"):
+        assert why in kinds, why
 
 
 def test_matrix_ends_converged(matrix: Matrix):

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 from urllib3.response import HTTPResponse
 
-from gc_daemon.azure import compute as c
+from gc_daemon.sources import base as c
+from gc_daemon.sources import disks, galleries, images, scale_sets, snapshots, virtual_machines
 from gc_daemon.azure.credentials import EmulatorCredential
 from gc_daemon.domain import BlobKey
 from gc_daemon.urls import UrlError, blob_url, parse_blob_url
@@ -167,35 +168,40 @@ def _with_security(resource):
 
 
 # kind -> (builder of a realistic resource, reader(client) -> refs, documented JSON paths of URIs)
+def _guard() -> dict:
+    """What the inventory hands every list call: a fresh page check."""
+    return c.PageGuard("https://management.azure.com").kwargs()
+
+
 # A path is a list of keys; "*" walks every element of a list.
 SP = ["properties", "storageProfile"]
 KINDS = {
-    "vm": (lambda: _vm(), c.read_virtual_machines,
+    "vm": (lambda: _vm(), lambda client: virtual_machines.read(client, _guard()).references,
            [SP + ["osDisk", "vhd", "uri"], SP + ["osDisk", "image", "uri"],
             SP + ["dataDisks", "*", "vhd", "uri"], SP + ["dataDisks", "*", "image", "uri"]]),
     "vmss_vm": (lambda: a.vmss_vm(SUB, "rg1", "ss", 0, os_vhd=U.format(1, "os"), os_image=U.format(1, "img"),
                                   data_vhds=[U.format(1, "d0"), U.format(1, "d1")]),
-                lambda client: c.read_scale_set_instances(client, "rg1", "ss"),
+                lambda client: scale_sets.read_instances(client, "rg1", "ss", _guard()).references,
                 [SP + ["osDisk", "vhd", "uri"], SP + ["osDisk", "image", "uri"],
                  SP + ["dataDisks", "*", "vhd", "uri"], SP + ["dataDisks", "*", "image", "uri"]]),
     "vmss": (lambda: a.vmss(SUB, "rg1", "ss", vhd_containers=["https://acct1.blob.core.windows.net/c1",
                                                                "https://acct2.blob.core.windows.net/c2"],
                             os_image=U.format(1, "img")),
-             lambda client: c.read_scale_sets(client)[0],
+             lambda client: scale_sets.read_scale_sets(client, _guard())[0],
              [["properties", "virtualMachineProfile", "storageProfile", "osDisk", "vhdContainers", "*"],
               ["properties", "virtualMachineProfile", "storageProfile", "osDisk", "image", "uri"]]),
     "image": (lambda: a.image(SUB, "rg1", "img", os_blob=U.format(1, "os"), data_blobs=[U.format(1, "d0"), U.format(2, "d1")]),
-              c.read_images,
+              lambda client: images.read(client, _guard()).references,
               [SP + ["osDisk", "blobUri"], SP + ["dataDisks", "*", "blobUri"]]),
     "disk": (lambda: a.disk(SUB, "rg1", "d", source_uri=U.format(1, "src"), security_data_uri=U.format(1, "sec"),
                             security_metadata_uri=U.format(1, "meta")),
-             c.read_disks,
+             lambda client: disks.read(client, _guard()).references,
              [["properties", "creationData", k] for k in ("sourceUri", "securityDataUri", "securityMetadataUri")]),
-    "snapshot": (lambda: _with_security(a.snapshot(SUB, "rg1", "s", source_uri=U.format(1, "src"))), c.read_snapshots,
+    "snapshot": (lambda: _with_security(a.snapshot(SUB, "rg1", "s", source_uri=U.format(1, "src"))), lambda client: snapshots.read(client, _guard()).references,
                  [["properties", "creationData", k] for k in ("sourceUri", "securityDataUri", "securityMetadataUri")]),
     "gallery_version": (lambda: a.gallery_image_version(SUB, "rg1", "g", "i", "1.0.0", os_source=U.format(1, "os"),
                                                         data_sources=[U.format(1, "d0"), U.format(2, "d1")]),
-                        lambda client: c.read_gallery_image_versions(client, "rg1", "g", "i"),
+                        lambda client: galleries.read_versions(client, "rg1", "g", "i", _guard()).references,
                         [SP + ["osDiskImage", "source", "uri"], SP + ["dataDiskImages", "*", "source", "uri"]]),
 }
 

@@ -37,8 +37,14 @@ from gc_daemon.urls import (
         ("http://[::1]:10000/acct1/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
         ("http://localhost:10000/acct1/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
         ("https://acct1.blob.core.windows.net:443/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
+        ("https://acct1.privatelink.blob.core.windows.net/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
+        ("https://acct1-secondary.blob.core.windows.net/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
+        ("https://acct1-microsoftrouting.blob.core.windows.net/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
+        ("https://acct1-internetrouting.blob.core.windows.net/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
+        ("https://acct1-microsoftrouting-secondary.blob.core.windows.net/vhds/os.vhd", ("acct1", "vhds", "os.vhd")),
     ],
-    ids=["public", "usgov", "china", "azurestack", "dns-zone", "ipv4-port", "ipv4", "ipv6", "localhost", "port"],
+    ids=["public", "usgov", "china", "azurestack", "dns-zone", "ipv4-port", "ipv4", "ipv6", "localhost", "port",
+         "private-endpoint", "secondary", "microsoft-routing", "internet-routing", "routing-secondary"],
 )
 def test_every_endpoint_style_names_the_same_kind_of_key(uri, expected):
     assert parse_blob_url(uri) == BlobKey(*expected)
@@ -150,7 +156,6 @@ def test_container_url_with_or_without_trailing_slash(uri):
         pytest.param("https://ab.blob.core.windows.net/vhds/os.vhd", id="account-too-short"),
         pytest.param("https://" + "a" * 25 + ".blob.core.windows.net/vhds/os.vhd", id="account-too-long"),
         pytest.param("https://acct-1.blob.core.windows.net/vhds/os.vhd", id="account-hyphen"),
-        pytest.param("https://acct1-secondary.blob.core.windows.net/vhds/os.vhd", id="secondary-endpoint"),
         pytest.param("http://127.0.0.1:10000/ab/vhds/os.vhd", id="path-style-bad-account"),
         pytest.param("http://127.0.0.1:10000/acct1", id="path-style-no-container"),
         pytest.param("https://acct1.blob.core.windows.net:99999/vhds/os.vhd", id="bad-port"),

@@ -5,23 +5,15 @@ an error for the pass (an account we did not see must not look empty)."""
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compute import SourceError, arm_client_kwargs, check_list_page, describe_error
+from ..sources.base import PageGuard, PlacedAccount, SourceError, describe_error
+from ..sources.inventory import arm_client_kwargs
+from ..sources.storage_accounts import placed
 
-_RG = re.compile(r"/resourceGroups/([^/]+)/", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveredAccount:
-    name: str
-    subscription: str
-    resource_group: str
-    blob_endpoint: str | None
-    kind: str | None
-    sku: str | None
+# An account found by discovery is an account as ARM places it.
+DiscoveredAccount = PlacedAccount
 
 
 @dataclass(slots=True)
@@ -48,6 +40,7 @@ class AccountDiscovery:
         connection_verify: str | bool | None = None,
         retry_total: int = 4,
         timeout: float = 60,
+        max_pages: int = 10_000,
     ) -> None:
         self._credential = credential
         self._arm_endpoint = arm_endpoint.rstrip("/")
@@ -55,6 +48,7 @@ class AccountDiscovery:
         self._verify = connection_verify
         self._retry_total = retry_total
         self._timeout = timeout
+        self._max_pages = max_pages
         self._clients: dict[str, Any] = {}
 
     def _client(self, subscription: str) -> Any:
@@ -70,20 +64,8 @@ class AccountDiscovery:
         out = Discovery()
         for sub in self._subscriptions:
             try:
-                for acct in self._client(sub).storage_accounts.list(raw_response_hook=check_list_page):
-                    rid = acct.id or ""
-                    m = _RG.search(rid)
-                    endpoints = acct.primary_endpoints
-                    out.accounts.append(
-                        DiscoveredAccount(
-                            name=str(acct.name).lower(),
-                            subscription=sub,
-                            resource_group=m.group(1) if m else "",
-                            blob_endpoint=(endpoints.blob if endpoints else None),
-                            kind=acct.kind,
-                            sku=acct.sku.name if acct.sku else None,
-                        )
-                    )
+                accounts = self._client(sub).storage_accounts.list(**PageGuard(self._arm_endpoint, self._max_pages).kwargs())
+                out.accounts.extend(placed(sub, acct) for acct in accounts)
             except Exception as exc:  # noqa: BLE001 - one failed subscription fails discovery
                 out.errors.append(SourceError(f"{sub}/storageAccounts", describe_error(exc)))
         return out

@@ -45,6 +45,11 @@ from gc_daemon.urls import blob_url, redact_url
 KEEP_METADATA_KEY = "vhdgc_keep"
 KEEP_TAG_KEY = "vhdgc-keep"
 OWNER_METADATA_KEY = "microsoftazurecompute_vmname"
+# What Compute and Kubernetes write in a VHD's metadata (keys compared without case).
+OWNER_GROUP_METADATA_KEY = "microsoftazurecompute_resourcegroupname"
+OWNER_DISK_METADATA_KEY = "microsoftazurecompute_diskname"
+IMAGE_TYPE_METADATA_KEY = "microsoftazurecompute_imagetype"  # a captured VM image
+CREATED_BY_METADATA_KEY = "createdby"  # k8sAzureDataDisk: a Kubernetes in-tree volume
 
 # What the service answers when a conditional delete must not (or need not) happen. Nothing was
 # deleted; the caller decides what that means for the candidate.
@@ -436,8 +441,7 @@ class AccountStorage:
         self, container: str, item: ListedBlob, snapshot_count: int, tags: dict[str, str] | None
     ) -> BlobSeen:
         key = self.key_for(container, item.name)
-        metadata = item.metadata
-        return BlobSeen(
+        seen = BlobSeen(
             key=key,
             url=self.blob_url(key),
             blob_type=item.blob_type,
@@ -447,11 +451,19 @@ class AccountStorage:
             lease_state=_lower(item.lease_state),
             lease_status=_lower(item.lease_status),
             snapshot_count=snapshot_count,
-            keep_metadata=_has_key(metadata, KEEP_METADATA_KEY),
             keep_tag=_has_key(tags, KEEP_TAG_KEY),
-            owner_hint=_value_of(metadata, OWNER_METADATA_KEY),
             tier=item.tier,
         )
+        metadata = item.metadata
+        if metadata:  # most blobs have none: nothing to look at
+            meta = {k.lower(): v for k, v in metadata.items()}
+            seen.keep_metadata = KEEP_METADATA_KEY in meta
+            seen.owner_hint = meta.get(OWNER_METADATA_KEY)
+            seen.image_type = meta.get(IMAGE_TYPE_METADATA_KEY)
+            seen.created_by = meta.get(CREATED_BY_METADATA_KEY)
+            seen.owner_group = meta.get(OWNER_GROUP_METADATA_KEY)
+            seen.owner_disk = meta.get(OWNER_DISK_METADATA_KEY)
+        return seen
 
     # -- deleting ---------------------------------------------------------------------------
 

@@ -39,14 +39,15 @@ def arm(arm_server: ArmStandIn) -> Iterator[ArmStandIn]:
 
 @pytest.fixture
 def compute_inventory(arm: ArmStandIn) -> Iterator[Callable[..., Any]]:
-    """Factory: ``compute_inventory([SUB, ...], **overrides)`` -> a ComputeInventory on the stand-in,
+    """Factory: ``compute_inventory([SUB, ...], **overrides)`` -> a ReferenceInventory (every
+    registered source) on the stand-in,
     with short retries and timeouts so fault tests stay fast. Closed at the end of the test."""
-    from gc_daemon.azure.compute import ComputeInventory
+    from gc_daemon.sources.inventory import ReferenceInventory
     from gc_daemon.azure.credentials import EmulatorCredential
 
-    made: list[ComputeInventory] = []
+    made: list[ReferenceInventory] = []
 
-    def make(subscriptions: list[str], **overrides: Any) -> ComputeInventory:
+    def make(subscriptions: list[str], **overrides: Any) -> ReferenceInventory:
         options: dict[str, Any] = {
             "connection_verify": arm.cert_path,
             "retry_total": 2,
@@ -55,7 +56,7 @@ def compute_inventory(arm: ArmStandIn) -> Iterator[Callable[..., Any]]:
             "max_workers": 4,
         }
         options.update(overrides)
-        inventory = ComputeInventory(EmulatorCredential(), arm.url, subscriptions, **options)
+        inventory = ReferenceInventory(EmulatorCredential(), arm.url, subscriptions, **options)
         made.append(inventory)
         return inventory
 

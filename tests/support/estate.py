@@ -46,6 +46,7 @@ class Harness:
     db_url: str
     settings: dict[str, Any] = field(default_factory=dict)
     resources: list[dict] = field(default_factory=list)
+    placed: bool | None = None  # whether compute() registers the collected accounts (None: not yet called)
     clock_offset: timedelta = timedelta(0)
 
     # -- the estate ------------------------------------------------------------------------
@@ -80,9 +81,20 @@ class Harness:
             assert time.monotonic() < deadline, f"Azurite's clock did not reach {instant.isoformat()}"
             time.sleep(0.1)
 
-    def compute(self, *resources: dict) -> None:
-        """Replace what Azure Compute holds."""
+    def compute(self, *resources: dict, place_accounts: bool = True) -> None:
+        """Replace what Azure Resource Manager holds. The collected accounts are registered in ``SUB``
+        (their own subscription, as vhd-gc checks at every pass) unless ``resources`` registers them
+        elsewhere or ``place_accounts`` is False."""
         self.resources = list(resources)
+        self.placed = place_accounts
+        listed = self.settings["azure"].get("storage_accounts") or []
+        registered = {r["name"] for r in resources if r.get("type", "").lower() == "microsoft.storage/storageaccounts"}
+        if place_accounts:
+            resources = resources + tuple(
+                armlib.storage_account(SUB, "storage-rg", a["name"], blob_endpoint=a.get("blob_endpoint"))
+                for a in listed
+                if a["name"] not in registered
+            )
         self.arm.set_estate(armlib.build_estate(*resources, subscriptions=self.settings["azure"]["subscriptions"]))
 
     # -- configuration ---------------------------------------------------------------------
@@ -122,6 +134,8 @@ class Harness:
         self.settings = base
         path = self.tmp / "vhd-gc.yaml"
         path.write_text(yaml.safe_dump(base))
+        if self.placed is not None:  # keep the collected accounts registered in ARM, as configured
+            self.compute(*self.resources, place_accounts=self.placed)
         return path
 
     @property

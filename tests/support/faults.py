@@ -27,22 +27,15 @@ from gc_daemon.state.models import audit_log, passes as passes_table, tracked_bl
 from sandbox import arm as a
 from sandbox import seed
 from sandbox.azurite import Azurite, random_key
+from gc_daemon.sources import reads
 from tests.support.estate import SUB, Harness
 
 RG = "rg1"
 
-# (source label, fault path regex): the list call of each reference source, as the SDK requests it.
-SOURCES: list[tuple[str, str]] = [
-    ("virtualMachines", r"(?i)/providers/Microsoft\.Compute/virtualMachines$"),
-    ("virtualMachineScaleSets", r"(?i)/providers/Microsoft\.Compute/virtualMachineScaleSets$"),
-    ("virtualMachineScaleSets/{name}/virtualMachines", r"(?i)/virtualMachineScaleSets/[^/]+/virtualMachines$"),
-    ("images", r"(?i)/providers/Microsoft\.Compute/images$"),
-    ("disks", r"(?i)/providers/Microsoft\.Compute/disks$"),
-    ("snapshots", r"(?i)/providers/Microsoft\.Compute/snapshots$"),
-    ("galleries", r"(?i)/providers/Microsoft\.Compute/galleries$"),
-    ("galleries/{g}/images", r"(?i)/galleries/[^/]+/images$"),
-    ("galleries/{g}/images/{i}/versions", r"(?i)/images/[^/]+/versions$"),
-]
+# (source label, fault path regex): every list call of every registered reference source, as its
+# module declares it (gc_daemon/sources/): a new source joins the matrix by being registered, and
+# test_the_matrix_estate_covers_every_registered_read fails until build_estate gives it in-use blobs.
+SOURCES: list[tuple[str, str]] = [(read.label, read.path_regex()) for read in reads()]
 
 
 @dataclass
@@ -62,6 +55,7 @@ class Estate:
 
     in_use: list[InUse] = field(default_factory=list)
     resources: list[dict] = field(default_factory=list)
+    covered: set[str] = field(default_factory=set)  # source labels with in-use blobs behind their pages
 
     def missing(self, gc: Harness) -> list[InUse]:
         return [b for b in self.in_use if not gc.exists(b.container, b.blob, b.account)]
@@ -88,25 +82,30 @@ def build_estate(gc: Harness, *, now: datetime | None = None) -> Estate:
             extra = {"data_vhds": [{"vhd": use("vhds", "vm2-data.vhd", "vm data disk"),
                                     "image": use("userimages", "vm2-data-image.vhd", "vm data image")}]}
         e.resources.append(a.vm(SUB, RG, f"vm{i}", os_vhd=use("vhds", f"vm{i}-os.vhd", "vm os disk"), **extra))
+    e.covered.add("virtualMachines")
     # Scale sets: 3 (2 pages), each protecting a container; ss1 has an image too.
     for i in range(3):
         container = f"ss{i}disks"
         use(container, f"ss{i}-0-os.vhd", "scale-set vhdContainers")
         extra = {"os_image": use("userimages", "ss1-image.vhd", "scale-set image")} if i == 1 else {}
         e.resources.append(a.vmss(SUB, RG, f"ss{i}", vhd_containers=[gc.url(container, "x").rsplit("/", 1)[0]], **extra))
+    e.covered.add("virtualMachineScaleSets")
     # Scale-set instances: 3 in ss0 (2 pages), 1 in ss2.
     for i in range(3):
         e.resources.append(a.vmss_vm(SUB, RG, "ss0", i, os_vhd=use("ssinst", f"ss0-inst{i}.vhd", "scale-set instance")))
     e.resources.append(a.vmss_vm(SUB, RG, "ss2", 0, os_vhd=use("ssinst", "ss2-inst0.vhd", "scale-set instance")))
+    e.covered.add("virtualMachineScaleSetVMs")
     # Managed images: 3 (2 pages).
     for i in range(3):
         e.resources.append(a.image(SUB, RG, f"img{i}", os_blob=use("images", f"img{i}.vhd", "managed image")))
+    e.covered.add("images")
     # Disks and snapshots imported from VHDs, within import_hold: 3 each.
     for i in range(3):
         e.resources.append(a.disk(SUB, RG, f"disk{i}", source_uri=use("imports", f"disk{i}-src.vhd", "disk import"),
                                   time_created=now))
         e.resources.append(a.snapshot(SUB, RG, f"snap{i}", source_uri=use("imports", f"snap{i}-src.vhd", "snapshot import"),
                                       time_created=now))
+    e.covered |= {"disks", "snapshots"}
     # Galleries: 3 (2 pages); gal0 holds 3 image definitions (2 pages), gi0 holds 3 versions (2 pages);
     # gal0/gi2 (second page of images) and gal2 (second page of galleries) hold a version each.
     for g in range(3):
@@ -121,6 +120,53 @@ def build_estate(gc: Harness, *, now: datetime | None = None) -> Estate:
     e.resources.append(a.gallery_image(SUB, RG, "gal2", "only"))
     e.resources.append(a.gallery_image_version(
         SUB, RG, "gal2", "only", "1.0.0", os_source=use("galsrc", "gal2-only.vhd", "gallery version")))
+    e.covered |= {"galleries", "galleryImages", "galleryImageVersions"}
+    # Gallery applications: gal0 holds 3 (2 pages), app0 holds 3 versions (2 pages); gal0/app2 (second
+    # page of applications) and gal2/only (second page of galleries) hold a version each.
+    for i in range(3):
+        e.resources.append(a.gallery_application(SUB, RG, "gal0", f"app{i}"))
+    for v in range(3):
+        e.resources.append(a.gallery_application_version(
+            SUB, RG, "gal0", "app0", f"1.0.{v}", media_link=use("apps", f"app0-v{v}.vhd", "gallery application")))
+    e.resources.append(a.gallery_application_version(
+        SUB, RG, "gal0", "app2", "1.0.0", media_link=use("apps", "app2.vhd", "gallery application"),
+        config_link=use("apps", "app2-config.vhd", "gallery application configuration")))
+    e.resources.append(a.gallery_application(SUB, RG, "gal2", "only"))
+    e.resources.append(a.gallery_application_version(
+        SUB, RG, "gal2", "only", "1.0.0", media_link=use("apps", "gal2-only.vhd", "gallery application")))
+    e.covered |= {"galleryApplications", "galleryApplicationVersions"}
+    # Recovery Services vaults: 3 (2 pages); vault0 holds 3 protected items and 3 migration items
+    # (2 pages each); vault2 (second page) holds one of each.
+    for v in range(3):
+        e.resources.append(a.recovery_vault(SUB, RG, f"vault{v}"))
+    for v, count in ((0, 3), (2, 1)):
+        for i in range(count):
+            e.resources.append(a.replication_protected_item(SUB, RG, f"vault{v}", f"item{i}", a.a2a_details(
+                {"diskUri": use("asr", f"vault{v}-item{i}.vhd", "site recovery disk"),
+                 "recoveryDiskUri": use("asr", f"vault{v}-item{i}-ASRReplica.vhd", "site recovery replica")})))
+            e.resources.append(a.replication_migration_item(SUB, RG, f"vault{v}", f"mig{i}", a.vmware_cbt_details(
+                {"seedBlobUri": use("migrate", f"vault{v}-mig{i}-seed.vhd", "azure migrate seed")})))
+    e.covered |= {"recoveryServicesVaults", "replicationProtectedItems", "replicationMigrationItems"}
+    # Image Builder: 3 templates (2 pages); tpl0 holds 3 VHD outputs (2 pages), tpl2 one.
+    for t in range(3):
+        e.resources.append(a.image_template(SUB, RG, f"tpl{t}"))
+    for t, count in ((0, 3), (2, 1)):
+        for i in range(count):
+            e.resources.append(a.image_run_output(SUB, RG, f"tpl{t}", f"out{i}",
+                                                  artifact_uri=use("aib", f"tpl{t}-out{i}.vhd", "image builder output")))
+    e.covered |= {"imageTemplates", "imageTemplateRunOutputs"}
+    # DevTest Labs: 3 labs (2 pages) on gcacct1; lab0 holds 3 VHD custom images (2 pages), lab2 one.
+    for lab in range(3):
+        e.resources.append(a.devtest_lab(SUB, RG, f"lab{lab}", default_account="gcacct1"))
+    for lab, count in ((0, 3), (2, 1)):
+        for i in range(count):
+            use("uploads", f"lab{lab}-img{i}.vhd", "devtest lab custom image")
+            e.resources.append(a.devtest_custom_image(SUB, RG, f"lab{lab}", f"img{i}", vhd_name=f"lab{lab}-img{i}.vhd"))
+    e.covered |= {"labs", "customImages"}
+    # Storage accounts: gcacct1 and gcacct2 (the harness registers them) and a third: 2 pages. A
+    # page lost would leave a collected account unplaced, which fails the pass on its own.
+    e.resources.append(a.storage_account(SUB, "storage-rg", "spareacct"))
+    e.covered.add("storageAccounts")
     # A lease alone.
     use("vhds", "leased.vhd", "lease", lease=True)
     gc.compute(*e.resources)
