@@ -279,6 +279,8 @@ class PassStats:
     references_by_kind: dict[str, int] = field(default_factory=dict)
     blobs: int = 0
     blobs_by_account: dict[str, int] = field(default_factory=dict)
+    # The storage service's time each account's blobs were aged at (ISO 8601), when it gave one.
+    service_time_by_account: dict[str, str] = field(default_factory=dict)
     vhds: int = 0
     changes: int = 0
     marked: int = 0

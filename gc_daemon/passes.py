@@ -248,6 +248,8 @@ class Collector:
                         tracked = tx.stored_rows(name)
                         try:
                             service_now = self._service_now(name, listing.service_time(name), now, t0)
+                            if service_now is not None:  # recorded with the pass: what its blobs were aged at
+                                stats.service_time_by_account[name] = service_now.isoformat()
                             blobs = listing.blobs(name, stats, should_stop)
                             for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq,
                                                    service_now=service_now):

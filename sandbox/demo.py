@@ -94,7 +94,7 @@ class Item:
     container: str
     blob: str
     story: str
-    expect: str  # "deleted" | "kept" | "in use" | "too young"
+    expect: str  # "deleted" | "kept" | "in use" | "too young" | "candidate"
     hold: str | None = None  # for "kept": the hold the report must show
     owner: str | None = None  # for "deleted": a substring of the last owner the report must show
     size: int = 0
@@ -195,7 +195,11 @@ class Demo:
         broken = self.add(a2, "uploads", "broken-upload.vhd", "a .vhd uploaded as a BLOCK blob (Azure cannot boot it)", "kept", hold="block_blob")
         snap = self.add(a2, "backups", "legacy-ftp-osdisk.vhd", "leftover VHD with a blob snapshot (someone's backup)", "kept", hold="snapshots")
         inc = self.add(a2, "vhds", "breached-vm-osdisk.vhd", "leftover VHD with metadata vhdgc_keep=INC-1234", "kept", hold="metadata")
-        self.fresh = self.add(a2, "uploads", "new-upload.vhd", "uploaded just now, after the others aged past min_age", "too young")
+        replica = self.add(a2, "asrreplica", "web-01-osdisk-ASRReplica.vhd",
+                           "Site Recovery replica of web-01 (no lease, no Compute reference: only the vault names it)", "in use")
+        k8s = self.add(a1, "vhds", f"kubernetes-dynamic-pvc-{uuid.uuid4()}.vhd",
+                       "Kubernetes in-tree volume whose pod is not scheduled (no lease)", "kept", hold="kubernetes")
+        self.fresh = self.add(a2, "uploads", "new-upload.vhd", "uploaded right before the delete pass", "too young")
 
         vm_meta = lambda name: {"MicrosoftAzureCompute_VMName": name}  # noqa: E731
         self.page(web_os, 512, [(0, 24), (256, 8)], metadata=vm_meta("web-01"), lease=True)
@@ -212,6 +216,8 @@ class Demo:
         broken.size = broken.written = len(data)
         self.page(snap, 256, [(0, 10)], snapshots=1)
         self.page(inc, 128, [(0, 6)], metadata={"vhdgc_keep": "INC-1234"})
+        self.page(replica, 512, [(0, 24)])
+        self.page(k8s, 64, [(0, 4)], metadata={"createdby": "k8sAzureDataDisk"})
 
         self.arm.set_estate(
             armlib.build_estate(
@@ -223,6 +229,11 @@ class Demo:
                 ),
                 armlib.image(SUB, RG, "golden", os_blob=self.url(a1, "system", golden_blob)),
                 armlib.vmss(SUB, RG, "web-ss", vhd_containers=[self.url(a2, "webss")]),
+                armlib.recovery_vault(SUB, RG, "dr-vault"),
+                armlib.replication_protected_item(SUB, RG, "dr-vault", "web-01", armlib.a2a_details({
+                    "diskUri": self.url(a1, "vhds", web_os.blob),
+                    "recoveryDiskUri": self.url(a2, replica.container, replica.blob),
+                })),
                 # The collected accounts, where ARM places them: vhd-gc checks they are in a configured subscription.
                 *(armlib.storage_account(SUB, "storage-rg", acct, blob_endpoint=self.azurite.blob_endpoint(acct))
                   for acct in ACCOUNTS),
@@ -233,7 +244,8 @@ class Demo:
 
         say("   Azure Compute (ARM stand-in, subscription " + SUB + "):")
         say("     VM web-01 (2 VHD disks), managed disk db-01-osdisk (imported 30 days ago),")
-        say("     managed image golden (from a VHD), scale set web-ss (unmanaged, container webss)")
+        say("     managed image golden (from a VHD), scale set web-ss (unmanaged, container webss),")
+        say("     Recovery Services vault dr-vault replicating web-01 (Site Recovery, Azure to Azure)")
         say("   Blobs (nominal size / written), and what vhd-gc should do with each:")
         for it in self.items:
             if it is self.fresh:
@@ -249,13 +261,48 @@ class Demo:
         expect = {"deleted": "leftover -> DELETE", "kept": f"orphan, held ({it.hold}) -> KEEP"}.get(it.expect, it.expect)
         return f"   {it.n:>2}. {where:<58} {size:>17}\n       {it.story}  => {expect}"
 
-    def upload_fresh(self) -> None:
+    def wait_for_min_age(self) -> None:
         header("3. Waiting for the estate to age past min_age")
         countdown(self.seeded_at + self.min_age + 1.0, f"for the seeded blobs to be older than min_age ({self.min_age:g}s)")
+
+    def upload_fresh(self) -> None:
+        """A new VHD, uploaded right before the pass that must see it young."""
         self.page(self.fresh, 64, [(0, 2)])
-        self.fresh_at = time.monotonic()
+        with self.azurite.service_client(self.fresh.account) as svc:
+            props = svc.get_blob_client(self.fresh.container, self.fresh.blob).get_blob_properties()
+        self.fresh_modified = props.last_modified
         say("   a new VHD arrives:")
         say(self.legend_line(self.fresh))
+
+    def judge_fresh(self) -> None:
+        """What the fresh upload must be after the pass that listed it: too young if that pass's
+        listing (the storage service's clock, which vhd-gc ages blobs on) saw it younger than min_age,
+        else a candidate. On a slow machine it can be either: the demo checks vhd-gc against what the
+        pass saw, not against the wall clock."""
+        from sqlalchemy import select
+
+        from gc_daemon.state.db import make_engine
+        from gc_daemon.state.models import passes
+
+        engine = make_engine(self.settings["database_url"])
+        try:
+            with engine.connect() as conn:
+                stats = conn.execute(select(passes.c.stats).where(passes.c.outcome == "complete")
+                                     .order_by(passes.c.id.desc()).limit(1)).scalar()
+        finally:
+            engine.dispose()
+        seen_at = ((stats or {}).get("service_time_by_account") or {}).get(self.fresh.account)
+        if seen_at is None:
+            self.failures.append("the delete pass recorded no service time for the fresh upload's account")
+            return
+        age = (datetime.fromisoformat(seen_at) - self.fresh_modified).total_seconds()
+        if age >= self.min_age:
+            self.fresh.expect = "candidate"
+            say(f"   (the machine is slow: the pass listed the fresh upload {age:.0f}s after it was written, "
+                f"past min_age {self.min_age:g}s, so it must be a candidate now)")
+        else:
+            say(f"   (the pass listed the fresh upload {age:.0f}s after it was written: younger than min_age "
+                f"{self.min_age:g}s, so it must not be a candidate)")
 
     # -- vhd-gc ----------------------------------------------------------------------------------
 
@@ -309,10 +356,9 @@ class Demo:
         self.settings["mode"] = "delete"
         self.write_config()
         say(f"   {self.cfg.name}:  mode: dry-run  ->  mode: delete")
-        age = time.monotonic() - self.fresh_at
-        if age >= self.min_age:
-            say(f"   (note: the fresh upload is already {age:.1f}s old, past min_age: the demo ran slowly)")
+        self.upload_fresh()
         self.vhd_gc("scan")
+        self.judge_fresh()
         self.vhd_gc("report", "--format", "table")
 
         a1 = ACCOUNTS[0]
@@ -357,6 +403,9 @@ class Demo:
             elif it.expect == "kept":
                 if state != "kept" or (row or {}).get("hold") != it.hold:
                     problems.append(f"report says {shown}, expected kept ({it.hold})")
+            elif it.expect == "candidate":
+                if state != "candidate":
+                    problems.append(f"report says {state}, expected candidate")
             elif row is not None and state in ("candidate", "due", "deleted"):
                 problems.append(f"report says {state}")
             mark = FAIL if problems else OK
@@ -401,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.start()
         demo.seed_estate()
-        demo.upload_fresh()
+        demo.wait_for_min_age()
         demo.run_gc()
         demo.check()
     except KeyboardInterrupt:

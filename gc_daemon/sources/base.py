@@ -243,7 +243,8 @@ class HostPinPolicy(SansIOHTTPPolicy):
 def arm_list(client: Any, endpoint: str, path: str, api_version: str, max_pages: int) -> Iterator[dict[str, Any]]:
     """Every item of an ARM collection, all pages, as plain JSON objects."""
     guard = PageGuard(endpoint, max_pages)
-    url: str | None = f"{endpoint.rstrip('/')}{path}?api-version={api_version}"
+    base = urlsplit(endpoint)  # what an endpoint carries beyond scheme, host and path is not ARM's
+    url: str | None = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{path}?api-version={api_version}"
     while url:
         response = client.send_request(HttpRequest("GET", url), **guard.kwargs())
         if response.status_code != 200:

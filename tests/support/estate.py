@@ -47,6 +47,7 @@ class Harness:
     settings: dict[str, Any] = field(default_factory=dict)
     resources: list[dict] = field(default_factory=list)
     placed: bool | None = None  # whether compute() registers the collected accounts (None: not yet called)
+    estate_subscriptions: list[str] = field(default_factory=list)
     clock_offset: timedelta = timedelta(0)
 
     # -- the estate ------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class Harness:
             assert time.monotonic() < deadline, f"Azurite's clock did not reach {instant.isoformat()}"
             time.sleep(0.1)
 
-    def compute(self, *resources: dict, place_accounts: bool = True) -> None:
+    def compute(self, *resources: dict, place_accounts: bool = True, subscriptions: list[str] | None = None) -> None:
         """Replace what Azure Resource Manager holds. The collected accounts are registered in ``SUB``
         (their own subscription, as vhd-gc checks at every pass) unless ``resources`` registers them
         elsewhere or ``place_accounts`` is False."""
@@ -95,7 +96,12 @@ class Harness:
                 for a in listed
                 if a["name"] not in registered
             )
-        self.arm.set_estate(armlib.build_estate(*resources, subscriptions=self.settings["azure"]["subscriptions"]))
+        # The subscriptions ARM knows: the configured ones when the estate is first set (a test that
+        # configures an unknown subscription afterwards must find it unknown).
+        if subscriptions is None:
+            subscriptions = list(self.settings["azure"]["subscriptions"])
+        self.estate_subscriptions = subscriptions
+        self.arm.set_estate(armlib.build_estate(*resources, subscriptions=subscriptions))
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -135,7 +141,7 @@ class Harness:
         path = self.tmp / "vhd-gc.yaml"
         path.write_text(yaml.safe_dump(base))
         if self.placed is not None:  # keep the collected accounts registered in ARM, as configured
-            self.compute(*self.resources, place_accounts=self.placed)
+            self.compute(*self.resources, place_accounts=self.placed, subscriptions=self.estate_subscriptions)
         return path
 
     @property
