@@ -10,6 +10,8 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
+from .sdk_models import guard_model_setup
+
 from .base import (
     _MAX_MESSAGE,
     DEFAULT_MAX_PAGES,
@@ -133,6 +135,7 @@ class ReferenceInventory:
 
     def read(self) -> ReferenceRead:
         """Read every source of every subscription; never raises for a source's failure."""
+        guard_model_setup()  # before any pool thread constructs an SDK model (see sdk_models)
         result = ReferenceRead(accounts={} if self.places_accounts else None)
         for sub in self._subscriptions:
             for label in self.labels:
