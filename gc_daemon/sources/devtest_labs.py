@@ -41,8 +41,8 @@ def lab_accounts(lab: dict[str, Any]) -> list[str]:
     names = []
     for key in _LAB_ACCOUNTS:
         value = jget(lab, "properties", key)
-        if value is None:
-            continue
+        if value is None or value == "":
+            continue  # a lab without that account (premium storage off)
         m = _ACCOUNT_NAME.search(value) if isinstance(value, str) else None
         if m is None:
             raise ValueError(f"{holder}: properties.{key} is not a storage account id")
