@@ -784,7 +784,10 @@ def test_a_delete_whose_reply_is_lost_is_recorded_as_what_happened(gc, proxy, fa
         assert audit[1].error_code == fault.error_code
         assert audit[1].reason.startswith("settled after a lost reply") == fault.settled, audit[1].reason
         assert there and etag_now != original_etag  # the re-created (or changed) blob, untouched
-        assert report[url]["state"] in ("candidate", "due")
+        # It starts over: a candidate again, or released when it was written in a later second than
+        # the pass began (modified after the pass's instant: too young for that pass). Which one
+        # depends on where a second boundary falls, so both are right; neither is deleted.
+        assert report[url]["state"] in ("candidate", "due", "released")
         assert (result.stats.deleted, result.stats.refused) == (0, 1)
     elif fault.outcome == "failed":
         assert actions == ["delete-intent", "delete-failed"] and audit[1].intent_id == intent.id
