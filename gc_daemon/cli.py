@@ -49,6 +49,35 @@ def _config(ctx: click.Context) -> Config:
     return obj["config"]
 
 
+def _dry_run(ctx: click.Context) -> Config:
+    """`--dry-run`: the configuration with `mode: dry-run` for this one invocation."""
+    obj = ctx.find_root().obj
+    config = _config(ctx)
+    if config.mode != "dry-run":
+        config = obj["config"] = config.model_copy(update={"mode": "dry-run"})
+        import structlog
+
+        structlog.get_logger("gc_daemon.cli").info("mode_overridden", mode="dry-run", by="--dry-run")
+    return config
+
+
+def _warn_quick_delete(config: Config) -> None:
+    """A configuration that deletes quickly is named at every start (stderr and the log)."""
+    from .config import quick_delete_keys
+
+    keys = quick_delete_keys(config)
+    if not keys:
+        return
+    import structlog
+
+    message = (
+        f"mode: delete with {' and '.join(keys)}: a VHD orphaned by mistake can be deleted before anyone "
+        "notices; the defaults are grace_period: 7d and min_sightings: 3"
+    )
+    structlog.get_logger("gc_daemon.cli").warning("quick_deletion", keys=[k.split(":", 1)[0] for k in keys], message=message)
+    click.echo(f"vhd-gc: warning: {message}", err=True)
+
+
 def _guard(fn):
     """Map configuration errors to exit 2 and anything unexpected to exit 1, with one line."""
     import functools
@@ -67,14 +96,36 @@ def _guard(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _late_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # `vhd-gc scan -c CFG`: as if given before the command (and winning over it)
+        ctx.find_root().obj["config_path"] = value
+
+
+class _Group(click.Group):
+    """A group whose every command (and the commands of its sub-groups) also takes -c/--config after
+    its name: `vhd-gc scan -c cfg.yaml` as well as `vhd-gc -c cfg.yaml scan`."""
+
+    group_class = type  # sub-groups (`db`, `config`) are _Group too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group) and not any(
+            "--config" in getattr(p, "opts", ()) for p in cmd.params
+        ):
+            cmd.params.append(click.Option(
+                ["-c", "--config", "late_config_path"], type=click.Path(dir_okay=False), expose_value=False,
+                callback=_late_config, help="Configuration file (also accepted before the command).",
+            ))
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c",
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="VHD_GC_CONFIG",
-    help="Configuration file (default: $VHD_GC_CONFIG).",
+    help="Configuration file (default: $VHD_GC_CONFIG, else /etc/vhd-gc/vhd-gc.yaml).",
 )
 @click.version_option(package_name="vhd-gc")
 @click.pass_context
@@ -94,9 +145,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     help="A live status line on stderr: what the pass has listed, decided and measured so far. "
     "Default: on when stderr is a terminal. On a file or pipe it writes a line every 5 s.",
 )
+@click.option("--dry-run", "dry_run", is_flag=True, help="Delete nothing this time, whatever `mode` says.")
 @click.pass_context
 @_guard
-def scan(ctx: click.Context, progress: bool | None) -> None:
+def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> None:
     """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
     import contextlib
 
@@ -104,7 +156,8 @@ def scan(ctx: click.Context, progress: bool | None) -> None:
     from .progress import PassProgress
     from .wiring import account_keys, build_collector, open_store
 
-    config = _config(ctx)
+    config = _dry_run(ctx) if dry_run else _config(ctx)
+    _warn_quick_delete(config)
     account_keys(config)  # an unset key_env is a configuration error: before touching the database
     store = open_store(config)
     lock = replica_lock(store.engine)
@@ -145,13 +198,16 @@ def scan(ctx: click.Context, progress: bool | None) -> None:
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one pass with the daemon's wiring, then exit.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Delete nothing while this daemon runs, whatever `mode` says.")
 @click.pass_context
 @_guard
-def run(ctx: click.Context, once: bool) -> None:
+def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
     """The daemon: a pass every `interval`, metrics and health over HTTP, until SIGTERM/SIGINT."""
     from .daemon import run_daemon
 
-    ctx.exit(run_daemon(_config(ctx), once=once))
+    config = _dry_run(ctx) if dry_run else _config(ctx)
+    _warn_quick_delete(config)
+    ctx.exit(run_daemon(config, once=once))
 
 
 # -- report / explain --------------------------------------------------------------------------
@@ -436,9 +492,16 @@ def config_check(ctx: click.Context, offline: bool) -> None:
     click.echo(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), nl=False)
     if config.mode == "dry-run":
         click.echo("# mode is dry-run: nothing will be deleted", err=True)
+    _warn_quick_delete(config)
+    from .config import sqlite_path_problem
+
+    database = sqlite_path_problem(config.database_url)
+    if database:
+        click.echo(f"error: database_url: {_safe(database)}", err=True)
     if problems:
         for problem in problems:
             click.echo(f"error: azure.storage_accounts: {problem}", err=True)
+    if problems or database:
         ctx.exit(2)
 
 
@@ -462,6 +525,29 @@ def _placement(config: Config) -> list[str]:
             return []
         names = [a.name for a in config.azure.storage_accounts or []]
         return storage_accounts.placement_problems(read.accounts or {}, names, inventory.locate)
+
+
+# -- doctor ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+@_guard
+def doctor(ctx: click.Context) -> None:
+    """A preflight: credential, reference reads, accounts, delete permission, database, metrics address.
+
+    One line per check, a tick or a cross with its fix; exit 0 when every check holds, 3 otherwise.
+    """
+    from .doctor import render, run_checks
+
+    config = _config(ctx)
+    _warn_quick_delete(config)
+    checks = run_checks(config)
+    encoding = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
+    unicode = "utf" in encoding
+    render(checks, lambda line: click.echo(_safe(line)), unicode=unicode)
+    if any(c.failed for c in checks):
+        ctx.exit(EXIT_INCOMPLETE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,8 @@ from .domain import Policy
 from .urls import default_blob_endpoint, redact_text, redact_url
 
 ENV_CONFIG = "VHD_GC_CONFIG"
+# Where the configuration is when neither -c/--config nor VHD_GC_CONFIG names one.
+DEFAULT_CONFIG_PATH = "/etc/vhd-gc/vhd-gc.yaml"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=3650)  # ten years: anything longer is a typo, and overflows dates
@@ -321,11 +323,65 @@ def parse_config(data: Any) -> Config:
 
 
 def resolve_path(path: str | os.PathLike | None) -> Path:
+    """The file to read: ``-c/--config``, else ``$VHD_GC_CONFIG``, else :data:`DEFAULT_CONFIG_PATH`
+    (which must then exist: the message names it)."""
     if path is None:
         path = os.environ.get(ENV_CONFIG)
     if not path:
-        raise ConfigError(f"no configuration: pass -c/--config PATH or set {ENV_CONFIG}")
+        default = Path(DEFAULT_CONFIG_PATH)
+        if not default.exists():
+            raise ConfigError(
+                f"--config: no configuration file at {default} (the default path): "
+                f"pass -c/--config PATH or set {ENV_CONFIG}"
+            )
+        return default
     return Path(path)
+
+
+def sqlite_path_problem(database_url: str) -> str | None:
+    """Why the SQLite database file of ``database_url`` cannot be opened or created, naming the path;
+    None when it can (or the URL is not a file-backed SQLite one)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    name = url.database
+    if name.startswith("file:"):  # a SQLite URI filename (uri=true): file:PATH?mode=ro
+        name = name[len("file:"):].split("?", 1)[0]
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if path.exists():
+        if path.is_dir():
+            return f"the SQLite database {path} is a directory"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"the SQLite database {path} is not readable and writable by this user"
+        return None
+    parent = path.parent
+    missing = parent
+    while not missing.exists() and missing != missing.parent:
+        missing = missing.parent
+    if missing != parent:
+        return f"cannot create the SQLite database {path}: the directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"cannot create the SQLite database {path}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the SQLite database {path}: the directory {parent} is not writable by this user"
+    return None
+
+
+def quick_delete_keys(config: "Config") -> list[str]:
+    """The keys that make ``mode: delete`` delete quickly (a grace period under a day, fewer than two
+    sightings), each as ``key: value (why)``; empty in dry-run or with safer values."""
+    if config.mode != "delete":
+        return []
+    keys = []
+    if config.grace_period < timedelta(days=1):
+        keys.append(f"grace_period: {format_duration(config.grace_period)} (under 1d)")
+    if config.min_sightings < 2:
+        keys.append(f"min_sightings: {config.min_sightings} (under 2)")
+    return keys
 
 
 def load_config(path: str | os.PathLike | None) -> Config:

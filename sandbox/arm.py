@@ -88,6 +88,18 @@ _KEYED_BUCKETS = {"virtualMachineScaleSetVMs", "galleryImages", "galleryImageVer
 
 DEFAULT_LOCATION = "westeurope"
 
+# What the identity holds when a test sets nothing (Permissions - List For Resource answers it at every
+# scope): reads everywhere and every blob data action, so a delete-mode preflight passes. Shape: the
+# Permission of Microsoft.Authorization 2022-04-01 (sandbox/rest_examples/PROVENANCE.md).
+DEFAULT_PERMISSIONS: list[dict[str, Any]] = [
+    {
+        "actions": ["*/read"],
+        "notActions": [],
+        "dataActions": ["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*"],
+        "notDataActions": [],
+    }
+]
+
 
 # --------------------------------------------------------------------------------------------------
 # Builders: real-shaped ARM resources
@@ -911,7 +923,9 @@ class _Handler(BaseHTTPRequestHandler):
     Control (no auth, no api-version):
       ``PUT /_control/estate`` (JSON body replaces the estate), ``GET /_control/estate``,
       ``POST /_control/faults`` (JSON list of :class:`Fault` dicts, replaces), ``DELETE /_control/faults``,
-      ``GET /_control/requests`` (``[[method, path+query], ...]``), ``DELETE /_control/requests``.
+      ``GET /_control/requests`` (``[[method, path+query], ...]``), ``DELETE /_control/requests``,
+      ``PUT /_control/permissions`` (what the identity holds: see :meth:`ArmStandIn.set_permissions`),
+      ``DELETE /_control/permissions`` (back to :data:`DEFAULT_PERMISSIONS`).
     """
 
     # Headers and body go out in separate writes: with Nagle on, each response waits ~40 ms for the
@@ -1040,6 +1054,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "GET":
             raise ArmError(405, "MethodNotAllowed", f"The stand-in serves GET only, not {self.command}.")
         segs = [s for s in path.split("/") if s]
+        if [s.lower() for s in segs[-3:]] == ["providers", "microsoft.authorization", "permissions"]:
+            return 200, self._page(path, api_version, query, self._permissions(segs[:-3]))
         items = self._route(segs)
         if isinstance(items, dict):  # a single resource
             return 200, items
@@ -1140,6 +1156,18 @@ class _Handler(BaseHTTPRequestHandler):
             return ver
         raise _not_found("/" + "/".join(segs), rg)
 
+    def _permissions(self, scope: list[str]) -> list[Any]:
+        """Permissions - List For Resource (or For Resource Group): what the identity holds at
+        ``scope``, which must exist (a resource, a resource group of a known subscription)."""
+        low = [s.lower() for s in scope]
+        if len(low) < 2 or low[0] != "subscriptions":
+            raise _not_found("/" + "/".join(scope), None)
+        if len(low) > 4 or (len(low) == 3) or (len(low) == 4 and low[2] != "resourcegroups"):
+            self._route(scope)  # the resource must exist: ResourceNotFound otherwise
+        elif _lookup(self.standin._estate_snapshot().get("subscriptions", {}), scope[1]) is None:
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{scope[1]}' could not be found.")
+        return self.standin.permissions_at("/" + "/".join(scope))
+
     @staticmethod
     def _generic(sub: dict[str, Any], segs: list[str], rg: str | None, namespace: str) -> list[Any] | dict[str, Any]:
         """A resource of the ``resources`` bucket by its id, or a collection of them."""
@@ -1206,6 +1234,17 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == ("DELETE", "/_control/faults"):
                 standin.clear_faults()
                 self._send_json(200, {"ok": True})
+            elif route == ("PUT", "/_control/permissions"):
+                # A list: what the identity holds at every scope. {"scope": ID, "permissions": [...]}:
+                # at that scope only (a resource id). Null or []: holds nothing.
+                if isinstance(payload, dict):
+                    standin.set_permissions(payload.get("permissions") or [], scope=payload.get("scope"))
+                else:
+                    standin.set_permissions(payload or [])
+                self._send_json(200, {"ok": True})
+            elif route == ("DELETE", "/_control/permissions"):
+                standin.reset_permissions()
+                self._send_json(200, {"ok": True})
             elif route == ("GET", "/_control/requests"):
                 self._send_json(200, [list(r) for r in standin.requests])
             elif route == ("DELETE", "/_control/requests"):
@@ -1270,6 +1309,7 @@ class ArmStandIn:
         self._estate: dict[str, Any] = {"subscriptions": {}}
         self._faults: list[Fault] = []
         self._requests: list[tuple[str, str]] = []
+        self._permissions: dict[str | None, list[dict[str, Any]]] = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
         self._server: _TlsThreadingServer | None = None
         self._thread: threading.Thread | None = None
         self.cert_path: str | None = None
@@ -1373,6 +1413,29 @@ class ArmStandIn:
                     chosen = fault
             return chosen
 
+    # -- what the identity holds (Microsoft.Authorization/permissions) -----------------------------
+
+    def set_permissions(self, permissions: list[dict[str, Any]], scope: str | None = None) -> None:
+        """What the identity holds: at every scope (``scope`` None), or at one resource id. Each entry
+        is ARM's Permission (``actions``, ``notActions``, ``dataActions``, ``notDataActions``)."""
+        if not isinstance(permissions, list) or not all(isinstance(p, dict) for p in permissions):
+            raise ValueError("permissions must be a list of objects (actions, notActions, dataActions, notDataActions)")
+        entries = [
+            {k: list(p.get(k) or []) for k in ("actions", "notActions", "dataActions", "notDataActions")}
+            for p in permissions
+        ]
+        with self._lock:
+            self._permissions[None if scope is None else scope.rstrip("/").lower()] = entries
+
+    def reset_permissions(self) -> None:
+        with self._lock:
+            self._permissions = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
+
+    def permissions_at(self, scope: str) -> list[dict[str, Any]]:
+        with self._lock:
+            found = self._permissions.get(scope.rstrip("/").lower(), self._permissions[None])
+            return copy.deepcopy(found)
+
     def _log(self, method: str, path_and_query: str) -> None:
         with self._lock:
             self._requests.append((method, path_and_query))
@@ -1392,6 +1455,7 @@ class ArmStandIn:
         self.set_estate(estate)
         self.clear_faults()
         self.clear_requests()
+        self.reset_permissions()
 
 
 # --------------------------------------------------------------------------------------------------
