@@ -227,8 +227,10 @@ def check_placement(config: Config, read: Any, inventory: Any, names: list[str])
     for name in names:
         problems = placement_problems(read.accounts, [name], inventory.locate)
         if problems:
-            checks.append(_fail(f"account {name} placement", problems[0].split(": ", 1)[0],
-                                problems[0].split(": ", 1)[1] if ": " in problems[0] else problems[0]))
+            where = inventory.locate(name)
+            fix = (f"add {where.subscription} to azure.subscriptions (or stop collecting {name})" if where is not None
+                   else "check azure.subscriptions and the identity's access to the account's subscription")
+            checks.append(_fail(f"account {name} placement", problems[0], fix))
         else:
             where = read.accounts[name]
             checks.append(_ok(f"account {name} placement", f"in subscription {where.subscription} "

@@ -160,7 +160,7 @@ def test_an_account_of_an_unconfigured_subscription_is_a_cross(ready):
     assert failed(checks) == ["account gcacct2 placement"], out
     status, detail, fix = checks["account gcacct2 placement"]
     assert SUB2 in detail and "azure.subscriptions" in detail
-    assert "add the subscription" in fix
+    assert fix == f"add {SUB2} to azure.subscriptions (or stop collecting gcacct2)"
     assert checks["account gcacct1 placement"][0] == "ok"
 
 
