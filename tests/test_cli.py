@@ -143,7 +143,7 @@ def test_progress_redraws_one_terminal_line():
 
     out = io.StringIO()
     stats = PassStats()
-    with PassProgress(out, interval=0, tty=True, clock=lambda: 7.0) as progress:
+    with PassProgress(out, interval=0, tty=True, clock=lambda: 7.0, columns=lambda: 120) as progress:
         progress.attach(stats, 3)
         progress.phase("pass 1: listing and deciding")
         stats.blobs_by_account["a"] = 0
