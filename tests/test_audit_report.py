@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,7 @@ def store_of(gc):
 
 def _priced_estate(gc) -> dict[str, str]:
     """Blobs of known billed size over two accounts: cost 1.0, 0.5 and 8.0 a month, and a block
-    blob named .vhd (kept, never measured: no cost)."""
+    blob named .vhd (kept; it bills its 10 bytes)."""
     gc.configure(prices={"currency": "EUR", "standard_gb_month": PRICE})
     urls = {
         "one": gc.page("vhds", "one.vhd", written=[(0, 8192)]),  # billed 8 KiB
@@ -74,10 +75,11 @@ def test_report_monthly_cost_is_billed_gib_times_the_price_per_gib_month(gc):
     assert (by_url[urls["half"]]["billed_bytes"], by_url[urls["half"]]["monthly_cost"]) == (4096, 0.5)
     assert (by_url[urls["eight"]]["billed_bytes"], by_url[urls["eight"]]["monthly_cost"]) == (65536, 8.0)
     block = by_url[urls["block"]]
-    assert (block["state"], block["billed_bytes"], block["monthly_cost"]) == ("kept", None, None)
+    assert (block["state"], block["billed_bytes"], block["monthly_cost"]) == ("kept", 10, round(10 / GIB * PRICE, 6))
+    assert block["monthly_cost"] == 0.001221
 
     as_csv = {r["url"]: r for r in csv.DictReader(io.StringIO(gc.cli("report", "--format", "csv").out))}
-    assert [as_csv[urls[k]]["monthly_cost"] for k in ("one", "half", "eight", "block")] == ["1.0", "0.5", "8.0", ""]
+    assert [as_csv[urls[k]]["monthly_cost"] for k in ("one", "half", "eight", "block")] == ["1.0", "0.5", "8.0", "0.001221"]
 
     table = gc.cli("report").out.splitlines()
     header = table[0].split()
@@ -85,9 +87,20 @@ def test_report_monthly_cost_is_billed_gib_times_the_price_per_gib_month(gc):
     half = next(line for line in table if line.endswith("gcacct1/vhds/half.vhd"))
     assert re.match(r"due\s+2\.00\s+0\.00\s+0\.50\s+\d+\.\d\s", half), half
     block_line = next(line for line in table if line.endswith("gcacct1/vhds/upload.vhd"))
-    assert re.match(r"kept\s+0\.00\s+-\s+-\s", block_line), block_line
-    due_total = next(line for line in table if line.strip().startswith("due "))
+    assert re.match(r"kept\s+0\.00\s+0\.00\s+0\.00\s", block_line), block_line
+    due_total = next(line for line in table[table.index("TOTALS"):] if line.strip().startswith("due "))
     assert due_total.endswith("9.50 EUR/month"), due_total  # 1.0 + 0.5 + 8.0
+
+
+def test_report_monthly_cost_is_null_when_the_billed_bytes_were_not_measured(gc):
+    urls = _priced_estate(gc)
+    with sqlite3.connect(gc.db_url.removeprefix("sqlite:///")) as db:  # as a failed measurement leaves it
+        db.execute("UPDATE tracked_blobs SET billed_bytes = NULL WHERE blob = 'one.vhd'")
+    one = {r["url"]: r for r in gc.cli("report", "--format", "json").json()}[urls["one"]]
+    assert (one["billed_bytes"], one["monthly_cost"]) == (None, None)
+    line = next(line for line in gc.cli("report").out.splitlines() if line.endswith("gcacct1/vhds/one.vhd"))
+    assert re.match(r"due\s+0\.00\s+-\s+-\s", line), line
+    assert _urls(gc.cli("report", "--format", "json", "--sort", "cost"))[-1] == urls["one"]  # unknown last
 
 
 # -- report: sort, limit, account, state -------------------------------------------------------
