@@ -18,6 +18,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gc_daemon.config import load_config
 from gc_daemon.domain import BlobKey
 from gc_daemon.wiring import open_store
@@ -164,6 +166,13 @@ def test_report_account_filter_is_repeatable_and_combines_with_state(gc):
 # -- audit: the time, ETag, size and actor of each row -------------------------------------------
 
 
+BOTH_DATABASES = pytest.mark.parametrize(
+    "gc", [pytest.param(None, id="sqlite"), pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+
+
+@BOTH_DATABASES
 def test_each_audit_row_of_a_pass_has_its_own_time_within_the_pass_and_what_it_acted_on(gc):
     urls = {name: gc.page("vhds", f"{name}.vhd", written=[(0, 4096 * (i + 1))]) for i, name in enumerate("abc")}
     gc.configure(mode="dry-run")
@@ -222,6 +231,7 @@ def test_confirm_pass_records_the_operator(gc):
     assert (row["action"], row["actor"], row["size_bytes"], row["billed_bytes"]) == ("confirm-pass", "dana", 4 << 20, 4)
 
 
+@BOTH_DATABASES
 def test_audit_since_takes_a_timestamp_or_a_duration_ago(gc):
     url = gc.page("vhds", "precious.vhd")
     store = store_of(gc)
