@@ -217,19 +217,29 @@ def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["json", "table", "csv"]), default="table", show_default=True
 )
-@click.option("--state", "states", multiple=True, type=click.Choice(["candidate", "due", "deleted", "kept", "released"]))
+@click.option("--state", "states", multiple=True, type=click.Choice(["candidate", "due", "deleted", "kept", "released"]),
+              help="Only blobs in this state (repeatable).")
+@click.option("--account", "accounts", multiple=True, metavar="NAME", help="Only blobs of this storage account (repeatable).")
+@click.option("--sort", type=click.Choice(["size", "billed", "cost", "age", "due", "state", "account", "url"]), default=None,
+              help="Order: size, billed, cost and age descending (unknown last), due soonest first, state, "
+              "account and url ascending. Default: account, container, blob.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many blobs (after --sort).")
 @click.pass_context
 @_guard
-def report(ctx: click.Context, fmt: str, states: tuple[str, ...]) -> None:
-    """Every tracked blob (json, table or csv)."""
+def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tuple[str, ...], sort: str | None,
+           limit: int | None) -> None:
+    """Every tracked blob (json, table or csv), with its monthly cost from `prices`."""
     from .domain import State
-    from .report import render
+    from .report import render, select_rows
     from .wiring import open_store
 
-    store = open_store(_config(ctx))
+    config = _config(ctx)
+    store = open_store(config)
     seq = store.last_complete_seq()
-    rows = store.rows([State(s) for s in states] if states else None)
-    render(fmt, rows, seq, datetime.now(UTC), sys.stdout)
+    now = datetime.now(UTC)
+    rows = store.rows([State(s) for s in states] if states else None, accounts=accounts or None)
+    rows = select_rows(rows, sort=sort, limit=limit, prices=config.prices, now=now)
+    render(fmt, rows, seq, now, sys.stdout, prices=config.prices)
 
 
 @cli.command()
@@ -263,6 +273,15 @@ def _key(url: str):
         raise _Fail(f"URL: {exc}", EXIT_USAGE) from None
 
 
+def _blob_facts(store, key) -> dict:
+    """The ETag and sizes an operator's action concerns: the blob as vhd-gc last recorded it (none
+    when it was never tracked)."""
+    row = store.row(key)
+    if row is None:
+        return {}
+    return {"etag": row.etag, "size_bytes": row.size_bytes, "billed_bytes": row.billed_bytes}
+
+
 def _canonical_url(config: Config, key) -> str:
     """The blob's canonical URL under its account's configured endpoint (never the operator's
     spelling: a pasted SAS signature must not land in the audit log)."""
@@ -278,53 +297,64 @@ def _canonical_url(config: Config, key) -> str:
 @cli.command()
 @click.argument("url")
 @click.option("--reason", required=True, help="Why it must stay (recorded in the audit log).")
+@click.option("--actor", metavar="NAME", default=None,
+              help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
-def keep(ctx: click.Context, url: str, reason: str) -> None:
+def keep(ctx: click.Context, url: str, reason: str, actor: str | None) -> None:
     """Keep a blob: never a candidate while the hold stands."""
-    from .execute import default_actor
+    from .execute import operator_actor
     from .wiring import open_store
 
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
+    who = operator_actor(actor)
     now = datetime.now(UTC)
-    store.add_hold(key, reason, default_actor(), now)
-    store.audit(action="keep", key=key, url=_canonical_url(config, key), at=now, actor=default_actor(), reason=reason)
+    store.add_hold(key, reason, who, now)
+    store.audit(action="keep", key=key, url=_canonical_url(config, key), at=now, actor=who, reason=reason,
+                **_blob_facts(store, key))
     click.echo(_safe(f"kept {key}: {reason}"))
 
 
 @cli.command()
 @click.argument("url")
+@click.option("--actor", metavar="NAME", default=None,
+              help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
-def unkeep(ctx: click.Context, url: str) -> None:
+def unkeep(ctx: click.Context, url: str, actor: str | None) -> None:
     """Lift an operator hold."""
-    from .execute import default_actor
+    from .execute import operator_actor
     from .wiring import open_store
 
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
+    who = operator_actor(actor)
     if not store.remove_hold(key):
         raise _Fail(f"URL: no operator hold on {key}", EXIT_USAGE)
-    store.audit(action="unkeep", key=key, url=_canonical_url(config, key), at=datetime.now(UTC), actor=default_actor())
+    store.audit(action="unkeep", key=key, url=_canonical_url(config, key), at=datetime.now(UTC), actor=who,
+                **_blob_facts(store, key))
     click.echo(_safe(f"hold lifted on {key}"))
 
 
 @cli.command()
 @click.argument("url")
+@click.option("--actor", metavar="NAME", default=None,
+              help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
-def restore(ctx: click.Context, url: str) -> None:
+def restore(ctx: click.Context, url: str, actor: str | None) -> None:
     """Undelete a blob (blob soft delete must be on) and keep it with an operator hold."""
     from .azure.storage import StorageError, soft_delete_days, undelete
-    from .execute import default_actor
+    from .execute import operator_actor
     from .wiring import build_accounts, open_store
 
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
+    who = operator_actor(actor)
     accounts = build_accounts(config)
     accounts = accounts() if callable(accounts) else accounts
     storage = accounts.get(key.account)
@@ -337,27 +367,37 @@ def restore(ctx: click.Context, url: str) -> None:
         undelete(storage, key)
     except StorageError as exc:
         raise _Fail(f"restore failed: {exc.code}: {exc}", EXIT_ERROR) from None
+    # What came back: the blob as it is now (its ETag after the undelete), else the stored facts.
+    facts = _blob_facts(store, key)
+    try:
+        fresh = storage.read_blob(key)
+    except Exception:  # noqa: BLE001 - restored all the same; the audit row keeps the stored facts
+        fresh = None
+    if fresh is not None:
+        facts.update(etag=fresh.etag, size_bytes=fresh.size)
     now = datetime.now(UTC)
     canonical = _canonical_url(config, key)
-    store.add_hold(key, "restored by an operator", default_actor(), now)
-    store.audit(action="restore", key=key, url=canonical, at=now, actor=default_actor(),
+    store.add_hold(key, "restored by an operator", who, now)
+    store.audit(action="restore", key=key, url=canonical, at=now, actor=who, **facts,
                 reason="undeleted; kept by an operator hold (`vhd-gc unkeep` to let it be collected again)")
     click.echo(_safe(f"restored {key}; kept by an operator hold"))
 
 
 @cli.command("confirm-pass")
+@click.option("--actor", metavar="NAME", default=None,
+              help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
-def confirm_pass(ctx: click.Context) -> None:
+def confirm_pass(ctx: click.Context, actor: str | None) -> None:
     """Let the next pass mark what the blast-radius guard held back (about as many blobs and bytes)."""
-    from .execute import default_actor
+    from .execute import operator_actor
     from .wiring import open_store
 
     store = open_store(_config(ctx))
     blocked = store.last_blocked_pass()
     if blocked is None:
         raise _Fail("confirm-pass: the last pass was not held back by the blast-radius guard", EXIT_USAGE)
-    store.confirm_pass(blocked, default_actor(), datetime.now(UTC))
+    store.confirm_pass(blocked, operator_actor(actor), datetime.now(UTC))
     stats = blocked.stats or {}
     click.echo(
         f"confirmed: the next pass may newly mark about {stats.get('new_candidates')} blobs "
@@ -365,16 +405,42 @@ def confirm_pass(ctx: click.Context) -> None:
     )
 
 
+AUDIT_FIELDS = ["at", "action", "url", "etag", "size_bytes", "billed_bytes", "actor", "reason", "error_code",
+                "pass_id", "intent_id"]
+
+
+def _since(value: str | None, now: datetime) -> datetime | None:
+    """``--since``: an ISO 8601 instant (UTC when it names no offset) or a duration ago (``7d``)."""
+    from .config import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return now - parse_duration(int(value) if value.isdigit() else value)
+    except ValueError:
+        pass
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise _Fail(f"--since: {value!r} is neither an ISO 8601 timestamp (2026-05-01T00:00:00Z) nor a "
+                    "duration (90s, 15m, 12h, 7d)", EXIT_USAGE) from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table", show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "table"]), default="table", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N entries.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only entries at or after WHEN: an ISO 8601 timestamp, or a duration ago (7d, 12h).")
 @click.pass_context
 @_guard
-def audit(ctx: click.Context, fmt: str, limit: int | None) -> None:
+def audit(ctx: click.Context, fmt: str, limit: int | None, since: str | None) -> None:
     """The audit log: every deletion intent and outcome, holds, with who, when, size, ETag, reason."""
+    from .report import days, gib, write_csv, write_table
     from .wiring import open_store
 
-    records = open_store(_config(ctx)).audit_log(limit=limit)
+    now = datetime.now(UTC)
+    records = open_store(_config(ctx)).audit_log(limit=limit, since=_since(since, now))
     rows = [
         {
             "at": r.at.isoformat().replace("+00:00", "Z"),
@@ -387,14 +453,29 @@ def audit(ctx: click.Context, fmt: str, limit: int | None) -> None:
             "reason": r.reason,
             "error_code": r.error_code,
             "pass_id": r.pass_id,
+            "intent_id": r.intent_id,
         }
         for r in records
     ]
     if fmt == "json":
         click.echo(json_text(json.dumps(rows, indent=2, ensure_ascii=False)))
         return
-    for r in rows:
-        click.echo(_safe(f"{r['at']}  {r['action']:<15} {r['url']}  etag={r['etag']} size={r['size_bytes']} by {r['actor']} {r['error_code'] or ''} {r['reason'] or ''}".rstrip(" ")))
+    if fmt == "csv":
+        write_csv(sys.stdout, AUDIT_FIELDS, rows)
+        return
+    # confirm-pass rows name no blob: their sizes are what the guard held back (blobs in billed_bytes)
+    lines = [
+        [_safe(r["at"]), days(now, rec.at), _safe(r["action"]), gib(r["size_bytes"]),
+         gib(r["billed_bytes"]) if r["action"] != "confirm-pass" else f"{r['billed_bytes']} blobs",
+         _safe(r["etag"] or "-"), str(r["pass_id"] or "-"), _safe(r["actor"]), _safe(r["url"]),
+         _safe(" ".join(x for x in (r["error_code"], r["reason"]) if x))]
+        for r, rec in zip(rows, records)
+    ]
+    if not lines:
+        click.echo("no audit entries" + (f" since {_since(since, now).isoformat()}" if since else ""))
+        return
+    write_table(sys.stdout, ["AT", "AGE d", "ACTION", "SIZE GiB", "BILLED GiB", "ETAG", "PASS", "ACTOR", "URL", "WHY"],
+                lines, left=(0, 2, 5, 7, 8, 9))
 
 
 @cli.command()
@@ -403,11 +484,23 @@ def audit(ctx: click.Context, fmt: str, limit: int | None) -> None:
 @_guard
 def passes(ctx: click.Context, limit: int) -> None:
     """The most recent passes and their outcomes."""
+    from .report import days, gib, write_table
     from .wiring import open_store
 
-    for p in open_store(_config(ctx)).passes(limit):
-        took = f"{(p.finished_at - p.started_at).total_seconds():.1f}s" if p.finished_at else "-"
-        click.echo(_safe(f"#{p.id:<6} seq={p.seq or '-':<6} {p.outcome:<10} {p.started_at.isoformat()}  {took:>8}  {p.host}  {p.error or ''}".rstrip(" ")))
+    now = datetime.now(UTC)
+    records = open_store(_config(ctx)).passes(limit)
+    if not records:
+        click.echo("no passes yet (run `vhd-gc scan`)")
+        return
+    lines = []
+    for p in records:
+        s = p.stats or {}
+        took = f"{(p.finished_at - p.started_at).total_seconds():.1f}" if p.finished_at else "-"
+        lines.append([f"#{p.id}", str(p.seq or "-"), p.outcome, p.started_at.isoformat().replace("+00:00", "Z"),
+                      days(now, p.started_at), took, str(s.get("vhds", "-")), str(s.get("new_candidates", "-")),
+                      gib(s.get("new_bytes")), str(s.get("deleted", "-")), _safe(p.host), _safe(p.error or "")])
+    write_table(sys.stdout, ["PASS", "SEQ", "OUTCOME", "STARTED", "AGE d", "TOOK s", "VHDS", "NEW", "NEW GiB",
+                             "DELETED", "HOST", "ERROR"], lines, left=(0, 2, 3, 10, 11))
 
 
 # -- db / config -----------------------------------------------------------------------------

@@ -293,4 +293,6 @@ class PassStats:
     vanished: int = 0
     new_candidates: int = 0  # blobs this pass made candidates (first sighting of a run)
     new_bytes: int = 0
+    # account -> {"blobs": n, "bytes": nominal}: what this pass newly marked there (the guard names it)
+    new_by_account: dict[str, dict[str, int]] = field(default_factory=dict)
     blocked: str | None = None  # why the blast-radius guard held the pass back

@@ -19,7 +19,7 @@ import socket
 from collections import ChainMap, Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -59,8 +59,42 @@ class Execution:
     changes: list[Change | Forget] = field(default_factory=list)
 
 
-def default_actor() -> str:
-    return f"vhd-gc@{socket.gethostname()}:{os.getpid()}"
+ACTOR_MAX = 255  # audit_log.actor is a String(255)
+
+
+def default_actor(credential: str | None = None, client_id: str | None = None) -> str:
+    """Who the daemon is in the audit log: ``vhd-gc@<host> (<credential kind>[, client <id>], pid N)``.
+    The client id is the one the credential is told to use (``AZURE_CLIENT_ID``), when set."""
+    who = [f"credential {credential}"] if credential else []
+    if client_id is None and credential in ("default", "managed_identity"):
+        client_id = os.environ.get("AZURE_CLIENT_ID") or None
+    if client_id:
+        who.append(f"client {client_id}")
+    who.append(f"pid {os.getpid()}")
+    return f"vhd-gc@{socket.gethostname()} ({', '.join(who)})"[:ACTOR_MAX]
+
+
+def daemon_actor(config) -> str:
+    """The daemon's identity for a configuration (gc_daemon.config.Config)."""
+    return default_actor(config.azure.credential)
+
+
+def operator_actor(name: str | None = None) -> str:
+    """The person behind an operator command: ``--actor NAME``, else ``SUDO_USER`` (who ran sudo),
+    else ``USER``, else the login name of this process's uid."""
+    for candidate in (name, os.environ.get("SUDO_USER"), os.environ.get("USER")):
+        if candidate and candidate.strip():
+            return candidate.strip()[:ACTOR_MAX]
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name[:ACTOR_MAX]
+    except (ImportError, KeyError, OSError):
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown operator"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -75,6 +109,9 @@ class Executor:
     holds: HoldSource | None = None
     actor: str = field(default_factory=default_actor)
     should_stop: Callable[[], bool] = lambda: False  # honoured between deletions, never during one
+    # The wall clock of the audit log: each row carries the moment of its own event (the intent
+    # when it is written, the outcome when it is known), not the pass's start.
+    clock: Callable[[], datetime] = utcnow
     _retention: dict = field(default_factory=dict, repr=False)
 
     def retention_days(self, account: str) -> int | None:
@@ -135,9 +172,9 @@ class Executor:
             self._refuse(row, fresh, c, reason, f"re-verification: {reason}: {c.reason}", now, seq, pass_id, out)
             return False
 
-        common = dict(key=key, url=row.url, at=now, actor=self.actor, pass_id=pass_id, etag=row.etag,
+        common = dict(key=key, url=row.url, actor=self.actor, pass_id=pass_id, etag=row.etag,
                       size_bytes=row.size_bytes, billed_bytes=row.billed_bytes)
-        intent = self.audit.audit(action="delete-intent", reason=row.reason, **common)
+        intent = self.audit.audit(action="delete-intent", reason=row.reason, at=self.clock(), **common)
         common["intent_id"] = intent
         try:
             gateway.delete_if_match(key, row.etag or "")
@@ -149,7 +186,7 @@ class Executor:
                 if settled is not Settled.NOT_DELETED:
                     return True
             # Refused, and nothing was deleted (no earlier attempt, or the blob is there untouched).
-            self.audit.audit(action="delete-refused", error_code=exc.code, reason=_short(exc), **common)
+            self.audit.audit(action="delete-refused", error_code=exc.code, reason=_short(exc), at=self.clock(), **common)
             out.refused[exc.code] += 1
             if exc.code == "BlobNotFound" and settled is None:
                 out.changes.append(Forget(key, reason="gone before deletion"))
@@ -158,13 +195,13 @@ class Executor:
         except DeleteOutcomeUnknown as exc:  # no attempt got an answer: it may have gone through
             detail = "; ".join(exc.attempts)
             if self._settle(row, detail, refs, operator_holds, now, seq, out, common) is Settled.NOT_DELETED:
-                self.audit.audit(action="delete-failed", error_code=exc.code,
+                self.audit.audit(action="delete-failed", error_code=exc.code, at=self.clock(),
                                  reason=settlement_reason(Settled.NOT_DELETED, f"a lost reply ({detail})"), **common)
                 out.failed += 1
             return True
         except Exception as exc:  # noqa: BLE001 - a definite error: nothing was deleted
             code = str(getattr(exc, "code", None) or type(exc).__name__)
-            self.audit.audit(action="delete-failed", error_code=code, reason=_short(exc), **common)
+            self.audit.audit(action="delete-failed", error_code=code, reason=_short(exc), at=self.clock(), **common)
             out.failed += 1
             log.warning("delete_failed", url=row.url, code=code)
             return True
@@ -176,7 +213,8 @@ class Executor:
         """Record a deletion: the outcome and the row's new state in one transaction."""
         days = self.retention_days(row.key.account)
         gone = deleted_row(row, now, row.sightings(seq), now + timedelta(days=days) if days else None)
-        self.audit.audit(action="deleted", reason=reason, changes=[Change(gone, event="deleted")], **common)
+        self.audit.audit(action="deleted", reason=reason, changes=[Change(gone, event="deleted")], at=self.clock(),
+                         **common)
         out.deleted.append(gone)
 
     def _refuse(self, row, fresh, c, code, reason, now, seq, pass_id, out: Execution, intent=None) -> None:
@@ -187,7 +225,7 @@ class Executor:
         if d.change is not None:
             out.changes.append(d.change)
         self.audit.audit(
-            action="delete-refused", key=row.key, url=row.url, at=now, actor=self.actor, pass_id=pass_id,
+            action="delete-refused", key=row.key, url=row.url, at=self.clock(), actor=self.actor, pass_id=pass_id,
             intent_id=intent, etag=row.etag, size_bytes=row.size_bytes, billed_bytes=row.billed_bytes,
             error_code=code, reason=reason,
         )
@@ -256,7 +294,8 @@ def deleted_row(row: Tracked, now: datetime, sightings: int, recoverable_until: 
                    sightings_frozen=sightings, streak_start=None, updated_at=now)
 
 
-def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, actor: str | None = None) -> int:
+def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, actor: str | None = None,
+                    clock: Callable[[], datetime] | None = None) -> int:
     """Settle deletion intents that have no outcome: the process stopped between writing the
     intent and writing the result (a crash, SIGKILL, a lost database connection), or neither the
     delete nor the blob could be read. The blob says what happened (:func:`settle`). Returns how
@@ -274,7 +313,7 @@ def resolve_intents(store, storage: Mapping[str, BlobGateway], now: datetime, ac
         except Exception as exc:  # noqa: BLE001 - try again at the next pass
             log.warning("intent_unresolved", url=intent.url, error=_short(exc))
             continue
-        common = dict(key=key, url=intent.url, at=now, actor=actor, pass_id=intent.pass_id, intent_id=intent.id,
+        common = dict(key=key, url=intent.url, at=clock() if clock is not None else now, actor=actor, pass_id=intent.pass_id, intent_id=intent.id,
                       etag=intent.etag, size_bytes=intent.size_bytes, billed_bytes=intent.billed_bytes,
                       reason=settlement_reason(settled, after))
         if settled is Settled.DELETED:

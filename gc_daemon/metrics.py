@@ -13,22 +13,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .config import Config
+from .cost import GIB, PREMIUM_SIZES_GIB, premium_billed_gib, premium_monthly_cost, standard_monthly_cost  # noqa: F401
 from .domain import State
 
 log = structlog.get_logger("vhd-gc.metrics")
 
-GIB = 1024**3
 ORPHAN_STATES = (State.CANDIDATE, State.DUE, State.KEPT)
-# Unmanaged premium disks bill the provisioned size rounded up to the next premium disk size (GiB).
-PREMIUM_SIZES_GIB = (32, 64, 128, 256, 512, 1024, 2048, 4095, 8192, 16384, 32767)
-
-
-def premium_billed_gib(size_bytes: int) -> int:
-    gib = size_bytes / GIB
-    for size in PREMIUM_SIZES_GIB:
-        if gib <= size:
-            return size
-    return PREMIUM_SIZES_GIB[-1]
 
 
 class StateCollector(Collector):
@@ -77,9 +67,8 @@ class StateCollector(Collector):
             if state in {s.value for s in ORPHAN_STATES}:
                 prem = premium.get((account, state), [])
                 # Premium rows are priced on provisioned size; everything else on billed bytes.
-                standard_gib = (billed_sum - sum(b for _, b in prem)) / GIB
-                monthly = standard_gib * config.prices.standard_gb_month + sum(
-                    premium_billed_gib(s) * config.prices.premium_gb_month for s, _ in prem
+                monthly = standard_monthly_cost(config.prices, billed_sum - sum(b for _, b in prem)) + sum(
+                    premium_monthly_cost(config.prices, s) for s, _ in prem
                 )
                 cost.add_metric([account, state], round(monthly, 4))
         yield from (blobs, size, billed, cost)

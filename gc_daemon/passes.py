@@ -30,7 +30,7 @@ import structlog
 from .config import Config, format_duration
 from .decide import ReferenceIndex, decide_stream
 from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, ServiceTime, State, Tracked
-from .execute import Execution, Executor, resolve_intents
+from .execute import Execution, Executor, daemon_actor, resolve_intents
 from .state.store import UPSERT_BATCH
 
 log = structlog.get_logger("vhd-gc.pass")
@@ -166,6 +166,8 @@ class Collector:
                 policy=self.config.policy_rules,
                 holds=self.store,  # read again before each delete: a hold taken during the pass counts
                 should_stop=should_stop,
+                actor=daemon_actor(self.config),
+                clock=self.clock,  # each audit row at the moment of its own event
             )
             progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
             # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
@@ -230,7 +232,8 @@ class Collector:
         listing.start()
         try:
             refs = self._read_references(accounts, stats)
-            resolve_intents(self.store, accounts, now)  # before the pass transaction: it writes on its own
+            # before the pass transaction: it writes on its own
+            resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
             if should_stop():
                 raise PassIncomplete(["stopped by a signal"], [])
             holds = self.store.holds()
@@ -246,6 +249,7 @@ class Collector:
                     for name, account in accounts.items():
                         batch: list[Change | Forget] = []
                         tracked = tx.stored_rows(name)
+                        new_before = (stats.new_candidates, stats.new_bytes)
                         try:
                             service_now = self._service_now(name, listing.service_time(name), now, t0)
                             if service_now is not None:  # recorded with the pass: what its blobs were aged at
@@ -287,6 +291,9 @@ class Collector:
                             exc = failed.cause
                             raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
                         measurer.submit(account, batch)
+                        if stats.new_candidates > new_before[0]:  # per account, for the blast-radius guard
+                            stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
+                                                          "bytes": stats.new_bytes - new_before[1]}
                     progress.phase(f"pass {pass_id}: measuring billed bytes")
                     for ready in measurer.drain():
                         writer.submit(ready)
@@ -351,11 +358,13 @@ class Collector:
                    f"{rules.max_new_bytes}")
         if why is None:
             return
+        why += "; held back: " + held_back(stats.new_by_account)
         confirmed = self.store.pass_confirmation()
         if confirmed is not None and n <= confirmed["new"] * 1.1 + 1 and size <= confirmed["bytes"] * 1.1 + 1:
             log.warning("blast_radius_confirmed", new=n, bytes=size, confirmed_by=confirmed.get("actor"))
             return
         stats.blocked = why
+        log.warning("blast_radius_blocked", new=n, bytes=size, held_back=stats.new_by_account)
         raise PassIncomplete(
             [f"blast radius: {why}; nothing was marked. If this is expected (a first pass over an estate "
              "full of leftovers), run `vhd-gc confirm-pass`; if not, check the subscriptions and accounts "
@@ -389,6 +398,16 @@ class Collector:
             event, pass_id=pass_id, seq=seq, seconds=round(time.monotonic() - t0, 3), errors=errors, **fields
         )
         return result
+
+
+def held_back(by_account: Mapping[str, Mapping[str, int]]) -> str:
+    """What the blast-radius guard held back, per account, largest first:
+    ``gcacct1 12 blobs (34.00 GiB), gcacct2 3 blobs (1.50 GiB)``."""
+    if not by_account:
+        return "nothing"
+    ordered = sorted(by_account.items(), key=lambda item: (-item[1]["bytes"], -item[1]["blobs"], item[0]))
+    return ", ".join(f"{name} {n['blobs']} blob{'s' if n['blobs'] != 1 else ''} ({n['bytes'] / 1024**3:.2f} GiB)"
+                     for name, n in ordered)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

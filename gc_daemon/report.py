@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from itertools import islice
 
+from .cost import blob_monthly_cost
 from .domain import Classification, State, Tracked
 
 GIB = 1024**3
@@ -92,6 +95,7 @@ FIELDS = [
     "deleted_at",
     "recoverable_until",
     "tier",
+    "monthly_cost",
 ]
 
 
@@ -99,8 +103,15 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
-def record(row: Tracked, seq: int) -> dict:
-    return {
+def monthly_cost(row: Tracked, prices) -> float | None:
+    """The blob's monthly cost at ``prices`` (gc_daemon.config.PricesConfig), rounded to 1e-6."""
+    cost = blob_monthly_cost(prices, row.size_bytes, row.billed_bytes, row.tier)
+    return None if cost is None else round(cost, 6)
+
+
+def record(row: Tracked, seq: int, prices=None) -> dict:
+    """The report's element for ``row``; with ``prices``, its ``monthly_cost`` too."""
+    data = {
         "url": row.url,
         "account": row.key.account,
         "container": row.key.container,
@@ -121,24 +132,74 @@ def record(row: Tracked, seq: int) -> dict:
         "recoverable_until": _iso(row.recoverable_until),
         "tier": row.tier,
     }
+    if prices is not None:
+        data["monthly_cost"] = monthly_cost(row, prices)
+    return data
 
 
-def render_json(rows: Iterable[Tracked], seq: int, out) -> None:
+# -- choosing and ordering the rows -------------------------------------------------------------
+
+_STATE_ORDER = {s: i for i, s in enumerate(State)}
+_FAR = float("inf")
+
+
+def _desc(value: float | None) -> tuple[bool, float]:
+    """Descending, unknown values last."""
+    return (value is None, -value if value is not None else 0.0)
+
+
+def sort_key(sort: str, prices, now: datetime):
+    """How ``--sort`` orders rows: numbers descending (the largest, costliest, oldest first), unknown
+    values last; state in lifecycle order, account and url ascending; ties by url."""
+    keys = {
+        "size": lambda r: (_desc(r.size_bytes), r.url),
+        "billed": lambda r: (_desc(r.billed_bytes), r.url),
+        "cost": lambda r: (_desc(blob_monthly_cost(prices, r.size_bytes, r.billed_bytes, r.tier)), r.url),
+        "age": lambda r: (_desc((now - r.first_orphaned_at).total_seconds() if r.first_orphaned_at else None), r.url),
+        "due": lambda r: (r.delete_after is None, r.delete_after.timestamp() if r.delete_after else _FAR, r.url),
+        "state": lambda r: (_STATE_ORDER[r.state], r.url),
+        "account": lambda r: (r.key.account, r.url),
+        "url": lambda r: (r.url,),
+    }
+    return keys[sort]
+
+
+SORTS = ("size", "billed", "cost", "age", "due", "state", "account", "url")
+
+
+def select_rows(rows: Iterable[Tracked], *, sort: str | None, limit: int | None, prices, now: datetime) -> Iterator[Tracked]:
+    """``rows`` in ``sort`` order (None: as given: account, container, blob), at most ``limit`` of
+    them. With a limit only that many rows are held at once (a heap), whatever the estate's size."""
+    if sort is None:
+        return iter(rows) if limit is None else islice(rows, limit)
+    key = sort_key(sort, prices, now)
+    if limit is not None:
+        return iter(heapq.nsmallest(limit, rows, key=key))
+    return iter(sorted(rows, key=key))
+
+
+def render_json(rows: Iterable[Tracked], seq: int, out, prices=None) -> None:
     """A JSON array, written element by element (a large estate never sits in memory twice)."""
     out.write("[")
     first = True
     for row in rows:
         out.write("\n  " if first else ",\n  ")
-        out.write(json_text(json.dumps(record(row, seq), ensure_ascii=False)))
+        out.write(json_text(json.dumps(record(row, seq, prices), ensure_ascii=False)))
         first = False
     out.write("\n]\n" if not first else "]\n")
 
 
-def render_csv(rows: Iterable[Tracked], seq: int, out) -> None:
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+def render_csv(rows: Iterable[Tracked], seq: int, out, prices=None) -> None:
+    fields = FIELDS if prices is not None else [f for f in FIELDS if f != "monthly_cost"]
+    write_csv(out, fields, (record(row, seq, prices) for row in rows))
+
+
+def write_csv(out, fields: list[str], records: Iterable[dict]) -> None:
+    """CSV with a header, every text cell through :func:`csv_cell` (report and audit alike)."""
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: csv_cell(v) for k, v in record(row, seq).items()})
+    for rec in records:
+        writer.writerow({k: csv_cell(v) for k, v in rec.items()})
 
 
 def _owner_short(owner: str | None) -> str:
@@ -151,19 +212,41 @@ def _owner_short(owner: str | None) -> str:
     return owner
 
 
-def _gib(n: int | None) -> str:
+def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GIB:.2f}"
 
 
-def _days(now: datetime, then: datetime | None) -> str:
+def days(now: datetime, then: datetime | None) -> str:
     return "-" if then is None else f"{(now - then).total_seconds() / 86400:.1f}"
 
 
-def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
-    """For people: sizes in GiB, ages in days, totals by state at the bottom."""
-    headers = ["STATE", "SIZE GiB", "BILLED GiB", "AGE d", "DUE IN d", "SEEN", "HOLD/OWNER", "BLOB"]
+def write_table(out, headers: list[str], lines: list[list[str]], left: Iterable[int]) -> None:
+    """Columns padded to their widest cell under a header line; the columns in ``left`` (text) are
+    aligned left, the others (numbers) right; trailing spaces trimmed. Cells must be printable."""
+    left = set(left)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+
+    def emit(cells: list[str]) -> None:
+        out.write("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip() + "\n")
+
+    emit(headers)
+    for line in lines:
+        emit(line)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
+    """For people: sizes in GiB, ages in days, monthly cost, totals by state at the bottom."""
+    currency = prices.currency if prices is not None else None
+    headers = ["STATE", "SIZE GiB", "BILLED GiB"]
+    if prices is not None:
+        headers.append(f"COST {printable(currency)}/mo")
+    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/OWNER", "BLOB"]
     lines: list[list[str]] = []
-    totals: dict[str, list[int]] = {}
+    totals: dict[str, list] = {}
     for row in rows:
         due_in = "-"
         if row.delete_after and row.state in (State.CANDIDATE, State.DUE):
@@ -172,54 +255,55 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
         if row.state is State.DELETED and row.recoverable_until:
             left = (row.recoverable_until - now).total_seconds() / 86400
             note = f"restorable {left:.1f}d" if left > 0 else "no longer restorable"
-        lines.append(
-            [
-                row.state.value,
-                _gib(row.size_bytes),
-                _gib(row.billed_bytes),
-                _days(now, row.first_orphaned_at),
-                due_in,
-                str(row.sightings(seq)),
-                printable(note[:60]),
-                printable(f"{row.key.account}/{row.key.container}/{row.key.blob}"),
-            ]
-        )
-        t = totals.setdefault(row.state.value, [0, 0, 0])
+        cost = monthly_cost(row, prices) if prices is not None else None
+        line = [row.state.value, gib(row.size_bytes), gib(row.billed_bytes)]
+        if prices is not None:
+            line.append(_money(cost))
+        line += [
+            days(now, row.first_orphaned_at),
+            due_in,
+            str(row.sightings(seq)),
+            printable(note[:60]),
+            printable(f"{row.key.account}/{row.key.container}/{row.key.blob}"),
+        ]
+        lines.append(line)
+        t = totals.setdefault(row.state.value, [0, 0, 0, 0.0])
         t[0] += 1
         t[1] += row.size_bytes
         t[2] += row.billed_bytes or 0
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
-
-    def emit(cells: list[str]) -> None:
-        out.write("  ".join(c.ljust(w) if i in (0, 6, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip() + "\n")
-
-    emit(headers)
-    for line in lines:
-        emit(line)
+        t[3] += cost or 0.0
+    n = len(headers)
+    write_table(out, headers, lines, left=(0, n - 2, n - 1))
     out.write("\n")
     if not totals:
         out.write("nothing tracked yet (run `vhd-gc scan`)\n")
         return
+
+    def money(total: float) -> str:
+        return f"  {total:>10.2f} {printable(currency)}/month" if prices is not None else ""
+
     out.write("TOTALS\n")
     for state in (s.value for s in State):
         if state in totals:
-            n, size, billed = totals[state]
-            out.write(f"  {state:<10} {n:>7} blobs  {size / GIB:>10.2f} GiB nominal  {billed / GIB:>10.2f} GiB billed\n")
+            count, size, billed, cost = totals[state]
+            out.write(f"  {state:<10} {count:>7} blobs  {size / GIB:>10.2f} GiB nominal  {billed / GIB:>10.2f} GiB billed"
+                      f"{money(cost)}\n")
     wasted = [totals[s] for s in ("candidate", "due", "kept") if s in totals]
     if wasted:
         out.write(
             f"  {'orphaned':<10} {sum(t[0] for t in wasted):>7} blobs  "
-            f"{sum(t[1] for t in wasted) / GIB:>10.2f} GiB nominal  {sum(t[2] for t in wasted) / GIB:>10.2f} GiB billed\n"
+            f"{sum(t[1] for t in wasted) / GIB:>10.2f} GiB nominal  {sum(t[2] for t in wasted) / GIB:>10.2f} GiB billed"
+            f"{money(sum(t[3] for t in wasted))}\n"
         )
 
 
-def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out) -> None:
+def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
     if fmt == "json":
-        render_json(rows, seq, out)
+        render_json(rows, seq, out, prices)
     elif fmt == "csv":
-        render_csv(rows, seq, out)
+        render_csv(rows, seq, out, prices)
     else:
-        render_table(rows, seq, now, out)
+        render_table(rows, seq, now, out, prices)
 
 
 def explain_text(data: dict) -> str:

@@ -143,7 +143,7 @@ def test_progress_redraws_one_terminal_line():
 
     out = io.StringIO()
     stats = PassStats()
-    with PassProgress(out, interval=0, tty=True, clock=lambda: 7.0) as progress:
+    with PassProgress(out, interval=0, tty=True, clock=lambda: 7.0, columns=lambda: 120) as progress:
         progress.attach(stats, 3)
         progress.phase("pass 1: listing and deciding")
         stats.blobs_by_account["a"] = 0
@@ -183,7 +183,7 @@ def test_scan_exits_3_when_arm_fails_names_the_source_and_changes_nothing(gc):
     assert fresh not in gc.report()
     passes = gc.cli("passes")
     assert passes.code == 0
-    assert re.search(r"^#\d+\s+seq=-\s+incomplete\b", passes.out, re.M), passes.out
+    assert re.search(r"^#\d+\s+-\s+incomplete\b", passes.out, re.M), passes.out
 
 
 # -- configuration errors: exit 2 naming the key ------------------------------------------------
@@ -729,7 +729,7 @@ def test_keep_with_an_unparseable_url_exits_2(gc):
 
 
 def test_passes_lists_each_pass_with_its_outcome(gc):
-    assert gc.cli("passes").out == ""  # none yet
+    assert gc.cli("passes").out == "no passes yet (run `vhd-gc scan`)\n"  # none yet
     assert gc.cli("scan").code == 0
     gc.arm.add_fault(path="/images$", status=500)
     assert gc.cli("scan").code == 3
@@ -737,9 +737,10 @@ def test_passes_lists_each_pass_with_its_outcome(gc):
     assert gc.cli("scan").code == 0
     result = run("-c", str(gc.config_path), "passes")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:3] == ["PASS", "SEQ", "OUTCOME"]
     assert len(lines) == 3
-    outcomes = [re.match(r"#(\d+)\s+seq=(\S+)\s+(\S+)", line).groups() for line in lines]
+    outcomes = [re.match(r"#(\d+)\s+(\S+)\s+(\S+)", line).groups() for line in lines]
     # newest first; only complete passes are numbered
     assert [(o[1], o[2]) for o in outcomes] == [("2", "complete"), ("-", "incomplete"), ("1", "complete")]
     assert [int(o[0]) for o in outcomes] == sorted((int(o[0]) for o in outcomes), reverse=True)

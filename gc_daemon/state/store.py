@@ -621,13 +621,16 @@ class Store:
 
     # -- report / explain ------------------------------------------------------------------------
 
-    def rows(self, states: Iterable[State] | None = None) -> Iterator[Tracked]:
-        """Tracked rows ordered by account, container, blob, streamed in batches."""
+    def rows(self, states: Iterable[State] | None = None, accounts: Iterable[str] | None = None) -> Iterator[Tracked]:
+        """Tracked rows ordered by account, container, blob, streamed in batches; with ``states``
+        or ``accounts``, only those."""
         stmt = select(tracked_blobs).order_by(
             tracked_blobs.c.account, tracked_blobs.c.container, tracked_blobs.c.blob
         )
         if states is not None:
             stmt = stmt.where(tracked_blobs.c.state.in_([State(s).value for s in states]))
+        if accounts is not None:
+            stmt = stmt.where(tracked_blobs.c.account.in_([a.lower() for a in accounts]))
         with self.engine.connect() as conn:
             result = conn.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
             for r in result:
@@ -750,13 +753,17 @@ class Store:
         key: BlobKey | None = None,
         actions: Iterable[str] | None = None,
         limit: int | None = None,
+        since: datetime | None = None,
     ) -> list[AuditRecord]:
-        """Entries oldest first; with ``limit``, the newest ``limit`` of them (still oldest first)."""
+        """Entries oldest first; with ``limit``, the newest ``limit`` of them (still oldest first);
+        with ``since``, only those at or after that instant."""
         stmt = select(audit_log)
         if key is not None:
             stmt = stmt.where(_key_filter(key, audit_log))
         if actions is not None:
             stmt = stmt.where(audit_log.c.action.in_(list(actions)))
+        if since is not None:
+            stmt = stmt.where(audit_log.c.at >= _aware(since))
         if limit is not None:
             stmt = stmt.order_by(audit_log.c.id.desc()).limit(limit)
         else:
