@@ -53,6 +53,7 @@ KNOWN_METRICS = {
     "vhdgc_delete_failures_total",
     "vhdgc_leader",
     "vhdgc_blast_radius_blocked",
+    "vhdgc_build_info",
 }
 METRIC_RE = re.compile(r"vhdgc_[a-z_]+")
 HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|sum|count)$")
