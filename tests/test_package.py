@@ -130,7 +130,8 @@ def test_the_sdist_carries_the_migrations_where_the_tree_has_them(dist):
     with tarfile.open(dist["sdist"]) as sdist:
         names = set(sdist.getnames())
     for needed in ("pyproject.toml", "alembic.ini", "CHANGELOG.md", "migrations/env.py",
-                   "migrations/script.py.mako", "gc_daemon/__init__.py"):
+                   "migrations/script.py.mako", "gc_daemon/__init__.py", "deploy/systemd/vhd-gc.service",
+                   "deploy/container/Dockerfile", "config/example.yaml", "docs/operations.md"):
         assert prefix + needed in names, needed
     assert any(n.startswith(prefix + "migrations/versions/0001_") for n in names)
 
