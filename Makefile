@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: setup demo test test-fast check-migrations wheel-check audit-deps bench lint clean
+.PHONY: setup demo test test-fast check-migrations dist wheel-check audit-deps bench lint clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -36,6 +36,12 @@ check-migrations: setup
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db upgrade head && \
 	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db check
+
+# A release: dist/vhd_gc-<version>.tar.gz (the sdist) and dist/vhd_gc-<version>-py3-none-any.whl,
+# built from the sdist. The version is gc_daemon.__version__.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist .
 
 # The wheel as an operator installs it: build the sdist and the wheel, install the wheel into a fresh
 # virtual environment outside the checkout, and from a temporary directory run db upgrade, a complete
