@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: setup demo test test-fast check-migrations audit-deps bench lint clean
+.PHONY: setup demo test test-fast check-migrations dist wheel-check audit-deps bench lint clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -37,6 +37,18 @@ check-migrations: setup
 	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db upgrade head && \
 	  $(VENV)/bin/alembic -x url=sqlite:///$$tmp/check.db check
 
+# A release: dist/vhd_gc-<version>.tar.gz (the sdist) and dist/vhd_gc-<version>-py3-none-any.whl,
+# built from the sdist. The version is gc_daemon.__version__.
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
+# The wheel as an operator installs it: build the sdist and the wheel, install the wheel into a fresh
+# virtual environment outside the checkout, and from a temporary directory run db upgrade, a complete
+# scan and the daemon against Azurite and the ARM stand-in (sandbox/wheel_check.py). Needs PyPI.
+wheel-check: setup
+	$(PY) -m sandbox.wheel_check
+
 # Known vulnerabilities in the installed dependency set (PyPI's advisory data; OSV is not reachable
 # from these machines). Versions PyPI does not know are listed as skipped, not failed.
 audit-deps: setup
@@ -47,4 +59,4 @@ bench: setup
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis *.egg-info build dist

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import click
 import yaml
 
+from . import __version__
 from .config import Config, ConfigError, load_config, redacted
 from .report import json_text, printable
 from .urls import redact_text
@@ -127,7 +128,7 @@ class _Group(click.Group):
     envvar="VHD_GC_CONFIG",
     help="Configuration file (default: $VHD_GC_CONFIG, else /etc/vhd-gc/vhd-gc.yaml).",
 )
-@click.version_option(package_name="vhd-gc")
+@click.version_option(version=__version__, prog_name="vhd-gc")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """vhd-gc: finds orphaned Azure VHD page blobs and, after a grace period, deletes them safely."""

@@ -4,6 +4,7 @@ durations, inventory errors seen here, leadership) is kept in memory."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .config import Config
 from .cost import GIB, PREMIUM_SIZES_GIB, premium_billed_gib, premium_monthly_cost, standard_monthly_cost  # noqa: F401
 from .domain import State
@@ -149,6 +151,11 @@ class Metrics:
         self.dry_run = Gauge("vhdgc_dry_run", "1 in dry-run mode, 0 in delete mode", registry=self.registry)
         self.dry_run.set(1 if config.mode == "dry-run" else 0)
         self.leader = Gauge("vhdgc_leader", "1 on the replica that runs passes", registry=self.registry)
+        self.build_info = Gauge(
+            "vhdgc_build_info", "Always 1: the vhd-gc version and the Python that run this process",
+            ["version", "python"], registry=self.registry,
+        )
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
 
     def observe(self, result) -> None:
         self.pass_duration.observe(result.duration)

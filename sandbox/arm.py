@@ -995,7 +995,7 @@ class _Handler(BaseHTTPRequestHandler):
         standin = self.standin
         body = self._read_body()  # drain, even though ARM GETs carry none
         del body
-        standin._log(self.command, self.path)
+        standin._log(self.command, self.path, self.headers.get("User-Agent"))
         fault = standin._match_fault(self.command, path, "$skiptoken" in query)
         if fault is not None and fault.kind == "delay":
             time.sleep(min(max(fault.delay, 0.0), MAX_DELAY_SECONDS))
@@ -1310,6 +1310,7 @@ class ArmStandIn:
         self._faults: list[Fault] = []
         self._requests: list[tuple[str, str]] = []
         self._permissions: dict[str | None, list[dict[str, Any]]] = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
+        self._user_agents: list[str | None] = []
         self._server: _TlsThreadingServer | None = None
         self._thread: threading.Thread | None = None
         self.cert_path: str | None = None
@@ -1436,9 +1437,10 @@ class ArmStandIn:
             found = self._permissions.get(scope.rstrip("/").lower(), self._permissions[None])
             return copy.deepcopy(found)
 
-    def _log(self, method: str, path_and_query: str) -> None:
+    def _log(self, method: str, path_and_query: str, user_agent: str | None = None) -> None:
         with self._lock:
             self._requests.append((method, path_and_query))
+            self._user_agents.append(user_agent)
 
     @property
     def requests(self) -> list[tuple[str, str]]:
@@ -1446,9 +1448,16 @@ class ArmStandIn:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def user_agents(self) -> list[str | None]:
+        """The User-Agent header of each request in :attr:`requests`, in the same order."""
+        with self._lock:
+            return list(self._user_agents)
+
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._user_agents.clear()
 
     def reset(self, estate: dict[str, Any] | None = None) -> None:
         """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log."""

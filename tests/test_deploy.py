@@ -53,6 +53,7 @@ KNOWN_METRICS = {
     "vhdgc_delete_failures_total",
     "vhdgc_leader",
     "vhdgc_blast_radius_blocked",
+    "vhdgc_build_info",
 }
 METRIC_RE = re.compile(r"vhdgc_[a-z_]+")
 HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|sum|count)$")
@@ -362,7 +363,7 @@ def test_systemd_unit_verifies(tmp_path):
 # -- container ----------------------------------------------------------------------------------
 
 
-def test_dockerfile_runs_unprivileged_with_migrations_next_to_the_package():
+def test_dockerfile_runs_unprivileged_and_installs_the_wheel_not_the_tree():
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim|^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.MULTILINE)
     assert re.search(r"^USER 10001", text, re.MULTILINE)
@@ -370,9 +371,21 @@ def test_dockerfile_runs_unprivileged_with_migrations_next_to_the_package():
     assert 'CMD ["-c", "/etc/vhd-gc/vhd-gc.yaml", "run"]' in text
     assert re.search(r"^EXPOSE 9465$", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "healthcheck.py" in text
-    assert "pip install -e /app" in text
-    for source in ("alembic.ini", "migrations/", "gc_daemon/"):
-        assert re.search(rf"^COPY .*{re.escape(source)}", text, re.MULTILINE), source
+    # Stage 1 builds the wheel from the tree, stage 2 installs it, the runtime gets the venv only.
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert [s.splitlines()[0] for s in stages] == ["${PYTHON_IMAGE} AS wheel", "${PYTHON_IMAGE} AS install", "${PYTHON_IMAGE}"]
+    wheel, install, runtime = stages
+    for source in ("pyproject.toml", "MANIFEST.in", "migrations/", "gc_daemon/"):
+        assert re.search(rf"^COPY .*{re.escape(source)}", wheel, re.MULTILINE), source
+    assert "python -m build --wheel --outdir /dist" in wheel
+    assert "COPY --from=wheel /dist/ /dist/" in install
+    assert "/opt/vhd-gc/venv/bin/pip install /dist/vhd_gc-*.whl" in install
+    assert "migrations_dir() == PACKAGED_MIGRATIONS" in install
+    assert "pip install -e" not in text and "/app" not in text
+    assert re.findall(r"^COPY .*", runtime, re.MULTILINE) == [
+        "COPY --from=install /opt/vhd-gc/venv /opt/vhd-gc/venv",
+        "COPY deploy/container/healthcheck.py /usr/local/lib/vhd-gc/healthcheck.py",
+    ]
 
 
 class _Health(BaseHTTPRequestHandler):

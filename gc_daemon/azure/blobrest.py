@@ -37,6 +37,7 @@ from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy, UserAgen
 from azure.core.pipeline.transport import HttpResponse, HttpTransport
 from azure.core.rest import HttpRequest
 
+from gc_daemon import USER_AGENT
 from gc_daemon.domain import ServiceTime
 
 MALFORMED = "MalformedResponse"
@@ -252,7 +253,7 @@ class BlobRest:
         # path; service endpoints at the root.
         self._service_url = self.endpoint + ("?" if urlsplit(self.endpoint).path else "/?")
         policies: list[Any] = [
-            UserAgentPolicy(sdk_moniker="vhd-gc"),
+            UserAgentPolicy(user_agent=USER_AGENT, sdk_moniker="vhd-gc"),  # vhd-gc/<version> first
             RetryPolicy(retry_total=retry_total),
             _StorageHeaders(api_version),
             credential_policy,

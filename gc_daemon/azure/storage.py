@@ -39,6 +39,7 @@ from gc_daemon.azure.blobrest import (
     Urllib3Transport,
     service_time,
 )
+from gc_daemon import USER_AGENT
 from gc_daemon.domain import BlobKey, BlobSeen, ServiceTime
 from gc_daemon.urls import blob_url, redact_url
 
@@ -248,6 +249,8 @@ class AccountStorage:
             read_timeout=read_timeout,
             **client_kwargs,
         )
+        # "vhd-gc/<version> azsdk-python-storage-blob/... Python/...": the SDK prepends it.
+        self._client_kwargs.setdefault("user_agent", USER_AGENT)
         self.results_per_page = results_per_page
         # A delete is tried 1 + retry_total times, waiting delete_backoff, then twice as long, ...
         self.delete_attempts = 1 + max(0, retry_total)

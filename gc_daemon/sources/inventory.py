@@ -10,6 +10,8 @@ from typing import Any
 
 from azure.core.credentials import TokenCredential
 
+from gc_daemon import USER_AGENT
+
 from .sdk_models import guard_model_setup
 
 from .base import (
@@ -46,6 +48,9 @@ def arm_client_kwargs(
         "connection_timeout": timeout,
         "read_timeout": timeout,
         "per_retry_policies": [HostPinPolicy(arm_endpoint)],
+        # "vhd-gc/<version> azsdk-python-mgmt-compute/... Python/...": the SDK prepends it. arm_list's
+        # REST reads go through the same client pipeline, so they carry it too.
+        "user_agent": USER_AGENT,
     }
     if connection_verify is not None:
         kwargs["connection_verify"] = connection_verify

@@ -1,7 +1,11 @@
 """Engines and schema migrations of the state database.
 
-The schema is created and changed only by Alembic (``migrations/``, ``alembic.ini`` at the repository
-root); :func:`upgrade` runs ``upgrade head`` programmatically on the engine's own connection.
+The schema is created and changed only by Alembic. The migrations live in ``migrations/`` of the
+source tree; a wheel carries the same files as ``gc_daemon/_migrations`` (pyproject.toml maps them
+there at build time). :func:`alembic_config` builds the Alembic configuration in code, so an installed
+vhd-gc needs no ``alembic.ini`` and runs from any directory; ``alembic.ini`` at the repository root is
+for running the ``alembic`` command by hand in the tree (``make check-migrations``).
+:func:`upgrade` runs ``upgrade head`` programmatically on the engine's own connection.
 """
 
 from __future__ import annotations
@@ -20,9 +24,24 @@ from sqlalchemy.pool import StaticPool
 
 from gc_daemon.state.models import Base
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # gc_daemon/
+PACKAGED_MIGRATIONS = PACKAGE_DIR / "_migrations"  # in a wheel (or any non-editable install)
+TREE_MIGRATIONS = PACKAGE_DIR.parent / "migrations"  # in the source tree (editable install, PYTHONPATH)
+
+
+def migrations_dir() -> Path:
+    """Where the migrations are: the installed package's copy, else the source tree's.
+
+    Raises FileNotFoundError naming both places when neither holds an ``env.py`` (a broken install).
+    """
+    for candidate in (PACKAGED_MIGRATIONS, TREE_MIGRATIONS):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"the schema migrations are missing: neither {PACKAGED_MIGRATIONS} (an installed wheel) nor "
+        f"{TREE_MIGRATIONS} (the source tree) holds env.py and versions/; reinstall vhd-gc"
+    )
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -67,11 +86,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def alembic_config() -> Config:
-    """The Alembic configuration of this checkout, for programmatic use (logging left alone)."""
-    if not ALEMBIC_INI.exists():
-        raise FileNotFoundError(f"{ALEMBIC_INI} is missing: vhd-gc must run from its source tree")
-    config = Config(str(ALEMBIC_INI))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    """The Alembic configuration, built in code (no ``alembic.ini``), for programmatic use.
+
+    It holds what ``alembic.ini``'s ``[alembic]`` section says that matters at run time: where the
+    scripts are. Logging is left alone (vhd-gc configures its own); the database is handed over by
+    :func:`upgrade` as a connection.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
     config.attributes["configure_logging"] = False
     return config
 
