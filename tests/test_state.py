@@ -86,6 +86,51 @@ def test_migrations_reach_head_from_empty_without_drift(db_url: str) -> None:
         engine.dispose()
 
 
+def test_migration_0003_admits_stopped_and_keeps_the_audit_logs_pass_references(db_url: str) -> None:
+    """0003 replaces the outcome check (SQLite rebuilds `passes`, which audit_log refers to): the
+    audit rows keep their pass, the check admits `stopped` and still refuses anything else, and the
+    downgrade turns stopped passes into failed ones."""
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO passes (id, seq, started_at, outcome, mode, host) "
+                                 "VALUES (7, 1, '2026-01-01 00:00:00', 'complete', 'delete', 'h')"))
+            conn.execute(sa.text("INSERT INTO audit_log (at, pass_id, action, account, container, blob, url, actor) "
+                                 "VALUES ('2026-01-01 00:00:00', 7, 'deleted', 'a', 'c', 'b', 'u', 'x'), "
+                                 "('2026-01-01 00:00:00', NULL, 'keep', 'a', 'c', 'b', 'u', 'x')"))
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO passes (started_at, outcome, mode, host) "
+                                     "VALUES ('2026-01-01 00:00:00', 'stopped', 'delete', 'h')"))
+        db.upgrade(engine)
+        assert db.current_revision(engine) == "0003" and db.model_drift(engine) == []
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT action, pass_id FROM audit_log ORDER BY id")).all() == [
+                ("deleted", 7), ("keep", None)]
+            conn.execute(sa.text("INSERT INTO passes (id, started_at, outcome, mode, host) "
+                                 "VALUES (8, '2026-01-01 00:00:00', 'stopped', 'delete', 'h')"))
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO passes (started_at, outcome, mode, host) "
+                                     "VALUES ('2026-01-01 00:00:00', 'paused', 'delete', 'h')"))
+        with pytest.raises(IntegrityError):  # the foreign key still holds
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO audit_log (at, pass_id, action, account, container, blob, url, actor) "
+                                     "VALUES ('2026-01-01 00:00:00', 99, 'deleted', 'a', 'c', 'b', 'u', 'x')"))
+        config = db.alembic_config()
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0002")
+            conn.commit()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id, outcome FROM passes ORDER BY id")).all() == [
+                (7, "complete"), (8, "failed")]
+            assert conn.execute(sa.text("SELECT pass_id FROM audit_log ORDER BY id")).all() == [(7,), (None,)]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_concurrent_upgrades_serialise_on_the_advisory_lock(postgres_server: PostgresServer) -> None:
     # Separate processes, like replicas deploying at once (Alembic itself is not thread-safe).
