@@ -84,8 +84,10 @@ def stop_on_signals():
 
 
 def _lingering_threads() -> list[threading.Thread]:
+    # Daemon threads count too: the interpreter's exit joins every thread of a concurrent.futures
+    # pool, daemon or not (the reference read's workers are daemons, as the scheduler's thread is).
     main = threading.main_thread()
-    return [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    return [t for t in threading.enumerate() if t is not main and t.is_alive()]
 
 
 def exit_now(status: int) -> None:
