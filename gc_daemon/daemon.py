@@ -235,6 +235,18 @@ class Daemon:
         log.info("daemon_started", listen=f"{host}:{server.server_port}", interval=self.config.interval.total_seconds(),
                  mode=self.config.mode, lock=self.lock.describe())
 
+        def on_signal(signum, _frame):
+            if self.stop.is_set():
+                log.warning("stop_forced", signal=signal.Signals(signum).name)
+                self._record_stop_cut_short("a second signal")
+                exit_now(0)
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop_request.ask(signum)
+
+        # Before the first pass can start: a signal in between must not kill the process.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
         interval = self.config.interval.total_seconds()
         self.check_leadership()
         self.scheduler.add_job(
@@ -253,17 +265,10 @@ class Daemon:
         )
         self.scheduler.start()
 
-        def on_signal(signum, _frame):
-            if self.stop.is_set():
-                log.warning("stop_forced", signal=signal.Signals(signum).name)
-                self._record_stop_cut_short("a second signal")
-                exit_now(0)
-            log.info("stopping", signal=signal.Signals(signum).name)
-            self.stop_request.ask(signum)
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        self.stop.wait()
+        # Woken now and then: a signal that a thread other than this one received runs its handler
+        # only once this thread runs Python code again; an untimed wait could sleep through it.
+        while not self.stop.wait(timeout=0.5):
+            pass
         # A running pass stops at its next boundary, at once in its waits (for references, the
         # listing, measurements). A deletion in flight is not waited for past the grace: its intent
         # is settled by the next pass, as after a crash, and systemd would SIGKILL us anyway.
