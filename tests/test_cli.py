@@ -1,4 +1,4 @@
-"""The operator contract of INTERFACE.md ("Command line", "Configuration file", "Report"), black-box:
+"""The operator contract of docs/contract.md ("Command line", "Configuration file", "Report"), black-box:
 exit codes as an operator's automation sees them (real subprocesses of `python -m gc_daemon` and
 of the `vhd-gc` console script), and the output of every command, against Azurite and the HTTPS
 ARM stand-in."""

@@ -32,7 +32,7 @@ HEALTHCHECK = DEPLOY / "container" / "healthcheck.py"
 DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-# Every metric the daemon exports: the contract of INTERFACE.md plus the documented extras.
+# Every metric the daemon exports: the contract of docs/contract.md plus the documented extras.
 KNOWN_METRICS = {
     "vhdgc_orphan_blobs",
     "vhdgc_orphan_size_bytes",
