@@ -53,7 +53,7 @@ def run(*args: str, script: bool = False, env: dict[str, str] | None = None, dro
     for name in drop:
         environ.pop(name, None)
     environ.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=60, cwd=Path(__file__).parent.parent)
+    return subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300, cwd=Path(__file__).parent.parent)
 
 
 def write_config(path: Path, data: dict) -> Path:

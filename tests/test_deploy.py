@@ -405,7 +405,7 @@ def health_server():
 
 def run_healthcheck(url: str) -> subprocess.CompletedProcess:
     env = {"VHD_GC_HEALTH_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_container_healthcheck_follows_healthz(health_server):

@@ -141,7 +141,7 @@ def test_concurrent_upgrades_serialise_on_the_advisory_lock(postgres_server: Pos
         for _ in range(3)
     ]
     for proc in procs:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err  # none fails on "relation already exists"
     engine = db.make_engine(url)
     try:
@@ -422,7 +422,7 @@ def test_pass_transaction_checkpoints_the_log_after_its_commit(tmp_path: Path) -
         keys = [BlobKey("gcacct1", "vhds", f"disk-{i:04d}.vhd") for i in range(2000)]
         with store.transaction() as tx:
             tx.apply([Change(tracked(k)) for k in keys])
-        assert store.settle(timeout=60)
+        assert store.settle(timeout=300)
         shutil.copyfile(tmp_path / "state.db", tmp_path / "copy.db")
         with closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
             assert copy.execute("SELECT count(*) FROM tracked_blobs").fetchone() == (2000,)
@@ -585,7 +585,7 @@ def test_sandbox_postgres_cli_ready_then_stops_on_sigterm(postgres_server: Postg
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
         engine.dispose()
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=180) == 0
         assert not basedir.exists()
     finally:
         if proc.poll() is None:
