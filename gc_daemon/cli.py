@@ -1,7 +1,8 @@
 """Commands: parse, wire, print. No logic of their own.
 
 Exit status: 0 done; 1 anything unexpected; 2 bad configuration or usage (the message names the
-key or argument); 3 (scan) the pass was incomplete and changed nothing.
+key or argument); 3 (scan) the pass was incomplete and changed nothing; 128 + the signal's number
+(130 SIGINT, 143 SIGTERM) when `scan` or `run --once` was stopped by it (the pass is `stopped`).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> No
     """One complete pass: inventory, reconcile, and (in mode: delete) delete what is due."""
     import contextlib
 
+    from .daemon import finish_stopped, stop_on_signals
     from .locks import replica_lock
     from .progress import PassProgress
     from .wiring import account_keys, build_collector, open_store
@@ -173,8 +175,8 @@ def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> No
         if progress:
             tty = stderr.isatty()
             status = collector.progress = PassProgress(stderr, interval=0.5 if tty else 5.0, tty=tty)
-        with status:
-            result = collector.run_pass()
+        with status, stop_on_signals() as stop:
+            result = collector.run_pass(should_stop=stop.is_set)
     finally:
         lock.release()
     s = result.stats
@@ -184,6 +186,9 @@ def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> No
         f"failed {s.failed}, kept {s.kept}, released {s.released}; mode {config.mode}"
     )
     click.echo(summary)
+    if result.outcome == "stopped":
+        click.echo(f"vhd-gc: the pass was stopped by {stop.name}: {_safe('; '.join(result.errors))}", err=True)
+        ctx.exit(finish_stopped(stop.exit_status))
     if result.outcome == "incomplete":
         click.echo("vhd-gc: the pass was incomplete and changed nothing:", err=True)
         for e in result.errors:

@@ -97,13 +97,18 @@ def _http_url(value: str) -> str:
 
 class _Strict(BaseModel):
     # strict: `min_sightings: true` or `delete_block_blob_vhds: "yes"` is a mistake, not a 1 or a True.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class StorageAccountConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9]{3,24}$")]
+    """The storage account's name (3-24 lower-case letters and digits)."""
     blob_endpoint: str | None = None
+    """Its blob endpoint, when not the default https://NAME.blob.core.windows.net (a sovereign cloud, a private
+    endpoint, Azurite)."""
     key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """An environment variable holding the account key; when absent, the credential (Entra ID) reaches the
+    blobs."""
 
     _check_endpoint = field_validator("blob_endpoint")(lambda v: None if v is None else _http_url(v))
 
@@ -116,37 +121,64 @@ class DiscoveryConfig(_Strict):
     """When ``storage_accounts`` is absent: collect every account of the subscriptions that matches."""
 
     include: list[str] = ["*"]  # fnmatch patterns on the account name
+    """fnmatch patterns: an account is collected when its name matches one of them."""
     exclude: list[str] = []
+    """fnmatch patterns: an account whose name matches one of them is not collected."""
     resource_groups_include: list[str] = ["*"]
+    """fnmatch patterns on the account's resource group: collected when one matches."""
     resource_groups_exclude: list[str] = []
+    """fnmatch patterns on the account's resource group: not collected when one matches."""
     # Account keys for discovered accounts: environment variable <prefix><NAME IN CAPITALS>, when set;
     # otherwise the credential (Entra ID) reaches the blobs.
     key_env_prefix: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """Account keys of discovered accounts come from the environment variable PREFIX + the account name in
+    capitals, when set; otherwise the credential (Entra ID) reaches the blobs."""
 
 
 class AzureConfig(_Strict):
     credential: Literal["default", "managed_identity", "azure_cli", "emulator"] = "default"
+    """How vhd-gc signs in: `default` (DefaultAzureCredential), `managed_identity`, `azure_cli`, or `emulator`
+    (a fixed token, refused unless every endpoint is a loopback address)."""
     arm_endpoint: str = "https://management.azure.com"
+    """Azure Resource Manager. Custom CA bundles come from REQUESTS_CA_BUNDLE."""
     subscriptions: Annotated[
         list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]],
         Field(min_length=1),
     ]
+    """Where VMs, scale sets, images, disks, snapshots, galleries and the other reference sources are read
+    (and, without `storage_accounts`, where accounts are discovered)."""
     storage_accounts: Annotated[list[StorageAccountConfig], Field(min_length=1)] | None = None
+    """The accounts whose VHDs are collected. When absent, the accounts of the subscriptions are discovered at
+    every pass (see `discovery`)."""
     discovery: DiscoveryConfig | None = None
+    """Which discovered accounts are collected; only when `storage_accounts` is absent."""
     # Beyond the contract: how hard to try before a source counts as failed, and how wide to read.
     retry_total: Annotated[int, Field(ge=0, le=20)] = 6
+    """Retries of a failed Azure request (with backoff) before its source counts as failed and the pass is
+    incomplete. Storage requests retry at most 5 times."""
     timeout: Duration = timedelta(seconds=60)
+    """Per-request timeout of every Azure call (connection and read; a read timeout is the longest silence
+    between bytes). It bounds how long a call in flight can last, so it also bounds how long a stopped pass
+    leaves calls behind."""
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # accounts listed at once; page-range calls at once
+    """Accounts listed at once, and page-range (billed bytes) calls at once."""
     listing_prefetch: Annotated[int, Field(ge=1000, le=10_000_000)] = 10_000  # blobs listed ahead, per account
+    """Blobs the listing of one account may read ahead of the decision (memory stays bounded)."""
     # How blob listings and page ranges are read: "lean" sends the SDK's REST calls through its
     # credential policy and reads the XML itself (about 10x less CPU); "sdk" uses the SDK's models.
     storage_reader: Literal["lean", "sdk"] = "lean"
+    """How listings and page ranges are read: `lean` sends the SDK's REST calls through its credential policy
+    and reads the XML itself (about 10x less CPU); `sdk` uses the SDK's models."""
     # A pass is refused (incomplete) when the local clock and a storage service's (the Date of its
     # listing's first answer) disagree by more than this; min_age is measured on the service's time.
     max_clock_skew: Duration = timedelta(minutes=5)
+    """A pass is refused (incomplete) when the local clock and a storage service's (the Date of its listing's
+    first answer) disagree by more than this; min_age is measured on the service's time."""
     # Pages of ONE listing (a container's blobs, the containers, an ARM list's nextLinks) before it
     # fails closed as endless; a NextMarker repeating one already seen fails it at once.
     max_list_pages: Annotated[int, Field(ge=1)] = 10_000
+    """Pages of one listing (a container's blobs, the containers, an ARM list's nextLinks) before it fails
+    closed as endless; a NextMarker seen twice fails it at once."""
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 
@@ -186,12 +218,18 @@ class PolicyConfig(_Strict):
     """Opt-ins beyond the contract's defaults (both off: such blobs are reported, never deleted)."""
 
     delete_block_blob_vhds: bool = False
+    """Also delete orphaned block blobs named .vhd (a failed upload: Azure cannot boot them). Off: reported,
+    never deleted."""
     delete_non_vhd_page_blobs: bool = False
+    """Also delete orphaned page blobs not named .vhd. Off: reported, never deleted."""
     # Captured VM images (system/Microsoft.Compute/Images/...) are held: only the capture's template
     # names them. With a duration, one older than that (last modified) is no longer held.
     captured_image_max_age: Duration | None = None
+    """Captured VM images (system/Microsoft.Compute/Images/...) are held, since only the capture's template
+    names them; with a duration, one last modified longer ago than that is no longer held."""
     # Kubernetes in-tree azureDisk volumes (by their naming convention) are held.
     hold_kubernetes_volumes: bool = True
+    """Hold Kubernetes in-tree azureDisk volumes (recognised by their naming convention)."""
 
 
 class BlastRadiusConfig(_Strict):
@@ -199,35 +237,63 @@ class BlastRadiusConfig(_Strict):
     disaster is a subscription missing from the configuration, making all its disks look orphaned."""
 
     max_new_share: Annotated[float, Field(gt=0, le=1)] = 0.2  # of the VHDs the pass saw
+    """A pass that would newly mark more than this share of the VHDs it saw marks nothing and waits for `vhd-gc
+    confirm-pass`."""
     max_new_bytes: Annotated[int, Field(gt=0)] | None = None  # nominal bytes newly marked
+    """A pass that would newly mark more than this many nominal bytes marks nothing and waits for `vhd-gc
+    confirm-pass`; absent: no byte limit."""
     min_new: Annotated[int, Field(ge=0)] = 10  # the share rule applies above this many new candidates
+    """The share rule applies only above this many new candidates (small estates)."""
 
 
 class PricesConfig(_Strict):
     """For the cost estimate only: prices per GiB-month of the storage that orphans occupy."""
 
     currency: Annotated[str, Field(min_length=1, max_length=8)] = "USD"
+    """Currency of the cost estimate (vhdgc_wasted_monthly_cost, the report's cost column)."""
     standard_gb_month: Annotated[float, Field(ge=0)] = 0.045  # standard page blobs: billed on written pages
+    """Price per GiB-month of standard page blobs, billed on written pages."""
     premium_gb_month: Annotated[float, Field(ge=0)] = 0.15  # premium: provisioned size, rounded up to a disk size
+    """Price per GiB-month of premium page blobs, billed on the provisioned size rounded up to a premium disk
+    size."""
 
 
 class Config(_Strict):
     database_url: str = "sqlite:///vhd-gc.db"
+    """The state database, any SQLAlchemy URL: sqlite:///PATH for one process, postgresql+psycopg://... for
+    several replicas."""
     mode: Literal["dry-run", "delete"] = "dry-run"
+    """`dry-run` (the default: decides and reports, never deletes) or `delete`."""
     grace_period: Duration = timedelta(days=7)
+    """How long a blob must stay orphaned before it is due."""
     min_sightings: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Consecutive complete passes that must have seen it orphaned before it is due."""
     min_age: Duration = timedelta(hours=24)
+    """Blobs modified more recently than this (on the storage service's clock) are never candidates."""
     import_hold: Duration = timedelta(days=7)
+    """How long a disk or snapshot import keeps protecting its source VHD after the import was created."""
     interval: Duration = timedelta(hours=1)
+    """Time between the passes of `vhd-gc run`."""
     max_deletes_per_pass: Annotated[int, Field(ge=0)] = 100
+    """At most this many deletions in one pass; the rest stay due for the next."""
     metrics_listen: str = "127.0.0.1:9465"
+    """host:port of /metrics and /healthz for `vhd-gc run`."""
     shutdown_grace: Duration = timedelta(seconds=45)  # `run`: how long SIGTERM waits for a running pass
+    """`vhd-gc run`: after SIGTERM/SIGINT, how long to wait for a pass inside a deletion call before exiting
+    anyway (the next pass settles that deletion). Waits for references, listings and measurements end at
+    once."""
     log_format: Literal["json", "console"] = "json"
+    """`json` (one JSON object per line) or `console` (for people)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The lowest level logged."""
     policy: PolicyConfig = PolicyConfig()
+    """Opt-ins beyond the defaults for what may be deleted and what is held."""
     prices: PricesConfig = PricesConfig()
+    """Prices for the cost estimate only."""
     blast_radius: BlastRadiusConfig = BlastRadiusConfig()
+    """The guard against a pass that would mark an implausible share of the estate at once."""
     azure: AzureConfig
+    """Where to read references and collect VHDs, and how to talk to Azure."""
 
     @field_validator("interval")
     @classmethod

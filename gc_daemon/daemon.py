@@ -3,7 +3,11 @@
 A pass runs at start and then every ``interval`` (with jitter; coalesced; never two at once). Only
 the replica holding the lock runs passes; the others check every few seconds and take over when
 the leader goes. SIGTERM/SIGINT set a flag that a pass honours between blobs and between deletions,
-never inside one; the process then exits within seconds.
+never inside one: the pass ends as ``stopped`` (logged at info; a clean stop is not an incident) and
+the process exits 0. Waits of a pass (the reference read, the listing, measuring) give up on a stop
+at once, leaving calls in flight to end with their per-request timeout (``azure.timeout``); only a
+deletion in flight is waited for, up to ``shutdown_grace``, after which the process exits anyway and
+the next pass settles that deletion as after a crash.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
+import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -30,6 +37,78 @@ log = structlog.get_logger("vhd-gc.daemon")
 
 PASS_JOB = "pass"
 LEASE_JOB = "leadership"
+
+
+class StopRequest:
+    """SIGTERM/SIGINT received: the signal, for the log and the exit status (128 + its number)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def ask(self, signum: int) -> None:
+        self.signum = signum
+        self.event.set()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "stop"
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals():
+    """For `scan` and `run --once`: SIGTERM/SIGINT ask the pass to stop (it ends as ``stopped``)
+    instead of killing the process; a second one ends the process at once."""
+    stop = StopRequest()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            log.warning("stop_forced", signal=signal.Signals(signum).name)
+            exit_now(128 + signum)
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.ask(signum)
+
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _lingering_threads() -> list[threading.Thread]:
+    # Daemon threads count too: the interpreter's exit joins every thread of a concurrent.futures
+    # pool, daemon or not (the reference read's workers are daemons, as the scheduler's thread is).
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main and t.is_alive()]
+
+
+def exit_now(status: int) -> None:
+    """End the process with ``status`` now, not after the calls a stop left in flight (their pool
+    threads would hold the interpreter's exit until their timeouts and retries ran out)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a closed stream has nothing to flush
+            pass
+    os._exit(status)
+
+
+def finish_stopped(status: int) -> int:
+    """The exit status of a process whose pass was stopped; exits at once when calls linger."""
+    deadline = time.monotonic() + 2.0  # threads that are only winding down get a moment
+    for t in _lingering_threads():
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    if _lingering_threads():
+        exit_now(status)
+    return status
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -86,7 +165,8 @@ class Daemon:
         self.collector = collector
         self.lock = lock
         self.metrics = metrics
-        self.stop = threading.Event()
+        self.stop_request = StopRequest()
+        self.stop = self.stop_request.event
         self.idle = threading.Event()  # set while no pass runs in this process
         self.idle.set()
         self.leader = False
@@ -155,6 +235,18 @@ class Daemon:
         log.info("daemon_started", listen=f"{host}:{server.server_port}", interval=self.config.interval.total_seconds(),
                  mode=self.config.mode, lock=self.lock.describe())
 
+        def on_signal(signum, _frame):
+            if self.stop.is_set():
+                log.warning("stop_forced", signal=signal.Signals(signum).name)
+                self._record_stop_cut_short("a second signal")
+                exit_now(0)
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop_request.ask(signum)
+
+        # Before the first pass can start: a signal in between must not kill the process.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
         interval = self.config.interval.total_seconds()
         self.check_leadership()
         self.scheduler.add_job(
@@ -173,26 +265,46 @@ class Daemon:
         )
         self.scheduler.start()
 
-        def on_signal(signum, _frame):
-            log.info("stopping", signal=signal.Signals(signum).name)
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        self.stop.wait()
-        # A running pass stops at its next blob, chunk or deletion boundary. One stuck in a call
-        # (a source that stopped answering) is not waited for past the grace: intents and the
-        # fail-closed pass make an interrupted pass safe, and systemd would SIGKILL us anyway.
+        # Woken now and then: a signal that a thread other than this one received runs its handler
+        # only once this thread runs Python code again; an untimed wait could sleep through it.
+        while not self.stop.wait(timeout=0.5):
+            pass
+        # A running pass stops at its next boundary, at once in its waits (for references, the
+        # listing, measurements). A deletion in flight is not waited for past the grace: its intent
+        # is settled by the next pass, as after a crash, and systemd would SIGKILL us anyway.
         self.scheduler.shutdown(wait=False)
         grace = self.config.shutdown_grace.total_seconds()
         finished = self.idle.wait(timeout=grace)
+        if not finished:
+            self._record_stop_cut_short(f"shutdown_grace ({grace:g}s)")
         server.shutdown()
         self.lock.release()
-        if not finished:
-            log.error("stop_timeout", grace_seconds=grace, detail="a pass did not stop in time; exiting anyway")
-            os._exit(1)
-        log.info("daemon_stopped")
-        return 0
+        log.info("daemon_stopped", signal=self.stop_request.name)
+        return finish_stopped(0)
+
+    def _record_stop_cut_short(self, what: str) -> None:
+        """The pass did not reach a boundary before ``what`` ran out: record it as stopped (from a
+        thread of its own: the database may be what it waits for) and say so."""
+        pass_id = getattr(self.collector, "current_pass", None)
+        log.warning("stop_timeout", pass_id=pass_id, limit=what,
+                    detail="the pass was inside a call when the stop came; a deletion it was making "
+                           "is settled by the next pass")
+        if pass_id is None:
+            return
+
+        def record() -> None:
+            try:
+                self.store.finish_pass(
+                    pass_id, "stopped", datetime.now(UTC),
+                    error=f"stopped by {self.stop_request.name} inside a call, after {what}: a deletion "
+                          "in flight is settled by the next pass",
+                )
+            except Exception as exc:  # noqa: BLE001 - then the next pass records it as interrupted
+                log.warning("pass_record_failed", pass_id=pass_id, error=str(exc)[:200])
+
+        t = threading.Thread(target=record, name="record-stop", daemon=True)
+        t.start()
+        t.join(timeout=10)
 
 
 def run_daemon(config: Config, once: bool = False) -> int:
@@ -212,8 +324,11 @@ def run_daemon(config: Config, once: bool = False) -> int:
         if not lock.try_acquire():
             raise SystemExit(f"vhd-gc: another vhd-gc process holds {lock.describe()}")
         try:
-            result = collector.run_pass()
+            with stop_on_signals() as stop:
+                result = collector.run_pass(should_stop=stop.is_set)
         finally:
             lock.release()
+        if result.outcome == "stopped":
+            return finish_stopped(stop.exit_status)
         return {"complete": 0, "incomplete": 3}.get(result.outcome, 1)
     return Daemon(config, store, collector, lock, Metrics(store, config)).serve()

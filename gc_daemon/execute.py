@@ -56,6 +56,7 @@ class Execution:
     failed: int = 0
     skipped_dry_run: int = 0
     skipped_over_limit: int = 0
+    skipped_stopped: int = 0  # due blobs not attempted because a stop was asked for (SIGTERM/SIGINT)
     changes: list[Change | Forget] = field(default_factory=list)
 
 
@@ -140,7 +141,10 @@ class Executor:
             return out
         budget = max(0, self.max_deletes)
         for row in ordered:
-            if budget == 0 or self.should_stop():
+            if self.should_stop():  # no deletion starts after a stop; they stay due for the next pass
+                out.skipped_stopped += 1
+                continue
+            if budget == 0:
                 out.skipped_over_limit += 1
                 continue
             attempted = self._one(row, refs, operator_holds, now, seq, pass_id, out)

@@ -95,7 +95,7 @@ class StateCollector(Collector):
 
         outcomes = store.pass_outcomes()
         passes_total = CounterMetricFamily("vhdgc_passes", "Passes by outcome", labels=["outcome"])
-        for outcome in ("complete", "incomplete", "failed"):
+        for outcome in ("complete", "incomplete", "failed", "stopped"):
             passes_total.add_metric([outcome], outcomes.get(outcome, 0))
         yield passes_total
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -85,6 +85,10 @@ class _NoProgress:
 NO_PROGRESS = _NoProgress()
 
 
+class PassStopped(Exception):
+    """A stop (SIGTERM/SIGINT) was asked for before the pass committed: it changes nothing."""
+
+
 class PassIncomplete(Exception):
     """A source failed or was incomplete: the pass changes nothing."""
 
@@ -97,7 +101,7 @@ class PassIncomplete(Exception):
 @dataclass
 class PassResult:
     pass_id: int
-    outcome: str  # complete | incomplete | failed
+    outcome: str  # complete | incomplete | failed | stopped
     started_at: datetime
     finished_at: datetime
     seq: int | None = None
@@ -123,6 +127,7 @@ class Collector:
     clock: Callable[[], datetime] = utcnow
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     progress: Progress = field(default_factory=lambda: NO_PROGRESS)  # a PassProgress for interactive scans
+    current_pass: int | None = field(default=None, init=False)  # the id of the pass running now, if any
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
         # A pass allocates millions of small objects and makes no reference cycles: the cyclic
@@ -140,7 +145,13 @@ class Collector:
         t0 = time.monotonic()  # with `now`: maps a monotonic stamp onto the pass's (injected) clock
         # Only the lock holder runs passes: a pass still "running" is one whose process died.
         self.store.abandon_running(now)
-        pass_id = self.store.begin_pass(now, self.config.mode, self.host)
+        pass_id = self.current_pass = self.store.begin_pass(now, self.config.mode, self.host)
+        try:
+            return self._run_begun(pass_id, now, t0, should_stop)
+        finally:
+            self.current_pass = None
+
+    def _run_begun(self, pass_id: int, now: datetime, t0: float, should_stop: Callable[[], bool]) -> PassResult:
         stats = PassStats()
         progress = self.progress
         progress.attach(stats, 0)
@@ -148,6 +159,9 @@ class Collector:
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
             seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, t0, stats, should_stop)
+        except PassStopped as exc:  # a clean stop: the transaction rolled back, nothing changed
+            return self._end(pass_id, "stopped", now, t0, stats,
+                             errors=[f"stopped by a signal {exc}: nothing was changed, no sighting counted"])
         except PassIncomplete as exc:
             result = self._end(pass_id, "incomplete", now, t0, stats, errors=exc.errors)
             result.sources_failed = exc.sources
@@ -181,14 +195,31 @@ class Collector:
             stats.deleted = len(execution.deleted)
             stats.refused = sum(execution.refused.values())
             stats.failed = execution.failed
+            if execution.skipped_stopped:
+                # The inventory was complete and is committed (its sightings count: the pass keeps
+                # its seq); the deletions not started stay due for the next pass.
+                result = self._end(pass_id, "stopped", now, t0, stats, seq=seq, errors=[
+                    f"stopped by a signal before {execution.skipped_stopped} of {len(due)} due deletions: "
+                    "the inventory was complete and is recorded; those not started stay due for the next pass"])
+                result.execution = execution
+                return result
         result = self._end(pass_id, "complete", now, t0, stats, seq=seq)
         result.execution = execution
         return result
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _read_references(self, accounts: Mapping[str, object], stats: PassStats | None = None) -> ReferenceIndex:
-        read = self.references.read()
+    def _read_references(self, accounts: Mapping[str, object], stats: PassStats | None = None,
+                         should_stop: Callable[[], bool] = lambda: False) -> ReferenceIndex:
+        from .sources.base import ReadStopped
+
+        try:
+            read = self.references.read(should_stop=should_stop) if _takes_should_stop(self.references.read) \
+                else self.references.read()
+        except ReadStopped:
+            raise PassStopped("during the reference read") from None
+        if should_stop():
+            raise PassStopped("after the reference read")
         errors = [f"{e.source}: {e.message}" for e in read.errors]
         if errors:
             raise PassIncomplete(errors, sorted({e.source.split("/", 1)[-1] for e in read.errors}))
@@ -228,14 +259,15 @@ class Collector:
         progress.attach(stats, len(accounts))
         # Listing starts now, concurrently (bounded) and ahead of the decision (bounded): it overlaps
         # the reference read and the other accounts. Deciding needs every reference first.
-        listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch)
+        listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch,
+                          should_stop)
         listing.start()
         try:
-            refs = self._read_references(accounts, stats)
+            refs = self._read_references(accounts, stats, should_stop)
             # before the pass transaction: it writes on its own
             resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
             if should_stop():
-                raise PassIncomplete(["stopped by a signal"], [])
+                raise PassStopped("before the listing")
             holds = self.store.holds()
             policy = self.config.policy_rules
             due: list[Tracked] = []
@@ -295,19 +327,21 @@ class Collector:
                             stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
                                                           "bytes": stats.new_bytes - new_before[1]}
                     progress.phase(f"pass {pass_id}: measuring billed bytes")
-                    for ready in measurer.drain():
+                    for ready in measurer.drain(should_stop):
                         writer.submit(ready)
                     stats.changes += writer.finish()
                     stats.due = len(due)
                     self._check_blast_radius(stats)
                     if due and self.config.mode == "delete":
                         # Deleting is the one irreversible step: check against references read just now too.
-                        refs = refs.union(self._read_references(accounts))
+                        refs = refs.union(self._read_references(accounts, should_stop=should_stop))
+                    if should_stop():  # the last moment a stop can still leave everything as it was
+                        raise PassStopped("before the pass was recorded")
                     tx.complete_pass(pass_id, self.clock(), asdict(stats))
             finally:
-                measurer.close()
+                measurer.close(wait=not should_stop())
         finally:
-            listing.stop()
+            listing.stop(wait=not should_stop())
         return seq, due, refs, holds, accounts
 
     def _service_now(self, name: str, st: ServiceTime | None, now: datetime, t0: float) -> datetime | None:
@@ -392,9 +426,10 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - the database may be what failed; the next pass cleans up
             log.error("pass_record_failed", pass_id=pass_id, error=_short(exc))
         result = PassResult(pass_id, outcome, started, finished, seq=seq, errors=errors, stats=stats)
-        event = {"complete": "pass_complete", "incomplete": "pass_incomplete", "failed": "pass_failed_end"}[outcome]
+        event = {"complete": "pass_complete", "incomplete": "pass_incomplete", "failed": "pass_failed_end",
+                 "stopped": "pass_stopped"}[outcome]
         fields = {k: v for k, v in asdict(stats).items() if not k.endswith("_by_kind") and not k.endswith("_by_account")}
-        (log.info if outcome == "complete" else log.error)(
+        (log.info if outcome in ("complete", "stopped") else log.error)(
             event, pass_id=pass_id, seq=seq, seconds=round(time.monotonic() - t0, 3), errors=errors, **fields
         )
         return result
@@ -408,6 +443,16 @@ def held_back(by_account: Mapping[str, Mapping[str, int]]) -> str:
     ordered = sorted(by_account.items(), key=lambda item: (-item[1]["bytes"], -item[1]["blobs"], item[0]))
     return ", ".join(f"{name} {n['blobs']} blob{'s' if n['blobs'] != 1 else ''} ({n['bytes'] / 1024**3:.2f} GiB)"
                      for name, n in ordered)
+
+
+def _takes_should_stop(read: Callable) -> bool:
+    """Whether a reference source's read() can be stopped (the bench's in-process sources cannot)."""
+    import inspect
+
+    try:
+        return "should_stop" in inspect.signature(read).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -444,8 +489,10 @@ class Listing:
 
     CHUNK = 500
 
-    def __init__(self, accounts: Mapping[str, BlobSource], concurrency: int, prefetch: int) -> None:
+    def __init__(self, accounts: Mapping[str, BlobSource], concurrency: int, prefetch: int,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.accounts = accounts
+        self.should_stop = should_stop
         self.concurrency = max(1, concurrency)
         self.queues = {name: queue.Queue(maxsize=max(2, prefetch // self.CHUNK)) for name in accounts}
         self._stop = threading.Event()
@@ -500,6 +547,8 @@ class Listing:
             try:
                 return q.get(timeout=1.0)
             except queue.Empty:
+                if self.should_stop():  # a listing call in flight is not waited for
+                    raise PassStopped("during the listing") from None
                 future = self._futures.get(name)
                 if future is not None and future.done() and q.empty():
                     # The worker ended without saying how: never wait for it forever.
@@ -526,15 +575,16 @@ class Listing:
             if type(item) is ServiceTime:  # only ever first (service_time() takes it): nothing to list
                 continue
             if should_stop():
-                raise PassIncomplete(["stopped by a signal during the listing"], [])
+                raise PassStopped("during the listing")
             chunk, vhds = item
             stats.blobs += len(chunk)
             stats.vhds += vhds
             stats.blobs_by_account[name] += len(chunk)
             yield from chunk
 
-    def stop(self) -> None:
-        """Stop the workers (a failed pass leaves them blocked on full queues) and free the queues."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop the workers (a failed pass leaves them blocked on full queues) and free the queues.
+        ``wait=False`` (a stop was asked for): a worker inside a call ends with its timeout, unwaited."""
         self._stop.set()
         for q in self.queues.values():
             try:
@@ -543,7 +593,7 @@ class Listing:
             except queue.Empty:
                 pass
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class Writer:
@@ -649,16 +699,19 @@ class Measurer:
         while self._pending and all(f.done() for f in self._pending[0][1]):
             yield self._pending.popleft()[0]
 
-    def drain(self) -> Iterator[list[Change | Forget]]:
+    def drain(self, should_stop: Callable[[], bool] = lambda: False) -> Iterator[list[Change | Forget]]:
         while self._pending:
             batch, futures = self._pending.popleft()
+            while wait(futures, timeout=0.5).not_done:
+                if should_stop():  # a measurement in flight is not waited for
+                    raise PassStopped("while measuring billed bytes")
             for f in futures:
                 f.result()
             yield batch
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
     def _measure_share(self, account: BlobSource, changes: list[Change]) -> None:

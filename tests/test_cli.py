@@ -1,4 +1,4 @@
-"""The operator contract of INTERFACE.md ("Command line", "Configuration file", "Report"), black-box:
+"""The operator contract of docs/contract.md ("Command line", "Configuration file", "Report"), black-box:
 exit codes as an operator's automation sees them (real subprocesses of `python -m gc_daemon` and
 of the `vhd-gc` console script), and the output of every command, against Azurite and the HTTPS
 ARM stand-in."""
@@ -53,7 +53,7 @@ def run(*args: str, script: bool = False, env: dict[str, str] | None = None, dro
     for name in drop:
         environ.pop(name, None)
     environ.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=60, cwd=Path(__file__).parent.parent)
+    return subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300, cwd=Path(__file__).parent.parent)
 
 
 def write_config(path: Path, data: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Every rule of INTERFACE.md's "What counts as a VHD, a reference and an orphan", end to end:
+"""Every rule of docs/contract.md's "What counts as a VHD, a reference and an orphan", end to end:
 the real SDK clients against Azurite and the HTTPS ARM stand-in, checked in the report AND in
 Azurite (does the blob still exist?)."""
 

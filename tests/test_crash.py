@@ -32,7 +32,7 @@ from tests.support.faults import env_with_keys
 SEED = 20261126
 LEFTOVERS = 60
 MAX_KILLS = 20
-START_DEADLINE = 30.0
+START_DEADLINE = 180.0  # only catches a hang: a loaded machine is slow, never this slow
 
 
 def _free_port() -> int:
@@ -65,7 +65,7 @@ class Daemon:
         self.proc.wait()
         self._log.close()
 
-    def stop(self, timeout: float = 20) -> int:
+    def stop(self, timeout: float = 180) -> int:
         """SIGTERM; if it has not exited within ``timeout``, SIGABRT (PYTHONFAULTHANDLER dumps every
         thread's stack into the log) and fail with the end of the log."""
         self.proc.send_signal(signal.SIGTERM)

@@ -26,7 +26,9 @@ from gc_daemon.state.models import passes as passes_table
 from sandbox import arm as a
 from tests.support.estate import ACCOUNTS, SUB
 
-DEADLINE = 60.0
+# Limits that only catch a hang: a loaded machine is slow, never this slow.
+DEADLINE = 180.0
+STOP_LIMIT = 180.0
 
 
 def free_port() -> int:
@@ -79,7 +81,7 @@ class DaemonProc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, sig=signal.SIGTERM, timeout: float = STOP_LIMIT) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
@@ -104,6 +106,7 @@ def daemon_env(gc, tmp_path):
         env.update({f"{acct.upper()}_KEY": gc.azurite.key(acct) for acct in ACCOUNTS})
         env["REQUESTS_CA_BUNDLE"] = str(gc.arm.cert_path)
         proc = DaemonProc(path, env, port, tmp_path / f"{name}.log")
+        proc.config_path = path
         procs.append(proc)
         return proc
 
@@ -234,20 +237,164 @@ def test_two_replicas_on_postgresql_never_overlap_and_fail_over(gc, daemon_env):
     assert standby.stop() == 0
 
 
-def test_sigterm_does_not_wait_forever_for_a_stuck_pass(gc, daemon_env):
-    """A source that stops answering must not make the daemon unkillable: after shutdown_grace it
-    exits (the interrupted pass changed nothing: it is fail-closed)."""
+class BlackHole:
+    """An endpoint that accepts connections and never answers: a call to it is in flight until the
+    client's timeout. ``connected`` is set once vhd-gc is inside such a call."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connected = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.connected.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def black_hole():
+    hole = BlackHole()
+    yield hole
+    hole.close()
+
+
+def pass_rows(db_url: str) -> list:
+    return complete_passes(db_url)
+
+
+def log_events(text: str) -> list[dict]:
+    import json
+
+    events = []
+    for line in text.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def test_sigterm_during_a_call_that_never_answers_ends_the_pass_as_stopped(gc, daemon_env, black_hole):
+    """The reference read is inside a call that would last an hour (timeout and shutdown_grace
+    too): SIGTERM ends the pass as `stopped`, logged at info, and the process exits 0 without
+    waiting for the call; the pass changed nothing."""
     gc.page("vhds", "leftover.vhd")
-    d = daemon_env(mode="delete", min_sightings=1, shutdown_grace="1s",
-                   azure={**gc.settings["azure"], "timeout": "60s", "retry_total": 0})
-    wait_for(lambda: d.get("/healthz")[0] == 200, "daemon up")
-    wait_for(lambda: any(p.outcome == "complete" for p in complete_passes(gc.db_url)), "a first pass")
-    gc.page("vhds", "second.vhd")
-    gc.arm.add_fault(path="/virtualMachines$", kind="delay", delay=25)  # the next pass hangs on it
-    wait_for(lambda: any(r[1].startswith("/subscriptions/") and "virtualMachines" in r[1]
-                         for r in list(gc.arm.requests)[-20:]) and any(p.outcome == "running" for p in complete_passes(gc.db_url)),
-             "a pass stuck in the reference read")
-    code = d.stop(signal.SIGTERM, timeout=20)
-    assert code == 1
-    assert "stop_timeout" in d.log()
-    assert gc.exists("vhds", "second.vhd")
+    d = daemon_env(mode="delete", min_sightings=1, shutdown_grace="1h",
+                   azure={**gc.settings["azure"], "arm_endpoint": black_hole.url, "timeout": "1h", "retry_total": 0})
+    assert black_hole.connected.wait(DEADLINE), "the pass never called ARM"
+    wait_for(lambda: any(p.outcome == "running" for p in pass_rows(gc.db_url)), "the pass running")
+
+    assert d.stop(signal.SIGTERM) == 0  # within STOP_LIMIT: it did not wait for the hour-long call
+    rows = pass_rows(gc.db_url)
+    assert [p.outcome for p in rows] == ["stopped"]
+    assert rows[0].seq is None and rows[0].finished_at is not None
+    assert "nothing was changed" in rows[0].error
+    events = log_events(d.log())
+    stopped = [e for e in events if e.get("event") == "pass_stopped"]
+    assert len(stopped) == 1 and stopped[0]["level"] == "info"
+    assert not [e for e in events if e.get("level") in ("error", "critical")], events
+    assert not [e for e in events if e.get("event") == "stop_timeout"]
+    assert [e["signal"] for e in events if e.get("event") == "daemon_stopped"] == ["SIGTERM"]
+    assert gc.exists("vhds", "leftover.vhd")
+    assert gc.report() == {}  # no sighting counted, nothing tracked
+
+    from prometheus_client import generate_latest
+
+    from gc_daemon.config import load_config
+    from gc_daemon.metrics import Metrics
+    from gc_daemon.wiring import open_store
+
+    config = load_config(d.config_path)
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+         for fam in text_string_to_metric_families(generate_latest(Metrics(open_store(config), config).registry).decode())
+         for s in fam.samples}
+    assert m[("vhdgc_passes_total", (("outcome", "stopped"),))] == 1
+    assert m[("vhdgc_passes_total", (("outcome", "failed"),))] == 0
+    assert m[("vhdgc_passes_total", (("outcome", "incomplete"),))] == 0
+
+
+def test_sigint_stops_the_daemon_as_sigterm_does(gc, daemon_env, black_hole):
+    d = daemon_env(shutdown_grace="1h",
+                   azure={**gc.settings["azure"], "arm_endpoint": black_hole.url, "timeout": "1h", "retry_total": 0})
+    assert black_hole.connected.wait(DEADLINE)
+    wait_for(lambda: any(p.outcome == "running" for p in pass_rows(gc.db_url)), "the pass running")
+    assert d.stop(signal.SIGINT) == 0
+    assert [p.outcome for p in pass_rows(gc.db_url)] == ["stopped"]
+    assert [e["signal"] for e in log_events(d.log()) if e.get("event") == "daemon_stopped"] == ["SIGINT"]
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_scan_interrupted_by_a_signal_records_a_stopped_pass(gc, tmp_path, black_hole, sig, status):
+    gc.page("vhds", "leftover.vhd")
+    path = gc.configure(azure={"arm_endpoint": black_hole.url, "timeout": "1h", "retry_total": 0})
+    env = dict(os.environ)  # the harness set the account keys and the CA bundle
+    proc = subprocess.Popen([sys.executable, "-m", "gc_daemon", "-c", str(path), "scan", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert black_hole.connected.wait(DEADLINE), "the scan never called ARM"
+        wait_for(lambda: any(p.outcome == "running" for p in pass_rows(gc.db_url)), "the pass running")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=STOP_LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == status, err
+    assert "stopped:" in out
+    assert f"the pass was stopped by {sig.name}" in err
+    rows = pass_rows(gc.db_url)
+    assert [p.outcome for p in rows] == ["stopped"] and rows[0].seq is None
+    assert not [e for e in log_events(err + out) if e.get("level") == "error"]
+
+
+def test_a_stop_during_the_deletions_starts_none_and_keeps_the_complete_inventory(gc):
+    """A stop that comes after the inventory was recorded: no deletion starts; the pass is
+    `stopped` but keeps its seq (its sightings were complete and count); the blob stays due."""
+    from gc_daemon.config import load_config
+    from gc_daemon.wiring import build_collector
+
+    url = gc.page("vhds", "leftover.vhd")
+    gc.configure(mode="delete", min_sightings=1)
+    collector = build_collector(load_config(gc.config_path))
+    committed = lambda: collector.store.last_complete_pass() is not None  # noqa: E731 - the event
+    result = collector.run_pass(should_stop=committed)
+    assert result.outcome == "stopped"
+    assert result.execution.skipped_stopped == 1 and not result.execution.deleted
+    rows = pass_rows(gc.db_url)
+    assert [(p.outcome, p.seq) for p in rows] == [("stopped", 1)]
+    assert "stay due for the next pass" in rows[0].error
+    assert gc.exists("vhds", "leftover.vhd")
+    assert gc.state(url) == "due"
+    assert not [r for r in collector.store.audit_log() if r.action == "delete-intent"]
+
+    again = build_collector(load_config(gc.config_path)).run_pass()
+    assert again.outcome == "complete" and again.seq == 2
+    assert not gc.exists("vhds", "leftover.vhd")
+
+
+def test_a_stop_before_the_listing_changes_nothing(gc):
+    from gc_daemon.config import load_config
+    from gc_daemon.wiring import build_collector
+
+    gc.page("vhds", "leftover.vhd")
+    collector = build_collector(load_config(gc.config_path))
+    result = collector.run_pass(should_stop=lambda: True)
+    assert result.outcome == "stopped" and result.seq is None
+    assert [(p.outcome, p.seq) for p in pass_rows(gc.db_url)] == [("stopped", None)]
+    assert gc.report() == {}

@@ -32,7 +32,7 @@ HEALTHCHECK = DEPLOY / "container" / "healthcheck.py"
 DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-# Every metric the daemon exports: the contract of INTERFACE.md plus the documented extras.
+# Every metric the daemon exports: the contract of docs/contract.md plus the documented extras.
 KNOWN_METRICS = {
     "vhdgc_orphan_blobs",
     "vhdgc_orphan_size_bytes",
@@ -418,7 +418,7 @@ def health_server():
 
 def run_healthcheck(url: str) -> subprocess.CompletedProcess:
     env = {"VHD_GC_HEALTH_URL": url, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_container_healthcheck_follows_healthz(health_server):

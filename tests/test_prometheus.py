@@ -79,7 +79,7 @@ def prometheus(tmp_path):
     for proc, log in procs:
         proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -236,7 +236,7 @@ def test_metrics_server_is_local_and_answers_only_metrics_and_healthz(gc, tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

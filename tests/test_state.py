@@ -86,6 +86,51 @@ def test_migrations_reach_head_from_empty_without_drift(db_url: str) -> None:
         engine.dispose()
 
 
+def test_migration_0003_admits_stopped_and_keeps_the_audit_logs_pass_references(db_url: str) -> None:
+    """0003 replaces the outcome check (SQLite rebuilds `passes`, which audit_log refers to): the
+    audit rows keep their pass, the check admits `stopped` and still refuses anything else, and the
+    downgrade turns stopped passes into failed ones."""
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO passes (id, seq, started_at, outcome, mode, host) "
+                                 "VALUES (7, 1, '2026-01-01 00:00:00', 'complete', 'delete', 'h')"))
+            conn.execute(sa.text("INSERT INTO audit_log (at, pass_id, action, account, container, blob, url, actor) "
+                                 "VALUES ('2026-01-01 00:00:00', 7, 'deleted', 'a', 'c', 'b', 'u', 'x'), "
+                                 "('2026-01-01 00:00:00', NULL, 'keep', 'a', 'c', 'b', 'u', 'x')"))
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO passes (started_at, outcome, mode, host) "
+                                     "VALUES ('2026-01-01 00:00:00', 'stopped', 'delete', 'h')"))
+        db.upgrade(engine)
+        assert db.current_revision(engine) == "0003" and db.model_drift(engine) == []
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT action, pass_id FROM audit_log ORDER BY id")).all() == [
+                ("deleted", 7), ("keep", None)]
+            conn.execute(sa.text("INSERT INTO passes (id, started_at, outcome, mode, host) "
+                                 "VALUES (8, '2026-01-01 00:00:00', 'stopped', 'delete', 'h')"))
+        with pytest.raises(IntegrityError):
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO passes (started_at, outcome, mode, host) "
+                                     "VALUES ('2026-01-01 00:00:00', 'paused', 'delete', 'h')"))
+        with pytest.raises(IntegrityError):  # the foreign key still holds
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO audit_log (at, pass_id, action, account, container, blob, url, actor) "
+                                     "VALUES ('2026-01-01 00:00:00', 99, 'deleted', 'a', 'c', 'b', 'u', 'x')"))
+        config = db.alembic_config()
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0002")
+            conn.commit()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id, outcome FROM passes ORDER BY id")).all() == [
+                (7, "complete"), (8, "failed")]
+            assert conn.execute(sa.text("SELECT pass_id FROM audit_log ORDER BY id")).all() == [(7,), (None,)]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_concurrent_upgrades_serialise_on_the_advisory_lock(postgres_server: PostgresServer) -> None:
     # Separate processes, like replicas deploying at once (Alembic itself is not thread-safe).
@@ -96,7 +141,7 @@ def test_concurrent_upgrades_serialise_on_the_advisory_lock(postgres_server: Pos
         for _ in range(3)
     ]
     for proc in procs:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err  # none fails on "relation already exists"
     engine = db.make_engine(url)
     try:
@@ -377,7 +422,7 @@ def test_pass_transaction_checkpoints_the_log_after_its_commit(tmp_path: Path) -
         keys = [BlobKey("gcacct1", "vhds", f"disk-{i:04d}.vhd") for i in range(2000)]
         with store.transaction() as tx:
             tx.apply([Change(tracked(k)) for k in keys])
-        assert store.settle(timeout=60)
+        assert store.settle(timeout=300)
         shutil.copyfile(tmp_path / "state.db", tmp_path / "copy.db")
         with closing(sqlite3.connect(tmp_path / "copy.db")) as copy:
             assert copy.execute("SELECT count(*) FROM tracked_blobs").fetchone() == (2000,)
@@ -540,7 +585,7 @@ def test_sandbox_postgres_cli_ready_then_stops_on_sigterm(postgres_server: Postg
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
         engine.dispose()
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=180) == 0
         assert not basedir.exists()
     finally:
         if proc.poll() is None:

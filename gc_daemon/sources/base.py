@@ -129,6 +129,11 @@ class ReferenceRead:
         return not self.errors
 
 
+class ReadStopped(Exception):
+    """A stop (SIGTERM/SIGINT) was asked for during the read: it was abandoned, calls in flight
+    included (their threads end with their per-request timeouts), and nothing of it is used."""
+
+
 class MalformedPage(ValueError):
     """A 200 page that cannot be trusted to hold the whole list."""
 

@@ -4,7 +4,7 @@ concurrently into one :class:`~gc_daemon.sources.base.ReferenceRead`. No I/O unt
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -21,6 +21,7 @@ from .base import (
     HostPinPolicy,
     PlacedAccount,
     ReferenceRead,
+    ReadStopped,
     Source,
     SourceError,
     SubscriptionContext,
@@ -138,8 +139,10 @@ class ReferenceInventory:
 
     # -- the read --------------------------------------------------------------------------------
 
-    def read(self) -> ReferenceRead:
-        """Read every source of every subscription; never raises for a source's failure."""
+    def read(self, should_stop: Callable[[], bool] = lambda: False) -> ReferenceRead:
+        """Read every source of every subscription; never raises for a source's failure. A stop
+        asked for meanwhile raises :class:`ReadStopped` within a moment, without waiting for the
+        calls in flight."""
         guard_model_setup()  # before any pool thread constructs an SDK model (see sdk_models)
         result = ReferenceRead(accounts={} if self.places_accounts else None)
         for sub in self._subscriptions:
@@ -154,10 +157,15 @@ class ReferenceInventory:
         ]
         if not tasks:
             return result
-        with ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="reference-read") as pool:
+        pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="reference-read")
+        stopped = False
+        try:
             pending: dict[Future[Found], Task] = {pool.submit(task.run): task for task in tasks}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                if should_stop():
+                    stopped = True
+                    raise ReadStopped("stopped during the reference read")
                 for future in done:
                     task = pending.pop(future)
                     try:
@@ -175,6 +183,9 @@ class ReferenceInventory:
                             result.accounts.setdefault(account.name, account)
                     for follow_task in found.follow:
                         pending[pool.submit(follow_task.run)] = follow_task
+        finally:
+            # After a stop the calls in flight are not waited for: each ends with its timeout.
+            pool.shutdown(wait=not stopped, cancel_futures=True)
         result.errors.sort(key=lambda e: (e.source, e.message))
         return result
 

@@ -43,7 +43,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-PASS_OUTCOMES = ("running", "complete", "incomplete", "failed")
+PASS_OUTCOMES = ("running", "complete", "incomplete", "failed", "stopped")
 TRACKED_STATES = tuple(s.value for s in State)
 
 
@@ -170,7 +170,8 @@ class Pass(Base):
     started_at: Mapped[datetime] = mapped_column(comment="When the pass began")
     finished_at: Mapped[datetime | None] = mapped_column(comment="When the pass ended")
     outcome: Mapped[str] = mapped_column(
-        String(16), comment="running, complete, incomplete (changed nothing) or failed"
+        String(16),
+        comment="running, complete, incomplete (changed nothing), failed, or stopped (by SIGTERM/SIGINT)",
     )
     mode: Mapped[str] = mapped_column(String(16), comment="dry-run or delete")
     host: Mapped[str] = mapped_column(String(255), comment="Host (replica) that ran the pass")

@@ -63,6 +63,7 @@ RUNNING = "running"
 COMPLETE = "complete"
 INCOMPLETE = "incomplete"
 FAILED = "failed"
+STOPPED = "stopped"  # ended by SIGTERM/SIGINT: a clean stop, not an incident
 
 # Audit actions (the column is free text; these are the ones vhd-gc writes).
 DELETE_INTENT = "delete-intent"

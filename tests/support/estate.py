@@ -73,7 +73,7 @@ class Harness:
             raw_response_hook=lambda response: dates.append(response.http_response.headers["Date"]))
         return parsedate_to_datetime(dates[-1])
 
-    def wait_for_service_time(self, instant: datetime, account: str = "gcacct1", timeout: float = 60) -> None:
+    def wait_for_service_time(self, instant: datetime, account: str = "gcacct1", timeout: float = 180) -> None:
         """Until Azurite's clock has reached ``instant`` (a blob's age is counted on it)."""
         import time
 
