@@ -734,6 +734,12 @@ def _type_of(resource: dict[str, Any]) -> str:
     return "/".join([parts[0]] + parts[1::2])
 
 
+def _type_of_or_none(resource: dict[str, Any]) -> str | None:
+    if resource.get("type"):
+        return str(resource["type"]).lower()
+    return None
+
+
 def empty_subscription() -> dict[str, Any]:
     return {bucket: ({} if bucket in _KEYED_BUCKETS else []) for bucket in SUBSCRIPTION_BUCKETS}
 
@@ -746,7 +752,16 @@ _ID_RE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+
 
 
 def place(estate: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
-    """File ``resource`` in the right bucket of ``estate`` (by its ``id`` and ``type``); returns it."""
+    """File ``resource`` in the right bucket of ``estate`` (by its ``id`` and ``type``); returns it.
+
+    Resource groups go to ``resourceGroups`` and management locks (at any scope) to ``locks`` of
+    their subscription (sandbox/arm_disks.py makes and serves them)."""
+    if _type_of_or_none(resource) in ("microsoft.resources/resourcegroups", "microsoft.authorization/locks"):
+        sub = str(resource["id"]).split("/")[2]
+        bucket = "resourceGroups" if _type_of_or_none(resource).startswith("microsoft.resources") else "locks"
+        subs = estate.setdefault("subscriptions", {})
+        subs.setdefault(sub, empty_subscription()).setdefault(bucket, []).append(resource)
+        return resource
     m = _ID_RE.match(resource["id"])
     if not m:
         raise ValueError(f"not a resource-group scoped ARM id: {resource['id']!r}")
@@ -786,7 +801,7 @@ def build_estate(*resources: dict[str, Any], subscriptions: Iterable[str] = ()) 
 # Faults
 # --------------------------------------------------------------------------------------------------
 
-FAULT_KINDS = ("error", "malformed", "truncate", "delay", "body")
+FAULT_KINDS = ("error", "malformed", "truncate", "delay", "body", "lost_reply")
 
 _DEFAULT_CODES = {
     400: "BadRequest",
@@ -814,6 +829,8 @@ class Fault:
     - ``truncate``: 200 whose body stops halfway (Content-Length promises more; the connection closes).
     - ``delay``: wait ``delay`` seconds (at most :data:`MAX_DELAY_SECONDS`), then answer normally.
     - ``body``: 200 with ``body`` (any JSON value) verbatim, e.g. ``{}`` or ``{"value": "x"}``.
+    - ``lost_reply``: the request is served (a write happens; a long-running operation it starts is
+      finished at once, see sandbox/arm_disks.py), then the connection closes with no reply.
 
     Which matching requests it hits: ``nth`` (1-based) only that one (and the ``times - 1`` after it
     when ``times`` is also given); ``times`` alone, the next ``times``; neither, every one.
@@ -993,8 +1010,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         query = parse_qs(split.query, keep_blank_values=True)
         standin = self.standin
-        body = self._read_body()  # drain, even though ARM GETs carry none
-        del body
+        self._body = self._read_body()  # drain; PUTs of disks and snapshots carry one
         standin._log(self.command, self.path, self.headers.get("User-Agent"))
         fault = standin._match_fault(self.command, path, "$skiptoken" in query)
         if fault is not None and fault.kind == "delay":
@@ -1014,10 +1030,27 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "body":
             self._send_json(200, fault.body)
             return
+        if fault is not None and fault.kind == "lost_reply":
+            self._operation_started = None
+            try:
+                self._serve_arm(path, query)
+            except ArmError:
+                pass
+            if self._operation_started is not None:
+                standin.disk_rp.settle(self._operation_started)
+            self.close_connection = True
+            return
+        extra_headers: dict[str, str] = {}
         try:
-            status, payload = self._serve_arm(path, query)
+            served = self._serve_arm(path, query)
         except ArmError as err:
             self._send_error(err)
+            return
+        status, payload = served[0], served[1]
+        if len(served) > 2:
+            extra_headers = served[2]
+        if payload is None:  # 202/204 without a body
+            self._send(status, b"", extra_headers)
             return
         raw = json.dumps(payload).encode()
         if fault is not None and fault.kind == "truncate":
@@ -1029,9 +1062,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self._send(status, raw)
+        self._send(status, raw, extra_headers)
 
-    def _serve_arm(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+    def _serve_arm(self, path: str, query: dict[str, list[str]]) -> tuple[Any, ...]:
+        """``(status, payload)`` or ``(status, payload, headers)``; a ``None`` payload sends no body."""
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             raise ArmError(
@@ -1051,9 +1085,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
+        segs = [s for s in path.split("/") if s]
+        served = arm_disks.serve(self, segs, path, api_version, query, getattr(self, "_body", b""))
+        if served is not None:  # disks, snapshots, their operations, resource groups, locks
+            return served
         if self.command != "GET":
             raise ArmError(405, "MethodNotAllowed", f"The stand-in serves GET only, not {self.command}.")
-        segs = [s for s in path.split("/") if s]
         if [s.lower() for s in segs[-3:]] == ["providers", "microsoft.authorization", "permissions"]:
             return 200, self._page(path, api_version, query, self._permissions(segs[:-3]))
         items = self._route(segs)
@@ -1250,6 +1287,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == ("DELETE", "/_control/requests"):
                 standin.clear_requests()
                 self._send_json(200, {"ok": True})
+            elif route[1].startswith("/_control/lro") or route[1].startswith("/_control/operations"):
+                self._send_json(200, standin.disk_rp.control(self.command, route[1], payload))
             else:
                 self._send_error(ArmError(404, "ResourceNotFound", f"No control route {self.command} {path}."))
         except (ValueError, TypeError) as exc:
@@ -1311,6 +1350,7 @@ class ArmStandIn:
         self._requests: list[tuple[str, str]] = []
         self._permissions: dict[str | None, list[dict[str, Any]]] = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
         self._user_agents: list[str | None] = []
+        self.disk_rp = arm_disks.DiskRP(self)  # long-running operations of disks and snapshots
         self._server: _TlsThreadingServer | None = None
         self._thread: threading.Thread | None = None
         self.cert_path: str | None = None
@@ -1378,6 +1418,15 @@ class ArmStandIn:
         fresh.setdefault("subscriptions", {})
         with self._lock:
             self._estate = fresh
+
+    def update_estate(self, change: Any) -> Any:
+        """Apply ``change(estate)`` to a copy of the estate and install it (readers keep the old one);
+        returns what ``change`` returns. Writes of disks and snapshots go through here."""
+        with self._lock:
+            fresh = copy.deepcopy(self._estate)
+            result = change(fresh)
+            self._estate = fresh
+            return result
 
     def _estate_snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -1459,13 +1508,45 @@ class ArmStandIn:
             self._requests.clear()
             self._user_agents.clear()
 
+    # -- disks' long-running operations (sandbox/arm_disks.py) ------------------------------------
+
+    def set_lro(self, polls: int | None = None, retry_after: int | None = None) -> None:
+        """Polls answered InProgress before an operation ends; the integer ``Retry-After`` it sends."""
+        self.disk_rp.set_lro(polls, retry_after)
+
+    def lro_stuck(self, path: str = ".*", method: str | None = None, times: int | None = None) -> Any:
+        """Operations started by matching PUTs/DELETEs never end."""
+        return self.disk_rp.lro_stuck(path, method, times)
+
+    def lro_failed(self, path: str = ".*", method: str | None = None, **options: Any) -> Any:
+        """Operations started by matching PUTs/DELETEs end Failed (``code``, ``message``, ``times``)."""
+        return self.disk_rp.lro_failed(path, method, **options)
+
+    def lose_reply(self, path: str, method: str, **options: Any) -> Fault:
+        """The matching request is carried out, and its reply is dropped (a ``lost_reply`` fault)."""
+        return self.add_fault(path, "lost_reply", method=method, **options)
+
+    @property
+    def operations(self) -> list[Any]:
+        """The long-running operations started so far (sandbox.arm_disks.Operation copies)."""
+        return self.disk_rp.operations
+
+    def settle_operations(self) -> int:
+        """End every pending operation that is not stuck, as if its client had polled it to the end."""
+        return self.disk_rp.settle()
+
     def reset(self, estate: dict[str, Any] | None = None) -> None:
         """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log."""
         self.set_estate(estate)
         self.clear_faults()
         self.clear_requests()
         self.reset_permissions()
+        self.disk_rp.reset()
 
+
+# Disks, snapshots, their long-running operations, resource groups and locks (issue 13). Imported
+# here, after every name it takes from this module is defined.
+from sandbox import arm_disks  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # python -m sandbox.arm

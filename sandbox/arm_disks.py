@@ -1,0 +1,700 @@
+"""The ARM stand-in's managed disks, snapshots, resource groups and management locks (issue 13).
+
+Wired into :mod:`sandbox.arm` through its routing (``_Handler._serve_arm`` calls :func:`serve` first)
+and its control surface (``/_control/lro...``, ``/_control/operations...`` go to :meth:`DiskRP.control`).
+The disks and snapshots are the estate's ``disks`` / ``snapshots`` buckets the stand-in already lists
+for import references; this module adds what issue 13 needs of them:
+
+- ``GET`` of one disk returns ``properties.LastOwnershipUpdateTime``; a list never does (DiskRP's
+  Disk_Get example has it, Disk_ListBySubscription has none): it is stripped from list pages.
+- ``PUT .../snapshots/{name}`` (an incremental copy of a disk: ``creationData.createOption: Copy``,
+  ``sourceResourceId``), ``PUT .../disks/{name}`` (a disk made from a snapshot) and ``DELETE`` of a
+  disk or snapshot are long-running operations: ``202`` with ``Azure-AsyncOperation`` and ``Location``
+  headers and an integer ``Retry-After`` (azure-mgmt-compute deserializes it as ``int``). A ``201``
+  would be refused by azure-mgmt-compute 39 (its disk and snapshot PUTs accept 200 and 202 only).
+- Polling the operation answers ``InProgress`` :attr:`DiskRP.lro_polls` times, then ``Succeeded``
+  (the write takes effect then: a snapshot goes from ``Updating`` to ``Succeeded``, a deleted disk
+  leaves the estate) or ``Failed`` (a rule from :meth:`DiskRP.lro_failed`: the created resource is
+  left ``Failed``, a disk to delete stays). :meth:`DiskRP.lro_stuck` makes an operation never end.
+- The refusals of real ARM: ``DELETE`` of a disk that is attached or otherwise owned (``diskState``
+  other than Unattached/ReadyToUpload, or ``managedBy``/``managedByExtended`` set) → ``409
+  OperationNotAllowed``; a ``CanNotDelete``/``ReadOnly`` lock on the resource, its group or its
+  subscription → ``409 ScopeLocked`` (a ``ReadOnly`` one refuses a PUT too); a missing disk or
+  snapshot → ``204``.
+- ``GET /subscriptions/{s}/resourcegroups`` (the estate's ``resourceGroups`` plus a plain group for
+  every group a resource names) and ``GET /subscriptions/{s}/providers/Microsoft.Authorization/locks``
+  (every lock of the subscription, at any scope), paged like every list.
+
+A lost reply is the ``lost_reply`` fault kind of :class:`sandbox.arm.Fault` (``ArmStandIn.add_fault``,
+``POST /_control/faults``): the write is done and an operation it starts finishes at once, and the
+client gets no answer. Shapes: sandbox/rest_examples/ (PROVENANCE.md, section "Managed disks ...").
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from sandbox.arm import (
+    COMPUTE,
+    DEFAULT_LOCATION,
+    ArmError,
+    _by_name,
+    _in_rg,
+    _iso,
+    _lookup,
+    compute_id,
+    example,
+    rg_id,
+)
+
+# diskState values that mean the disk has an owner, a live export or an upload: ARM refuses the delete.
+BUSY_DISK_STATES = ("Attached", "Reserved", "Frozen", "ActiveSAS", "ActiveSASFrozen", "ActiveUpload")
+LOCK_LEVELS = ("CanNotDelete", "ReadOnly", "NotSpecified")
+LRO_OUTCOMES = ("stuck", "failed")
+OWNERSHIP_KEY = "LastOwnershipUpdateTime"
+
+# --------------------------------------------------------------------------------------------------
+# Builders (from the REST examples in sandbox/rest_examples/)
+# --------------------------------------------------------------------------------------------------
+
+
+def _sku(name: str) -> dict[str, Any]:
+    return {"name": name, "tier": name.split("_")[0] if "_" in name else name}
+
+
+def managed_disk(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    disk_state: str = "Unattached",
+    managed_by: str | None = None,
+    managed_by_extended: Iterable[str] = (),
+    max_shares: int | None = None,
+    last_ownership_update_time: datetime | str | None = None,
+    time_created: datetime | str | None = None,
+    tags: dict[str, str] | None = None,
+    sku: str = "Premium_LRS",
+    size_gb: int = 32,
+    zones: Iterable[str] = (),
+    create_option: str = "Empty",
+    source_resource_id: str | None = None,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A managed disk shaped like DiskRP's Disk_Get example (its odd extras kept: purchasePlan,
+    encryptionSettingsCollection, ...). Unattached with no owner unless told; ``LastOwnershipUpdateTime``
+    only when given (a disk never attached has none)."""
+    item = example("compute-disk__Disk_Get", index=None)
+    rid = compute_id(sub, rg, "disks", name)
+    item["id"] = rid
+    item["name"] = name
+    item["location"] = location
+    item["sku"] = _sku(sku)
+    item.pop("managedBy", None)
+    if managed_by:
+        item["managedBy"] = managed_by
+    extended = list(managed_by_extended)
+    if extended:
+        item["managedByExtended"] = extended
+    if tags is not None:
+        item["tags"] = dict(tags)
+    else:
+        item.pop("tags", None)
+    zone_list = list(zones)
+    if zone_list:
+        item["zones"] = zone_list
+    props = item["properties"]
+    creation: dict[str, Any] = {"createOption": create_option}
+    if source_resource_id:
+        creation["sourceResourceId"] = source_resource_id
+    props["creationData"] = creation
+    props["diskSizeGB"] = size_gb
+    props["diskSizeBytes"] = size_gb * 1024**3
+    props["uniqueId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
+    props["diskState"] = disk_state
+    props["timeCreated"] = _iso(time_created)
+    props.pop(OWNERSHIP_KEY, None)
+    if last_ownership_update_time is not None:
+        props[OWNERSHIP_KEY] = _iso(last_ownership_update_time)
+    if max_shares is not None:
+        props["maxShares"] = max_shares
+    props["provisioningState"] = "Succeeded"
+    return item
+
+
+def incremental_snapshot(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    source_disk_id: str,
+    source_unique_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    time_created: datetime | str | None = None,
+    size_gb: int = 32,
+    sku: str = "Standard_ZRS",
+    incremental: bool = True,
+    provisioning_state: str = "Succeeded",
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A snapshot of a disk, shaped like DiskRP's Snapshot_GetIncrementalSnapshot example."""
+    item = example("compute-disk__Snapshot_GetIncrementalSnapshot", index=None)
+    rid = compute_id(sub, rg, "snapshots", name)
+    item["id"] = rid
+    item["name"] = name
+    item["location"] = location
+    item["sku"] = _sku(sku)
+    if tags is not None:
+        item["tags"] = dict(tags)
+    else:
+        item.pop("tags", None)
+    props = item["properties"]
+    props["creationData"] = {
+        "createOption": "Copy",
+        "sourceResourceId": source_disk_id,
+        "sourceUniqueId": source_unique_id or str(uuid.uuid5(uuid.NAMESPACE_URL, source_disk_id)),
+    }
+    props["diskSizeGB"] = size_gb
+    props["diskSizeBytes"] = size_gb * 1024**3
+    props["incremental"] = incremental
+    props["uniqueId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid + "@" + _iso(time_created)))
+    props["timeCreated"] = _iso(time_created)
+    props["provisioningState"] = provisioning_state
+    return item
+
+
+def resource_group(
+    sub: str,
+    name: str,
+    *,
+    managed_by: str | None = None,
+    tags: dict[str, str] | None = None,
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A resource group (CreateResourceGroup example, 200 body) with ``type``; ``managedBy`` when the
+    group belongs to another resource (an AKS cluster's ``MC_*`` group, a managed application)."""
+    item = example("resources__CreateResourceGroup", index=None)
+    item["id"] = rg_id(sub, name)
+    item["name"] = name
+    item["type"] = "Microsoft.Resources/resourceGroups"
+    item["location"] = location
+    if managed_by:
+        item["managedBy"] = managed_by
+    if tags is not None:
+        item["tags"] = dict(tags)
+    return item
+
+
+def management_lock(scope: str, name: str, level: str = "CanNotDelete", *, notes: str | None = None) -> dict[str, Any]:
+    """A management lock at ``scope`` (a subscription, group or resource id), shaped like
+    ManagementLocks_ListAtSubscriptionLevel's item."""
+    if level not in LOCK_LEVELS:
+        raise ValueError(f"unknown lock level {level!r}; expected one of {LOCK_LEVELS}")
+    item = example("resources-locks__ManagementLocks_ListAtSubscriptionLevel")
+    item["id"] = f"{scope.rstrip('/')}/providers/Microsoft.Authorization/locks/{name}"
+    item["name"] = name
+    item["properties"] = {"level": level}
+    if notes is not None:
+        item["properties"]["notes"] = notes
+    return item
+
+
+# --------------------------------------------------------------------------------------------------
+# Long-running operations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LroRule:
+    """Makes matching operations end otherwise: ``outcome`` ``stuck`` (never ends) or ``failed``
+    (ends ``Failed`` with ``code``/``message``). ``path`` is a regex searched in the request path of
+    the PUT or DELETE that starts the operation; ``method`` None matches both; ``times`` limits how
+    many operations it takes (None: all)."""
+
+    outcome: str
+    path: str = ".*"
+    method: str | None = None
+    code: str = "InternalOperationError"
+    message: str = "Injected operation failure."
+    times: int | None = None
+    taken: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.outcome not in LRO_OUTCOMES:
+            raise ValueError(f"unknown operation outcome {self.outcome!r}; expected one of {LRO_OUTCOMES}")
+        re.compile(self.path)
+
+    def take(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if not re.search(self.path, path) or (self.times is not None and self.taken >= self.times):
+            return False
+        self.taken += 1
+        return True
+
+
+@dataclass
+class Operation:
+    """One long-running operation: ``kind`` ``create`` (a PUT) or ``delete``; ``polls`` counts the
+    polls answered; ``status`` InProgress / Succeeded / Failed."""
+
+    id: str
+    kind: str
+    method: str
+    resource_id: str
+    polls_before_end: int
+    outcome: str | None = None  # None: succeeds; "stuck"; "failed"
+    code: str | None = None
+    message: str | None = None
+    status: str = "InProgress"
+    polls: int = 0  # every poll answered
+    in_progress_answers: int = 0  # the polls answered InProgress
+    start_time: str = field(default_factory=lambda: _iso(None))
+    end_time: str | None = None
+
+
+class DiskRP:
+    """The operation state of one stand-in (``ArmStandIn.disk_rp``) and its controls."""
+
+    def __init__(self, standin: Any) -> None:
+        self.standin = standin
+        self._lock = threading.Lock()
+        self.lro_polls = 1
+        self.retry_after = 0
+        self._rules: list[LroRule] = []
+        self._ops: dict[str, Operation] = {}
+
+    # -- controls ------------------------------------------------------------------------------
+
+    def set_lro(self, polls: int | None = None, retry_after: int | None = None) -> None:
+        """``polls``: how many polls answer InProgress before the end (0: the first says Succeeded).
+        ``retry_after``: the integer seconds of ``Retry-After`` (0: the SDK's own polling_interval)."""
+        if polls is not None:
+            if not isinstance(polls, int) or isinstance(polls, bool) or polls < 0:
+                raise ValueError("lro polls must be an integer >= 0")
+            self.lro_polls = polls
+        if retry_after is not None:
+            if not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0:
+                raise ValueError("retry_after must be an integer >= 0 (ARM sends whole seconds)")
+            self.retry_after = retry_after
+
+    def add_rule(self, rule: LroRule) -> LroRule:
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def lro_stuck(self, path: str = ".*", method: str | None = None, times: int | None = None) -> LroRule:
+        """Operations started by matching requests never end (every poll: InProgress)."""
+        return self.add_rule(LroRule("stuck", path=path, method=method, times=times))
+
+    def lro_failed(
+        self,
+        path: str = ".*",
+        method: str | None = None,
+        *,
+        code: str = "InternalOperationError",
+        message: str = "Injected operation failure.",
+        times: int | None = None,
+    ) -> LroRule:
+        """Operations started by matching requests end Failed (after the usual polls)."""
+        return self.add_rule(LroRule("failed", path=path, method=method, code=code, message=message, times=times))
+
+    def clear_rules(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.lro_polls = 1
+            self.retry_after = 0
+            self._rules.clear()
+            self._ops.clear()
+
+    @property
+    def operations(self) -> list[Operation]:
+        with self._lock:
+            return [copy.copy(op) for op in self._ops.values()]
+
+    def settle(self, op_id: str | None = None) -> int:
+        """End operations now, as their outcome says (all pending ones but stuck ones, or the one
+        ``op_id`` names, stuck or not); returns how many ended."""
+        with self._lock:
+            if op_id is not None:
+                ops = [self._ops[op_id]] if op_id in self._ops else []
+            else:
+                ops = [op for op in self._ops.values() if op.outcome != "stuck"]
+            ended = 0
+            for op in ops:
+                if op.status == "InProgress":
+                    self._finish(op)
+                    ended += 1
+            return ended
+
+    def control(self, method: str, path: str, payload: Any) -> Any:
+        """``PUT /_control/lro`` ``{"polls": N, "retry_after": S}``; ``GET /_control/lro``;
+        ``POST /_control/lro/rules`` (one rule or a list: ``{"outcome": "stuck"|"failed", "path",
+        "method", "code", "message", "times"}``, added); ``DELETE /_control/lro/rules``;
+        ``GET /_control/operations``; ``POST /_control/operations/settle`` (``{"id": ...}`` or none)."""
+        route = (method, path.rstrip("/"))
+        if route == ("PUT", "/_control/lro"):
+            if not isinstance(payload, dict) or set(payload) - {"polls", "retry_after"}:
+                raise ValueError('the lro body must be {"polls": N, "retry_after": S}')
+            self.set_lro(payload.get("polls"), payload.get("retry_after"))
+            return {"ok": True, "polls": self.lro_polls, "retry_after": self.retry_after}
+        if route == ("GET", "/_control/lro"):
+            with self._lock:
+                return {"polls": self.lro_polls, "retry_after": self.retry_after,
+                        "rules": [asdict(r) for r in self._rules]}
+        if route == ("POST", "/_control/lro/rules"):
+            items = payload if isinstance(payload, list) else [payload]
+            for item in items:
+                if not isinstance(item, dict):
+                    raise ValueError("an lro rule must be a JSON object")
+                unknown = set(item) - (set(LroRule.__dataclass_fields__) - {"taken"})
+                if unknown:
+                    raise ValueError(f"unknown lro rule keys: {sorted(unknown)}")
+            rules = [LroRule(**item) for item in items]
+            for rule in rules:
+                self.add_rule(rule)
+            return {"ok": True, "rules": len(rules)}
+        if route == ("DELETE", "/_control/lro/rules"):
+            self.clear_rules()
+            return {"ok": True}
+        if route == ("GET", "/_control/operations"):
+            return [asdict(op) for op in self.operations]
+        if route == ("POST", "/_control/operations/settle"):
+            op_id = payload.get("id") if isinstance(payload, dict) else None
+            return {"ok": True, "ended": self.settle(op_id)}
+        raise ValueError(f"no control route {method} {path}")
+
+    # -- the operations ------------------------------------------------------------------------
+
+    def start(self, kind: str, method: str, path: str, resource_id: str) -> Operation:
+        with self._lock:
+            rule = next((r for r in self._rules if r.take(method, path)), None)
+            op = Operation(
+                id=str(uuid.uuid4()),
+                kind=kind,
+                method=method,
+                resource_id=resource_id,
+                polls_before_end=self.lro_polls,
+                outcome=rule.outcome if rule else None,
+                code=rule.code if rule else None,
+                message=rule.message if rule else None,
+            )
+            self._ops[op.id] = op
+            return op
+
+    def poll(self, op_id: str) -> Operation | None:
+        """Answer one poll: count it, and end the operation when its polls are spent."""
+        with self._lock:
+            op = self._ops.get(op_id)
+            if op is None:
+                return None
+            if op.status == "InProgress" and op.outcome != "stuck" and op.in_progress_answers >= op.polls_before_end:
+                self._finish(op)
+            if op.status == "InProgress":
+                op.in_progress_answers += 1
+            op.polls += 1
+            return copy.copy(op)
+
+    def _finish(self, op: Operation) -> None:
+        """Caller holds ``self._lock``. Applies the write to the estate."""
+        failed = op.outcome == "failed"
+        op.status = "Failed" if failed else "Succeeded"
+        op.end_time = _iso(None)
+        rid = op.resource_id.lower()
+
+        def change(estate: dict[str, Any]) -> None:
+            for bucket in _buckets_of(estate):
+                for i, item in enumerate(list(bucket)):
+                    if not (isinstance(item, dict) and str(item.get("id", "")).lower() == rid):
+                        continue
+                    if op.kind == "delete":
+                        if not failed:
+                            del bucket[i]
+                    else:
+                        item.setdefault("properties", {})["provisioningState"] = "Failed" if failed else "Succeeded"
+                    return
+
+        self.standin.update_estate(change)
+
+    def status_body(self, op: Operation) -> dict[str, Any]:
+        body: dict[str, Any] = {"startTime": op.start_time, "status": op.status, "name": op.id}
+        if op.end_time:
+            body["endTime"] = op.end_time
+        if op.status == "Failed":
+            body["error"] = {"code": op.code, "message": op.message}
+        return body
+
+
+def _buckets_of(estate: dict[str, Any]) -> Iterable[list[Any]]:
+    for sub in estate.get("subscriptions", {}).values():
+        for name in ("disks", "snapshots"):
+            bucket = sub.get(name)
+            if isinstance(bucket, list):
+                yield bucket
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving (called by sandbox.arm._Handler._serve_arm; None: not a route of this module)
+# --------------------------------------------------------------------------------------------------
+
+
+def serve(handler: Any, segs: list[str], path: str, api_version: str, query: dict[str, list[str]], body: bytes) -> tuple[Any, ...] | None:
+    low = [s.lower() for s in segs]
+    method = handler.command
+    if len(low) < 3 or low[0] != "subscriptions":
+        return None
+    standin = handler.standin
+    sub_id = segs[1]
+    rest = low[2:]
+    if method == "GET" and rest == ["resourcegroups"]:
+        return 200, handler._page(path, api_version, query, _resource_groups(_subscription(standin, sub_id), sub_id))
+    if method == "GET" and len(rest) == 2 and rest[0] == "resourcegroups":
+        groups = _resource_groups(_subscription(standin, sub_id), sub_id)
+        found = _by_name(groups, segs[3])
+        if found is None:
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{segs[3]}' could not be found.")
+        return 200, found
+    if method == "GET" and rest == ["providers", "microsoft.authorization", "locks"]:
+        sub = _subscription(standin, sub_id)
+        return 200, handler._page(path, api_version, query, [l for l in sub.get("locks", []) if isinstance(l, dict)])
+    if method == "GET" and len(rest) == 6 and rest[:2] == ["providers", COMPUTE.lower()] and rest[2] == "locations" \
+            and rest[4] == "operations":
+        return _serve_poll(handler, segs[7], query)
+    if method == "GET" and rest in (["providers", COMPUTE.lower(), "disks"], ["providers", COMPUTE.lower(), "snapshots"]):
+        return 200, handler._page(path, api_version, query, [_listed(r) for r in handler._route(segs)])
+    # .../resourceGroups/{rg}/providers/Microsoft.Compute/{disks|snapshots}[/{name}]
+    if len(rest) < 4 or rest[0] != "resourcegroups" or rest[2:4] != ["providers", COMPUTE.lower()]:
+        return None
+    tail = rest[4:]
+    if not tail or tail[0] not in ("disks", "snapshots") or len(tail) > 2:
+        return None
+    kind, rg = tail[0], segs[3]
+    if method == "GET":
+        found = handler._route(segs)
+        if isinstance(found, list):
+            return 200, handler._page(path, api_version, query, [_listed(r) for r in found])
+        return None  # one resource: served as it is stored (LastOwnershipUpdateTime included)
+    if len(tail) != 2:
+        return None
+    name = segs[-1]
+    _subscription(standin, sub_id)
+    rid = compute_id(sub_id, rg, "disks" if kind == "disks" else "snapshots", name)
+    if method == "DELETE":
+        return _delete(handler, standin, sub_id, rg, kind, name, rid, path, api_version)
+    if method == "PUT":
+        return _put(handler, standin, sub_id, rg, kind, name, rid, path, api_version, body)
+    return None
+
+
+def _subscription(standin: Any, sub_id: str) -> dict[str, Any]:
+    sub = _lookup(standin._estate_snapshot().get("subscriptions", {}), sub_id)
+    if sub is None:
+        raise ArmError(404, "SubscriptionNotFound", f"The subscription '{sub_id}' could not be found.")
+    return sub
+
+
+def _listed(resource: Any) -> Any:
+    if isinstance(resource, dict) and OWNERSHIP_KEY in (resource.get("properties") or {}):
+        resource = copy.deepcopy(resource)
+        del resource["properties"][OWNERSHIP_KEY]
+    return resource
+
+
+def _resource_groups(sub: dict[str, Any], sub_id: str) -> list[Any]:
+    """The groups filed in ``resourceGroups``, then one plain group for every other group a resource names."""
+    groups = [g for g in sub.get("resourceGroups", []) if isinstance(g, dict)]
+    known = {str(g.get("name", "")).lower() for g in groups}
+    for bucket in sub.values():
+        items = bucket if isinstance(bucket, list) else [x for v in bucket.values() for x in v] if isinstance(bucket, dict) else []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            m = re.match(r"^/subscriptions/[^/]+/resourceGroups/([^/]+)/", str(item.get("id", "")), re.I)
+            if m and m[1].lower() not in known:
+                known.add(m[1].lower())
+                groups.append(resource_group(sub_id, m[1]))
+    return groups
+
+
+def _locks_over(sub: dict[str, Any], rid: str, levels: tuple[str, ...]) -> list[str]:
+    """Ids of the scopes whose locks (of ``levels``) cover ``rid``: the subscription, its group, itself."""
+    low = rid.lower()
+    scopes = []
+    for lock in sub.get("locks", []):
+        if not isinstance(lock, dict) or (lock.get("properties") or {}).get("level") not in levels:
+            continue
+        scope = str(lock.get("id", "")).split("/providers/Microsoft.Authorization/locks/", 1)[0]
+        if low == scope.lower() or low.startswith(scope.lower() + "/"):
+            scopes.append(scope)
+    return scopes
+
+
+def _scope_locked(rid: str, scopes: list[str], verb: str) -> ArmError:
+    listed = ",".join(f"'{s}'" for s in scopes)
+    return ArmError(
+        409,
+        "ScopeLocked",
+        f"The scope '{rid}' cannot perform {verb} operation because following scope(s) are locked: "
+        f"{listed}. Please remove the lock and try again.",
+    )
+
+
+def _find(sub: dict[str, Any], kind: str, rg: str, name: str) -> dict[str, Any] | None:
+    return _by_name([r for r in sub.get(kind, []) if _in_rg(r, rg)], name)
+
+
+def _lro_headers(handler: Any, standin: Any, op: Operation, sub_id: str, location: str, api_version: str) -> dict[str, str]:
+    base = f"{standin.url}/subscriptions/{sub_id}/providers/{COMPUTE}/locations/{quote(location)}/operations/{op.id}"
+    handler._operation_started = op.id
+    return {
+        "Azure-AsyncOperation": f"{base}?p=disk-rp&api-version={quote(api_version)}",
+        "Location": f"{base}?p=disk-rp&monitor=true&api-version={quote(api_version)}",
+        "Retry-After": str(int(standin.disk_rp.retry_after)),
+    }
+
+
+def _delete(handler: Any, standin: Any, sub_id: str, rg: str, kind: str, name: str, rid: str, path: str,
+            api_version: str) -> tuple[Any, ...]:
+    sub = _subscription(standin, sub_id)
+    locked = _locks_over(sub, rid, ("CanNotDelete", "ReadOnly"))
+    if locked:
+        raise _scope_locked(rid, locked, "delete")
+    found = _find(sub, kind, rg, name)
+    if found is None:
+        return 204, None
+    props = found.get("properties") or {}
+    if kind == "disks":
+        state = props.get("diskState")
+        owner = found.get("managedBy")
+        extended = found.get("managedByExtended") or []
+        if state in BUSY_DISK_STATES or owner or extended:
+            who = owner or (extended[0] if extended else None)
+            detail = f" is attached to VM {who}" if who else f" is in state {state}"
+            raise ArmError(409, "OperationNotAllowed", f"Disk {name}{detail}. Operation 'Delete' is not allowed.")
+    op = standin.disk_rp.start("delete", "DELETE", path, str(found["id"]))
+    return 202, None, _lro_headers(handler, standin, op, sub_id, str(found.get("location") or DEFAULT_LOCATION), api_version)
+
+
+def _put(handler: Any, standin: Any, sub_id: str, rg: str, kind: str, name: str, rid: str, path: str,
+         api_version: str, raw: bytes) -> tuple[Any, ...]:
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        raise ArmError(400, "InvalidRequestContent", "The request content was invalid and could not be deserialized.") from None
+    if not isinstance(body, dict):
+        raise ArmError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+    sub = _subscription(standin, sub_id)
+    locked = _locks_over(sub, rid, ("ReadOnly",))
+    if locked:
+        raise _scope_locked(rid, locked, "write")
+    props = body.get("properties") or {}
+    creation = props.get("creationData") or {}
+    location = str(body.get("location") or DEFAULT_LOCATION)
+    existing = _find(sub, kind, rg, name)
+    if existing is not None:
+        # Idempotent PUT (a retry after a lost reply, a tag update): the resource as it is, tags set.
+        def update(estate: dict[str, Any]) -> dict[str, Any]:
+            item = _find(_lookup(estate["subscriptions"], sub_id), kind, rg, name)
+            assert item is not None
+            if "tags" in body:
+                item["tags"] = dict(body.get("tags") or {})
+            return copy.deepcopy(item)
+
+        current = standin.update_estate(update)
+        pending = next((op for op in standin.disk_rp.operations
+                        if op.resource_id.lower() == rid.lower() and op.status == "InProgress"), None)
+        if pending is not None:
+            return 200, current, _lro_headers(handler, standin, pending, sub_id, location, api_version)
+        return 200, current
+    option = creation.get("createOption")
+    source_id = str(creation.get("sourceResourceId") or "")
+    if kind == "snapshots":
+        if option != "Copy" or not source_id:
+            raise ArmError(400, "InvalidParameter", "The stand-in makes snapshots of disks only: "
+                           "creationData.createOption 'Copy' with a sourceResourceId.")
+        source = _resource_by_id(standin, source_id, "disks")
+        if source is None:
+            raise ArmError(404, "NotFound", f"Resource '{source_id}' was not found.")
+        sprops = source.get("properties") or {}
+        item = incremental_snapshot(
+            sub_id, rg, name,
+            source_disk_id=str(source["id"]),
+            source_unique_id=sprops.get("uniqueId"),
+            tags=body.get("tags"),
+            size_gb=int(sprops.get("diskSizeGB") or 0),
+            sku=str((body.get("sku") or {}).get("name") or "Standard_ZRS"),
+            incremental=bool(props.get("incremental", False)),
+            provisioning_state="Updating",
+            location=location,
+        )
+        item["properties"]["creationData"]["sourceResourceId"] = source_id
+    else:
+        if option == "Copy":
+            source = _resource_by_id(standin, source_id, "snapshots") or _resource_by_id(standin, source_id, "disks")
+            if source is None:
+                raise ArmError(404, "NotFound", f"Resource '{source_id}' was not found.")
+            size_gb = int(props.get("diskSizeGB") or (source.get("properties") or {}).get("diskSizeGB") or 0)
+        elif option == "Empty":
+            size_gb = int(props.get("diskSizeGB") or 0)
+            if size_gb <= 0:
+                raise ArmError(400, "InvalidParameter", "Required parameter 'diskSizeGB' is missing (null).")
+        else:
+            raise ArmError(400, "InvalidParameter", f"The stand-in makes disks with createOption Copy or Empty, not {option!r}.")
+        item = managed_disk(
+            sub_id, rg, name,
+            tags=body.get("tags"),
+            sku=str((body.get("sku") or {}).get("name") or "Standard_LRS"),
+            size_gb=size_gb,
+            zones=body.get("zones") or (),
+            create_option=str(option),
+            source_resource_id=source_id or None,
+            location=location,
+        )
+        item["properties"]["provisioningState"] = "Updating"
+
+    def add(estate: dict[str, Any]) -> None:
+        _lookup(estate["subscriptions"], sub_id).setdefault(kind, []).append(item)
+
+    standin.update_estate(add)
+    op = standin.disk_rp.start("create", "PUT", path, rid)
+    # The 202 body of DiskRP's create examples: id, name, location, provisioningState Updating, creationData.
+    accepted = {"id": rid, "name": name, "location": location,
+                "properties": {"provisioningState": "Updating", "creationData": copy.deepcopy(item["properties"]["creationData"])}}
+    return 202, accepted, _lro_headers(handler, standin, op, sub_id, location, api_version)
+
+
+def _resource_by_id(standin: Any, rid: str, kind: str) -> dict[str, Any] | None:
+    low = "/" + rid.strip("/").lower()
+    for sub in standin._estate_snapshot().get("subscriptions", {}).values():
+        for item in sub.get(kind, []):
+            if isinstance(item, dict) and str(item.get("id", "")).lower() == low:
+                return item
+    return None
+
+
+def _serve_poll(handler: Any, op_id: str, query: dict[str, list[str]]) -> tuple[Any, ...]:
+    standin = handler.standin
+    op = standin.disk_rp.poll(op_id)
+    if op is None:
+        raise ArmError(404, "NotFound", f"The operation '{op_id}' was not found.")
+    monitor = (query.get("monitor") or [""])[0].lower() == "true"
+    if not monitor:  # Azure-AsyncOperation: always 200 with the status body
+        return 200, standin.disk_rp.status_body(op)
+    # Location: 202 while running, then the outcome (a failure as an error body).
+    if op.status == "InProgress":
+        return 202, None, {"Location": f"{standin.url}{handler.path}",
+                           "Retry-After": str(int(standin.disk_rp.retry_after))}
+    if op.status == "Failed":
+        raise ArmError(500, op.code or "InternalOperationError", op.message or "The operation failed.")
+    return 200, standin.disk_rp.status_body(op)
