@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock. The inventory builds :class:`DiskSeen` a
 :class:`SnapshotSeen` from the pass's listings (disks, snapshots, images, gallery versions,
 resource groups, locks); :func:`classify_disk` says what a disk is at an instant; :func:`decide_disk`
 turns that and the stored :class:`DiskRow` into the lifecycle transition of the contract
-(INTERFACE.md, "What counts as an orphaned managed disk or snapshot"); :func:`recheck_disk` is the
+(docs/contract.md, "What counts as an orphaned managed disk or snapshot"); :func:`recheck_disk` is the
 executor's last word after its GET of the disk, right before the quarantine snapshot and the delete.
 :func:`classify_snapshot`, :func:`decide_snapshot` and :func:`recheck_snapshot` do the same for
 snapshots.
