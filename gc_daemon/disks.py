@@ -329,6 +329,28 @@ def _hold_of(obs: DiskSeen | SnapshotSeen, operator_holds: Mapping[str, str]) ->
 # --- disks -------------------------------------------------------------------------------------
 
 
+def _held_or_orphan(obs: DiskSeen | SnapshotSeen, operator_holds: Mapping[str, str],
+                    ownership_time: datetime | None, orphan_reason: str) -> DiskClassification:
+    """The last step of classifying a disk or snapshot that is free and old enough: held, or an orphan."""
+    hold, why = _hold_of(obs, operator_holds)
+    if hold is not None:
+        return DiskClassification(DiskVerdict.ORPHAN, hold, why, ownership_time)
+    return DiskClassification(DiskVerdict.ORPHAN, reason=orphan_reason, ownership_time=ownership_time)
+
+
+def _recheck_verdict(c: DiskClassification, row: DiskRow, now: datetime) -> Recheck:
+    """The last step of a re-check, once the fresh read is the same resource: the classification
+    of now decides (not an orphan, or held: refuse), then the grace period."""
+    refuse = RecheckAction.REFUSE
+    if c.verdict is not DiskVerdict.ORPHAN:
+        return Recheck(refuse, c.reason, c.hold, c)
+    if c.hold is not None:
+        return Recheck(refuse, f"held ({c.hold.value}): {c.reason}", c.hold, c)
+    if row.delete_after is None or now < row.delete_after:
+        return Recheck(refuse, "not due yet: grace period not over", classification=c)
+    return Recheck(RecheckAction.DELETE, c.reason, classification=c)
+
+
 def is_in_use(disk: DiskSeen) -> bool:
     """Only an Unattached disk with empty managedBy and managedByExtended can be an orphan."""
     return (
@@ -378,11 +400,8 @@ def classify_disk(
         return DiskClassification(DiskVerdict.TOO_YOUNG, reason="no creation time: age unknown", ownership_time=owned_at)
     if now - since < policy.min_age:  # a clock behind the disk's times makes it young: uncertainty keeps
         return DiskClassification(DiskVerdict.TOO_YOUNG, reason=f"{what} {since.isoformat()}", ownership_time=owned_at)
-    hold, why = _hold_of(disk, operator_holds)
-    if hold is not None:
-        return DiskClassification(DiskVerdict.ORPHAN, hold, why, owned_at)
-    return DiskClassification(DiskVerdict.ORPHAN, reason=f"orphan: unattached since {since.isoformat()} ({what})",
-                              ownership_time=owned_at)
+    return _held_or_orphan(disk, operator_holds, owned_at,
+                           f"orphan: unattached since {since.isoformat()} ({what})")
 
 
 def decide_disk(
@@ -524,13 +543,7 @@ def recheck_disk(
         now_ = fresh.last_ownership_update.isoformat() if fresh.last_ownership_update else "never attached"
         return Recheck(RecheckAction.RESTART, f"LastOwnershipUpdateTime changed: {was} -> {now_}")
     c = classify_disk(fresh, operator_holds, policy, now)
-    if c.verdict is not DiskVerdict.ORPHAN:
-        return Recheck(refuse, c.reason, classification=c)
-    if c.hold is not None:
-        return Recheck(refuse, f"held ({c.hold.value}): {c.reason}", c.hold, c)
-    if row.delete_after is None or now < row.delete_after:
-        return Recheck(refuse, "not due yet: grace period not over", classification=c)
-    return Recheck(RecheckAction.DELETE, c.reason, classification=c)
+    return _recheck_verdict(c, row, now)
 
 
 # --- snapshots -----------------------------------------------------------------------------------
@@ -559,11 +572,7 @@ def classify_snapshot(
         return DiskClassification(DiskVerdict.TOO_YOUNG, reason="no creation time: age unknown")
     if now - created < policy.snapshot_min_age:
         return DiskClassification(DiskVerdict.TOO_YOUNG, reason=f"created {created.isoformat()}", ownership_time=created)
-    hold, why = _hold_of(snap, operator_holds)
-    if hold is not None:
-        return DiskClassification(DiskVerdict.ORPHAN, hold, why, created)
-    return DiskClassification(DiskVerdict.ORPHAN, reason=f"orphan: source disk gone ({snap.source_resource_id})",
-                              ownership_time=created)
+    return _held_or_orphan(snap, operator_holds, created, f"orphan: source disk gone ({snap.source_resource_id})")
 
 
 def decide_snapshot(
@@ -602,10 +611,4 @@ def recheck_snapshot(
     if not row.ownership_known or fresh.time_created != row.ownership_time:
         return Recheck(RecheckAction.RESTART, "timeCreated changed: another snapshot under the same id")
     c = classify_snapshot(fresh, operator_holds, policy, now)
-    if c.verdict is not DiskVerdict.ORPHAN:
-        return Recheck(refuse, c.reason, c.hold, c)
-    if c.hold is not None:
-        return Recheck(refuse, f"held ({c.hold.value}): {c.reason}", c.hold, c)
-    if row.delete_after is None or now < row.delete_after:
-        return Recheck(refuse, "not due yet: grace period not over", classification=c)
-    return Recheck(RecheckAction.DELETE, c.reason, classification=c)
+    return _recheck_verdict(c, row, now)
