@@ -151,6 +151,10 @@ class DiskSeen:
     locks: tuple[LockSeen, ...] = ()  # the locks covering it (disk, group, subscription)
     referenced_by: tuple[str, ...] = ()  # ids of the images / gallery image versions naming it as source
     size_bytes: int | None = None  # diskSizeBytes when the service gave it
+    # Descriptive (for the report, the quarantine snapshot and `restore`); not part of the decision.
+    location: str | None = None
+    zones: tuple[str, ...] = ()
+    provisioning_state: str | None = None
 
     @property
     def provisioned_bytes(self) -> int:
@@ -180,6 +184,13 @@ class SnapshotSeen:
     group_managed_by: str | None = None
     locks: tuple[LockSeen, ...] = ()
     referenced_by: tuple[str, ...] = ()
+    location: str | None = None
+    used_bytes: int | None = None  # an incremental snapshot bills its used bytes (None: unknown)
+    provisioning_state: str | None = None
+
+    @property
+    def provisioned_bytes(self) -> int:
+        return self.size_gb * GIB
 
     @property
     def key(self) -> str:
@@ -230,6 +241,23 @@ class DiskRow:
     reason: str | None = None
     updated_at: datetime | None = None
     deleted_at: datetime | None = None
+    # Descriptive, refreshed by the pass from the latest sighting (see :func:`describe`); the
+    # decision never reads them.
+    subscription: str | None = None
+    resource_group: str | None = None
+    name: str | None = None
+    sku: str | None = None
+    disk_state: str | None = None
+    size_bytes: int | None = None  # provisioned bytes (a snapshot: its source's size)
+    location: str | None = None
+    zones: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # What the listing showed when the ownership time was last read (:func:`listing_fingerprint`):
+    # the pass GETs a disk again when it differs.
+    fingerprint: str | None = None
+    # The quarantine snapshot made before deleting it (its ARM id), and until when it is kept.
+    quarantine_snapshot: str | None = None
+    quarantine_until: datetime | None = None
 
     def sightings(self, current_seq: int) -> int:
         if self.state in COUNTING and self.streak_start is not None:
@@ -238,6 +266,41 @@ class DiskRow:
 
 
 COUNTING = (State.CANDIDATE, State.DUE, State.KEPT)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskForget:
+    """A tracked disk or snapshot that the listing no longer shows (and vhd-gc did not delete)."""
+
+    key: str
+    reason: str
+
+
+def listing_fingerprint(disk: DiskSeen) -> str:
+    """What of a disk's listing entry tells that its ownership may have changed since the last GET:
+    its state, owners, creation time and size. Equal fingerprints spare the GET of
+    LastOwnershipUpdateTime (the executor's GET before any delete checks it anyway)."""
+    owners = ",".join(sorted(v.lower() for v in disk.managed_by_extended if v))
+    created = disk.time_created.isoformat() if disk.time_created else ""
+    return "|".join(((disk.disk_state or "").lower(), (disk.managed_by or "").lower(), owners, created,
+                     str(disk.provisioned_bytes)))
+
+
+def describe(row: DiskRow, obs: "DiskSeen | SnapshotSeen") -> DiskRow:
+    """``row`` with its descriptive fields from the latest sighting (in place; returned)."""
+    row.subscription = obs.subscription
+    row.resource_group = obs.resource_group
+    row.name = obs.name
+    row.sku = obs.sku
+    row.size_bytes = obs.provisioned_bytes
+    row.location = obs.location
+    row.tags = dict(obs.tags)
+    if isinstance(obs, DiskSeen):
+        row.disk_state = obs.disk_state
+        row.zones = tuple(obs.zones)
+    return row
+
+
 _ORPHAN_STATES = (State.CANDIDATE, State.DUE)
 
 
