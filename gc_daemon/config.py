@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from .disk_cost import DiskPricesConfig
 from .domain import Policy
 from .urls import default_blob_endpoint, redact_text, redact_url
 
@@ -256,6 +257,29 @@ class PricesConfig(_Strict):
     premium_gb_month: Annotated[float, Field(ge=0)] = 0.15  # premium: provisioned size, rounded up to a disk size
     """Price per GiB-month of premium page blobs, billed on the provisioned size rounded up to a premium disk
     size."""
+    disks: DiskPricesConfig = Field(default_factory=DiskPricesConfig)
+    """Managed disks (per SKU and tier, as Azure bills: the provisioned size rounded up to the tier) and
+    snapshots (per GiB-month held)."""
+
+
+class ManagedDisksConfig(_Strict):
+    """Unattached managed disks and orphaned snapshots of the configured subscriptions (the second level
+    of leftovers). Deleting a disk needs both `mode: delete` and `managed_disks.mode: delete`."""
+
+    mode: Literal["report", "delete"] = "report"
+    """`report` (the default: tracked, aged and reported, never deleted) or `delete` (with the top-level
+    `mode: delete`)."""
+    quarantine: Duration = timedelta(days=30)
+    """Before deleting a disk, an incremental snapshot of it is made and kept this long (`vhd-gc restore`
+    brings the disk back from it); `0s`: no snapshot, no undo."""
+    snapshots: Literal["report", "delete"] = "report"
+    """Orphaned snapshots (the disk they were taken from is gone, nothing names them): `report` (the default)
+    or `delete`."""
+    snapshot_min_age: Duration = timedelta(days=90)
+    """A snapshot younger than this (since its creation) is never a candidate."""
+    max_ownership_reads: Annotated[int, Field(ge=1)] = 200
+    """At most this many GETs of single disks (for their LastOwnershipUpdateTime, which the list does not
+    return) in one pass; the disks left over are read at the next pass."""
 
 
 class Config(_Strict):
@@ -292,6 +316,8 @@ class Config(_Strict):
     """Prices for the cost estimate only."""
     blast_radius: BlastRadiusConfig = BlastRadiusConfig()
     """The guard against a pass that would mark an implausible share of the estate at once."""
+    managed_disks: ManagedDisksConfig = ManagedDisksConfig()
+    """Unattached managed disks and orphaned snapshots: reported by default, deleted only when asked."""
     azure: AzureConfig
     """Where to read references and collect VHDs, and how to talk to Azure."""
 
@@ -351,6 +377,23 @@ class Config(_Strict):
             delete_non_vhd_page_blobs=self.policy.delete_non_vhd_page_blobs,
             captured_image_max_age=self.policy.captured_image_max_age,
             hold_kubernetes_volumes=self.policy.hold_kubernetes_volumes,
+        )
+
+    @property
+    def disk_policy(self):
+        """The decision's view of the ``managed_disks`` keys and the shared lifecycle keys."""
+        from .disks import DiskPolicy
+
+        md = self.managed_disks
+        deleting = self.mode == "delete" and md.mode == "delete"
+        return DiskPolicy(
+            min_age=self.min_age,
+            grace_period=self.grace_period,
+            min_sightings=self.min_sightings,
+            snapshot_min_age=md.snapshot_min_age,
+            mode="delete" if deleting else "report",
+            snapshots=md.snapshots,
+            quarantine=md.quarantine,
         )
 
     @property

@@ -125,6 +125,9 @@ def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:
         name = "one of " + ", ".join(f"`{v}`" for v in typing.get_args(annotation))
     elif origin is list:
         name = "list of " + type_name(typing.get_args(annotation)[0])
+    elif origin is dict:
+        key, value = typing.get_args(annotation)
+        name = f"mapping of {type_name(key)} to {type_name(value)}"
     elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
         name = "mapping"
     elif annotation is timedelta:
