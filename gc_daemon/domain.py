@@ -296,3 +296,20 @@ class PassStats:
     # account -> {"blobs": n, "bytes": nominal}: what this pass newly marked there (the guard names it)
     new_by_account: dict[str, dict[str, int]] = field(default_factory=dict)
     blocked: str | None = None  # why the blast-radius guard held the pass back
+    # Managed disks and snapshots (issue 13): what the pass saw of them and what it did.
+    disks: int = 0  # managed disks listed
+    disks_unattached: int = 0
+    snapshots: int = 0
+    ownership_reads: int = 0  # GETs of single disks for LastOwnershipUpdateTime
+    ownership_deferred: int = 0  # unattached disks over managed_disks.max_ownership_reads: read next pass
+    disk_marked: int = 0
+    disk_due: int = 0
+    disk_kept: int = 0
+    disk_released: int = 0
+    disk_vanished: int = 0
+    disks_deleted: int = 0
+    snapshots_deleted: int = 0
+    quarantine_snapshots: int = 0  # made this pass
+    quarantine_expired: int = 0  # deleted this pass, their quarantine over
+    new_disk_candidates: int = 0
+    new_disk_bytes: int = 0

@@ -58,6 +58,11 @@ class Execution:
     skipped_over_limit: int = 0
     skipped_stopped: int = 0  # due blobs not attempted because a stop was asked for (SIGTERM/SIGINT)
     changes: list[Change | Forget] = field(default_factory=list)
+    # Managed disks and snapshots (gc_daemon/execute_disks.py): their row changes are written with
+    # their audit entries.
+    deleted_disks: list = field(default_factory=list)
+    quarantined: int = 0
+    quarantine_expired: int = 0
 
 
 ACTOR_MAX = 255  # audit_log.actor is a String(255)
@@ -113,6 +118,11 @@ class Executor:
     # The wall clock of the audit log: each row carries the moment of its own event (the intent
     # when it is written, the outcome when it is known), not the pass's start.
     clock: Callable[[], datetime] = utcnow
+    # Managed disks: the gateway (gc_daemon.azure.disks.DiskGateway), the decision's policy and the
+    # pass's freshest inventory to re-check against (gc_daemon.execute_disks.DiskContext).
+    disks: object | None = None
+    disk_policy: object | None = None
+    disk_context: object | None = None
     _retention: dict = field(default_factory=dict, repr=False)
 
     def retention_days(self, account: str) -> int | None:
@@ -133,22 +143,51 @@ class Executor:
         now: datetime,
         seq: int,
         pass_id: int | None = None,
+        *,
+        disk_due: Sequence = (),
+        disk_holds: Mapping[str, str] | None = None,
+        expire: Sequence[tuple] = (),
     ) -> Execution:
+        """Delete what is due: blobs (``due``), managed disks and snapshots (``disk_due``, DiskRows)
+        and expired quarantine snapshots (``expire``: (SnapshotSeen, disk id) pairs), oldest first,
+        all under one ``max_deletes``. Dry-run deletes nothing, here and only here."""
         out = Execution()
-        ordered = sorted(due, key=lambda r: (r.delete_after or now, str(r.key)))
+        ordered = sorted(
+            [(r.delete_after or now, str(r.key), "blob", r) for r in due]
+            + [(r.delete_after or now, r.id.lower(), "disk", r) for r in disk_due],
+            key=lambda item: (item[0], item[1]),
+        )
         if self.mode != "delete":
-            out.skipped_dry_run = len(ordered)
+            out.skipped_dry_run = len(ordered) + len(expire)
             return out
+        disk_exec = None
+        if (disk_due or expire) and self.disks is not None:
+            from .execute_disks import DiskExecution
+
+            disk_exec = DiskExecution(self, self.disks, self.disk_policy, self.disk_context, self.audit,
+                                      disk_holds or {})
         budget = max(0, self.max_deletes)
-        for row in ordered:
+        for _, _, what, row in ordered:
             if self.should_stop():  # no deletion starts after a stop; they stay due for the next pass
                 out.skipped_stopped += 1
                 continue
             if budget == 0:
                 out.skipped_over_limit += 1
                 continue
-            attempted = self._one(row, refs, operator_holds, now, seq, pass_id, out)
+            if what == "blob":
+                attempted = self._one(row, refs, operator_holds, now, seq, pass_id, out)
+            elif disk_exec is None:
+                out.failed += 1  # no gateway: never deleted (a wiring without Azure Compute)
+                continue
+            else:
+                attempted = disk_exec.one(row, now, seq, pass_id, out)
             if attempted:
+                budget -= 1
+        for snap, disk_id in expire:
+            if self.should_stop() or budget == 0 or disk_exec is None:
+                out.skipped_over_limit += 1
+                continue
+            if disk_exec.expire(snap, disk_id, now, seq, pass_id, out):
                 budget -= 1
         return out
 

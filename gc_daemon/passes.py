@@ -30,6 +30,7 @@ import structlog
 from .config import Config, format_duration
 from .decide import ReferenceIndex, decide_stream
 from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, ServiceTime, State, Tracked
+from .disk_pass import DiskInventory, OwnershipReadFailed, decide_all, expired_quarantine, read_ownership
 from .execute import Execution, Executor, daemon_actor, resolve_intents
 from .state.store import UPSERT_BATCH
 
@@ -116,6 +117,16 @@ class PassResult:
 
 
 @dataclass
+class DiskPhase:
+    """What the disk half of a pass hands the executor."""
+
+    inventory: DiskInventory = field(default_factory=DiskInventory)
+    due: list = field(default_factory=list)  # DiskRows due and deletable by the policy
+    holds: dict = field(default_factory=dict)  # operator holds of disks, read with the pass
+    expire: list = field(default_factory=list)  # (SnapshotSeen, disk id): quarantine snapshots past their time
+
+
+@dataclass
 class Collector:
     """Everything one pass needs, wired by the CLI or the daemon. Constructing it does no I/O."""
 
@@ -127,6 +138,9 @@ class Collector:
     clock: Callable[[], datetime] = utcnow
     host: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     progress: Progress = field(default_factory=lambda: NO_PROGRESS)  # a PassProgress for interactive scans
+    # Managed disks (gc_daemon.azure.disks.DiskGateway): the GETs of ownership times, the executor's
+    # re-reads and writes. None: disks are decided only on what is recorded (never deleted).
+    disks: object | None = None
     current_pass: int | None = field(default=None, init=False)  # the id of the pass running now, if any
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
@@ -158,7 +172,7 @@ class Collector:
         progress.phase(f"pass {pass_id}: reading references and listing")
         log.info("pass_started", pass_id=pass_id, mode=self.config.mode)
         try:
-            seq, due, refs, holds, accounts = self._inventory_and_decide(pass_id, now, t0, stats, should_stop)
+            seq, due, refs, holds, accounts, disk = self._inventory_and_decide(pass_id, now, t0, stats, should_stop)
         except PassStopped as exc:  # a clean stop: the transaction rolled back, nothing changed
             return self._end(pass_id, "stopped", now, t0, stats,
                              errors=[f"stopped by a signal {exc}: nothing was changed, no sighting counted"])
@@ -171,7 +185,9 @@ class Collector:
             return self._end(pass_id, "failed", now, t0, stats, errors=[f"{type(exc).__name__}: {exc}"])
 
         execution = None
-        if due:
+        if due or disk.due or disk.expire:
+            from .execute_disks import DiskContext
+
             executor = Executor(
                 mode=self.config.mode,
                 max_deletes=self.config.max_deletes_per_pass,
@@ -182,24 +198,32 @@ class Collector:
                 should_stop=should_stop,
                 actor=daemon_actor(self.config),
                 clock=self.clock,  # each audit row at the moment of its own event
+                disks=self.disks,
+                disk_policy=self.config.disk_policy,
+                disk_context=DiskContext(disk.inventory.disks, disk.inventory.snapshots),
             )
-            progress.phase(f"pass {pass_id}: {len(due)} due ({self.config.mode})")
+            progress.phase(f"pass {pass_id}: {len(due) + len(disk.due)} due ({self.config.mode})")
             # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
             # whose ETag is the one recorded when it was marked, and an unchanged ETag means an
             # unchanged last_modified, which this pass (or an earlier one) already found old enough
             # on the service's time. A local clock behind the service can only refuse more.
-            execution = executor.execute(due, refs, holds, now, seq, pass_id)
+            execution = executor.execute(due, refs, holds, now, seq, pass_id, disk_due=disk.due,
+                                         disk_holds=disk.holds, expire=disk.expire)
             if execution.changes:
                 with self.store.transaction() as tx:
                     tx.apply(execution.changes)
             stats.deleted = len(execution.deleted)
+            stats.disks_deleted = sum(1 for r in execution.deleted_disks if r.kind.value == "managed_disk")
+            stats.snapshots_deleted = len(execution.deleted_disks) - stats.disks_deleted
+            stats.quarantine_snapshots = execution.quarantined
+            stats.quarantine_expired = execution.quarantine_expired
             stats.refused = sum(execution.refused.values())
             stats.failed = execution.failed
             if execution.skipped_stopped:
                 # The inventory was complete and is committed (its sightings count: the pass keeps
                 # its seq); the deletions not started stay due for the next pass.
                 result = self._end(pass_id, "stopped", now, t0, stats, seq=seq, errors=[
-                    f"stopped by a signal before {execution.skipped_stopped} of {len(due)} due deletions: "
+                    f"stopped by a signal before {execution.skipped_stopped} of {len(due) + len(disk.due)} due deletions: "
                     "the inventory was complete and is recorded; those not started stay due for the next pass"])
                 result.execution = execution
                 return result
@@ -210,7 +234,9 @@ class Collector:
     # -- steps -------------------------------------------------------------------------------
 
     def _read_references(self, accounts: Mapping[str, object], stats: PassStats | None = None,
-                         should_stop: Callable[[], bool] = lambda: False) -> ReferenceIndex:
+                         should_stop: Callable[[], bool] = lambda: False, reads: list | None = None) -> ReferenceIndex:
+        """The reference index of one complete read (``reads``, when given, receives the read itself:
+        its disks, snapshots, groups and locks)."""
         from .sources.base import ReadStopped
 
         try:
@@ -223,6 +249,8 @@ class Collector:
         errors = [f"{e.source}: {e.message}" for e in read.errors]
         if errors:
             raise PassIncomplete(errors, sorted({e.source.split("/", 1)[-1] for e in read.errors}))
+        if reads is not None:
+            reads.append(read)
         self._check_placement(read, accounts)
         index, parse_errors = ReferenceIndex.build(read.references, accounts)
         if parse_errors:
@@ -262,10 +290,15 @@ class Collector:
         listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch,
                           should_stop)
         listing.start()
+        reads: list = []
         try:
-            refs = self._read_references(accounts, stats, should_stop)
+            refs = self._read_references(accounts, stats, should_stop, reads)
             # before the pass transaction: it writes on its own
             resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
+            if self.disks is not None and hasattr(self.store, "unresolved_disk_intents"):
+                from .execute_disks import resolve_disk_intents
+
+                resolve_disk_intents(self.store, self.disks, now, actor=daemon_actor(self.config), clock=self.clock)
             if should_stop():
                 raise PassStopped("before the listing")
             holds = self.store.holds()
@@ -331,10 +364,14 @@ class Collector:
                         writer.submit(ready)
                     stats.changes += writer.finish()
                     stats.due = len(due)
+                    disk = self._disks(tx, reads[0] if reads else None, now, seq, stats, should_stop)
                     self._check_blast_radius(stats)
-                    if due and self.config.mode == "delete":
+                    if (due or disk.due or disk.expire) and self.config.mode == "delete":
                         # Deleting is the one irreversible step: check against references read just now too.
-                        refs = refs.union(self._read_references(accounts, should_stop=should_stop))
+                        again: list = []
+                        refs = refs.union(self._read_references(accounts, should_stop=should_stop, reads=again))
+                        if disk.due and again:  # the disks' holds, locks and references as they are now
+                            disk.inventory = DiskInventory.join(again[0])
                     if should_stop():  # the last moment a stop can still leave everything as it was
                         raise PassStopped("before the pass was recorded")
                     tx.complete_pass(pass_id, self.clock(), asdict(stats))
@@ -342,7 +379,39 @@ class Collector:
                 measurer.close(wait=not should_stop())
         finally:
             listing.stop(wait=not should_stop())
-        return seq, due, refs, holds, accounts
+        return seq, due, refs, holds, accounts, disk
+
+    def _disks(self, tx, read, now: datetime, seq: int, stats: PassStats, should_stop) -> "DiskPhase":
+        """Decide the managed disks and snapshots the reference read listed, inside the pass's
+        transaction (an incomplete pass writes none of it)."""
+        phase = DiskPhase()
+        # A reference source that lists no disks (the bench's in-process ones) leaves disk rows alone.
+        if read is None or getattr(read, "disks", None) is None or not hasattr(tx, "disk_rows"):
+            return phase
+        inv = DiskInventory.join(read)
+        phase.inventory = inv
+        stored = tx.disk_rows()
+        if not inv.disks and not inv.snapshots and not stored:
+            return phase
+        self.progress.phase(f"pass {self.current_pass}: deciding {len(inv.disks)} disks, {len(inv.snapshots)} snapshots")
+        md = self.config.managed_disks
+        get_disk = getattr(self.disks, "get_disk", None)
+        try:
+            read_ownership(inv, stored, get_disk, md.max_ownership_reads, self.config.azure.max_concurrency, stats,
+                           should_stop)
+        except OwnershipReadFailed as exc:
+            raise PassIncomplete(exc.errors, ["disks/get"]) from exc
+        phase.holds = self.store.disk_holds()
+        # The read is complete (else the pass has ended): every configured subscription was listed.
+        decisions = decide_all(inv, stored, phase.holds, self.config.disk_policy, now, seq, stats,
+                               listed_subscriptions=self.config.azure.subscriptions)
+        if decisions.changes:
+            stats.changes += tx.apply_disks(decisions.changes)
+        stats.new_by_account.update(decisions.new_by_subscription)
+        phase.due = decisions.due
+        made = self.store.quarantine_snapshots() if hasattr(self.store, "quarantine_snapshots") else {}
+        phase.expire = [(snap, made[snap.key]) for snap in expired_quarantine(inv, made, now)]
+        return phase
 
     def _service_now(self, name: str, st: ServiceTime | None, now: datetime, t0: float) -> datetime | None:
         """The instant an account's blobs are aged at (``min_age``): the storage service's own time,
@@ -382,10 +451,14 @@ class Collector:
         """Refuse to mark an implausible share of the estate at once (a missing subscription makes
         its disks look orphaned): the pass changes nothing and waits for `vhd-gc confirm-pass`."""
         rules = self.config.blast_radius
-        n, size, vhds = stats.new_candidates, stats.new_bytes, max(stats.vhds, 1)
+        # Disks and snapshots count with the VHDs: a missing subscription makes them look orphaned too.
+        n = stats.new_candidates + stats.new_disk_candidates
+        size = stats.new_bytes + stats.new_disk_bytes
+        seen = stats.vhds + stats.disks_unattached + stats.snapshots
+        what = "VHDs" if not (stats.disks_unattached or stats.snapshots) else "VHDs, unattached disks and snapshots"
         why = None
-        if n > rules.min_new and n / vhds > rules.max_new_share:
-            why = (f"this pass would newly mark {n} of {stats.vhds} VHDs ({n / vhds:.0%}), over "
+        if n > rules.min_new and n / max(seen, 1) > rules.max_new_share:
+            why = (f"this pass would newly mark {n} of {seen} {what} ({n / max(seen, 1):.0%}), over "
                    f"blast_radius.max_new_share {rules.max_new_share:.0%}")
         elif rules.max_new_bytes is not None and size > rules.max_new_bytes:
             why = (f"this pass would newly mark {size} bytes, over blast_radius.max_new_bytes "
@@ -441,8 +514,12 @@ def held_back(by_account: Mapping[str, Mapping[str, int]]) -> str:
     if not by_account:
         return "nothing"
     ordered = sorted(by_account.items(), key=lambda item: (-item[1]["bytes"], -item[1]["blobs"], item[0]))
-    return ", ".join(f"{name} {n['blobs']} blob{'s' if n['blobs'] != 1 else ''} ({n['bytes'] / 1024**3:.2f} GiB)"
-                     for name, n in ordered)
+    def what(name: str, n: int) -> str:
+        noun = name.rsplit(" ", 1)[-1] if name.endswith((" disks", " snapshots")) else "blobs"
+        label = name.rsplit(" ", 1)[0] if noun != "blobs" else name
+        return f"{label} {n} {noun if n != 1 else noun[:-1]}"
+
+    return ", ".join(f"{what(name, n['blobs'])} ({n['bytes'] / 1024**3:.2f} GiB)" for name, n in ordered)
 
 
 def _takes_should_stop(read: Callable) -> bool:
