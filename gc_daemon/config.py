@@ -180,6 +180,9 @@ class AzureConfig(_Strict):
     max_list_pages: Annotated[int, Field(ge=1)] = 10_000
     """Pages of one listing (a container's blobs, the containers, an ARM list's nextLinks) before it fails
     closed as endless; a NextMarker seen twice fails it at once."""
+    lro_timeout: Duration = timedelta(minutes=30)
+    """How long a long-running ARM operation (a disk's quarantine snapshot, its delete, a `restore`) is waited
+    for; one that has not ended by then has an unknown outcome, settled by looking at the disk."""
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 

@@ -397,3 +397,50 @@ def resolve_disk_intents(store, gateway, now: datetime, actor: str, clock: Calla
         log.info("disk_intent_settled", id=rid, gone=fresh is None)
         n += 1
     return n
+
+
+class RestoreRefused(Exception):
+    """`vhd-gc restore ID` cannot bring this disk back (the message says why)."""
+
+
+def restore_disk(store, gateway, rid: str, actor: str, clock: Callable[[], datetime]) -> str:
+    """Recreate a disk vhd-gc deleted from its quarantine snapshot (same name, group, location, SKU,
+    size, zones and tags), and keep it with an operator hold. Audited before (``restore-intent``) and
+    after (``restored``). Returns the restored disk's id."""
+    row = store.disk_row(rid)
+    if row is None or row.kind is not Kind.MANAGED_DISK:
+        raise RestoreRefused(f"{rid}: not a managed disk vhd-gc tracks")
+    if row.state is not State.DELETED:
+        raise RestoreRefused(f"{rid}: not deleted by vhd-gc (state {row.state.value})")
+    if not row.quarantine_snapshot:
+        raise RestoreRefused(f"{rid}: deleted without a quarantine snapshot (managed_disks.quarantine was 0s): "
+                             "it cannot be restored")
+    snap = gateway.get_snapshot(row.quarantine_snapshot)
+    if snap is None:
+        raise RestoreRefused(f"{rid}: its quarantine snapshot {row.quarantine_snapshot} no longer exists "
+                             "(the quarantine is over)")
+    if gateway.get_disk(row.id) is not None:
+        raise RestoreRefused(f"{rid}: a disk of that id exists again: nothing restored")
+    sub = (row.subscription or row.id.split("/")[2]).lower()
+    common = dict(resource_id=row.id, kind=Kind.MANAGED_DISK.value, subscription=sub, actor=actor,
+                  etag=ownership_etag(row.ownership_time), size_bytes=row.size_bytes)
+    intent = store.audit_disk(action="restore-intent", at=clock(), reason=f"from {row.quarantine_snapshot}", **common)
+    try:
+        made = gateway.restore_disk(row, row.quarantine_snapshot)
+    except Exception as exc:
+        code = str(getattr(exc, "code", None) or type(exc).__name__)
+        store.audit_disk(action="restore-failed", at=clock(), intent_id=intent, error_code=code[:64],
+                         reason=_short(exc), **common)
+        raise
+    now = clock()
+    store.add_disk_hold(row.id, "restored by an operator", actor, now)
+    kept = replace(row, state=State.KEPT, hold=None, reason="restored; kept by an operator hold", deleted_at=None,
+                   streak_start=None, sightings_frozen=0, ownership_known=False, ownership_time=None,
+                   fingerprint=None, updated_at=now)
+    from .disks import DiskHold
+
+    kept.hold = DiskHold.OPERATOR
+    store.audit_disk(action="restored", at=now, intent_id=intent, changes=[DiskChange(kept, "restored")],
+                     reason=f"recreated from {row.quarantine_snapshot}; kept by an operator hold "
+                            "(`vhd-gc unkeep` to let it be collected again)", **common)
+    return made or row.id
