@@ -405,9 +405,12 @@ def confirm_pass(ctx: click.Context, actor: str | None) -> None:
         raise _Fail("confirm-pass: the last pass was not held back by the blast-radius guard", EXIT_USAGE)
     store.confirm_pass(blocked, operator_actor(actor), datetime.now(UTC))
     stats = blocked.stats or {}
+    disks = int(stats.get("new_disk_candidates") or 0)
+    what = f"{stats.get('new_candidates')} blobs" + (f" and {disks} disks and snapshots" if disks else "")
+    size = int(stats.get("new_bytes") or 0) + int(stats.get("new_disk_bytes") or 0)
     click.echo(
-        f"confirmed: the next pass may newly mark about {stats.get('new_candidates')} blobs "
-        f"({stats.get('new_bytes')} bytes) held back by pass {blocked.id}: {stats.get('blocked')}"
+        f"confirmed: the next pass may newly mark about {what} "
+        f"({size} bytes) held back by pass {blocked.id}: {stats.get('blocked')}"
     )
 
 
