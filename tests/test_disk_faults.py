@@ -37,6 +37,7 @@ from tests.support.disks import (
     needs_disk_wiring,
     quarantine_of,
     report,
+    scan,
     seed,
     snapshot,
     unresolved_intents,
@@ -136,7 +137,7 @@ def _marked(gc) -> None:
     """The estate, and a first pass that marks the leftovers (two sightings needed: nothing due)."""
     configure(gc, min_sightings=2, quarantine="30d")
     seed(gc, *_estate())
-    result = gc.scan()
+    result = scan(gc)
     assert result.outcome == "complete", result.errors
     rows = report(gc)
     assert all(rows[d.lower()]["state"] == "candidate" for d in LEFTOVERS)
@@ -184,7 +185,7 @@ def test_a_failing_read_fails_the_pass_closed_and_the_next_converges(gc, source,
     gc.arm.clear_requests()
     gc.arm.add_fault(path=path, **opts)
     try:
-        result = gc.scan(advance=timedelta(minutes=1))
+        result = scan(gc, advance=timedelta(minutes=1))
     finally:
         fired = sum(f.fired for f in gc.arm.faults)
         gc.arm.clear_faults()
@@ -203,7 +204,7 @@ def test_a_failing_read_fails_the_pass_closed_and_the_next_converges(gc, source,
     assert early == 0 and writes(gc) == [], writes(gc)
 
     # The next healthy pass converges: the leftovers go, each after its quarantine snapshot.
-    result = gc.scan(advance=2 * timedelta(minutes=1))
+    result = scan(gc, advance=2 * timedelta(minutes=1))
     assert result.outcome == "complete", result.errors
     targets = LEFTOVERS + ([disk_id("left-new")] if source == "disk-get" else [])
     deleted, unquarantined = _deleted_without_quarantine(gc, targets)
@@ -223,7 +224,7 @@ def test_a_read_fault_retried_away_completes_correctly(gc, source):
     _marked(gc)
     gc.arm.add_fault(path=LISTS[source], kind="error", status=500, times=1)
     try:
-        result = gc.scan(advance=timedelta(minutes=1))
+        result = scan(gc, advance=timedelta(minutes=1))
     finally:
         fired = sum(f.fired for f in gc.arm.faults)
         gc.arm.clear_faults()
@@ -242,7 +243,7 @@ def test_a_failing_get_before_the_delete_deletes_nothing(gc):
     _marked(gc)
     gc.arm.add_fault(path=DISK_GET, kind="error", status=503)
     try:
-        result = gc.scan(advance=timedelta(minutes=1))
+        result = scan(gc, advance=timedelta(minutes=1))
     finally:
         gc.arm.clear_faults()
     # The pass GETs no disk for its ownership time (all recorded, listings unchanged): it completes.
@@ -298,7 +299,7 @@ def _write_case(gc, case: str, *, expect_deleted: bool, expect_outcome: str | No
     ("stuck", "quarantine-failed"),
 ])
 def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault, outcome):
-    _one_leftover(gc, lro_timeout="3s", **({"lro_poll_interval": "1s"} if fault == "stuck" else {}))
+    _one_leftover(gc, lro_timeout="3s")
     if fault == "failed":
         gc.arm.lro_failed(r"/snapshots/", "PUT", code="InternalDiskManagementError")
     elif fault == "refused-5xx":
@@ -306,7 +307,7 @@ def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault,
     else:
         gc.arm.lro_stuck(r"/snapshots/", "PUT")
     try:
-        result = gc.scan()
+        result = scan(gc, fast=fault != "stuck")  # a stuck operation is polled every second, not in a loop
     finally:
         gc.arm.clear_faults()
         gc.arm.disk_rp.clear_rules()
@@ -323,7 +324,7 @@ def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault,
     for op in gc.arm.operations:
         if op.status == "InProgress":
             gc.arm.disk_rp.settle(op.id)
-    result = gc.scan(advance=timedelta(minutes=1))
+    result = scan(gc, advance=timedelta(minutes=1))
     assert result.outcome == "complete", result.errors
     _write_case(gc, f"disks quarantine snapshot {fault}: then a healthy pass", expect_deleted=True,
                 expect_outcome="deleted")
@@ -333,7 +334,7 @@ def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault,
 @pytest.mark.parametrize("fault", ["failed", "refused-5xx", "stuck", "stuck-then-done", "lost-reply"])
 def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
     stuck = fault.startswith("stuck")
-    _one_leftover(gc, lro_timeout="3s", **({"lro_poll_interval": "1s"} if stuck else {}))
+    _one_leftover(gc, lro_timeout="3s")
     if fault == "failed":
         gc.arm.lro_failed(TARGET_PATH, "DELETE", code="InternalOperationError")
     elif fault == "refused-5xx":
@@ -343,7 +344,7 @@ def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
     else:
         gc.arm.lose_reply(TARGET_PATH, "DELETE", times=1)
     try:
-        result = gc.scan()
+        result = scan(gc, fast=not stuck)
     finally:
         gc.arm.clear_faults()
         gc.arm.disk_rp.clear_rules()
@@ -359,7 +360,7 @@ def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
         (op,) = [op for op in gc.arm.operations if op.kind == "delete"]
         gc.arm.disk_rp.settle(op.id)
         assert not exists(gc, TARGET)
-    result = gc.scan(advance=timedelta(minutes=1))
+    result = scan(gc, advance=timedelta(minutes=1))
     assert result.outcome == "complete", result.errors
     _write_case(gc, f"disks delete {fault}: then a healthy pass", expect_deleted=True, expect_outcome=None)
     assert len(quarantine_of(gc, TARGET)) == 1  # the retry reused the same quarantine snapshot
@@ -377,7 +378,7 @@ def test_a_refused_delete_is_recorded_and_nothing_is_deleted(gc, code):
         gc.arm.add_fault(path=TARGET_PATH, kind="error", status=409, code=code, method="DELETE",
                          message="The scope cannot perform delete operation because following scope(s) are locked.")
     try:
-        result = gc.scan()
+        result = scan(gc)
     finally:
         gc.arm.clear_faults()
     assert result.outcome == "complete", result.errors

@@ -5,7 +5,7 @@ the stand-in's estate (is the disk still there? its quarantine snapshot?), check
 (``report --kind managed_disk --format json``) and the audit log.
 
 Ages are set in the seeded resources relative to now and the collector's clock is moved
-(``gc.scan(advance=...)``): nothing waits on real time.
+(``scan(gc, advance=...)``): nothing waits on real time.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tests.support.disks import (
     quarantine_of,
     report,
     row,
+    scan,
     seed,
     set_ownership_time,
     snapshot,
@@ -100,7 +101,7 @@ def test_quarantine_then_delete_then_restore(gc):
     assert actions(gc, rid)[-2:] == ["restore-intent", "restored"]
 
     # The restored disk is an old leftover again, but held: passes in delete mode leave it alone.
-    assert gc.scan(advance=10 * DAY).outcome == "complete"
+    assert scan(gc, advance=10 * DAY).outcome == "complete"
     assert exists(gc, rid)
     assert row(gc, rid)["hold"] == "operator"
 
@@ -131,18 +132,18 @@ def test_grace_period_and_sightings(gc):
     configure(gc, grace_period="2d", min_sightings=2)
     seed(gc, disk("leftover"))
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     first = row(gc, rid)
     assert first["state"] == "candidate" and first["sightings"] == 1
     orphaned = datetime.fromisoformat(first["first_orphaned_at"])
     assert datetime.fromisoformat(first["delete_after"]) == orphaned + 2 * DAY
 
-    assert gc.scan(advance=DAY).outcome == "complete"  # two sightings, but the grace period runs on
+    assert scan(gc, advance=DAY).outcome == "complete"  # two sightings, but the grace period runs on
     assert exists(gc, rid)
     second = row(gc, rid)
     assert second["state"] == "candidate" and second["sightings"] == 2
 
-    assert gc.scan(advance=DAY + timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=DAY + timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
     assert row(gc, rid)["state"] == "deleted"
     assert len(quarantine_of(gc, rid)) == 1
@@ -153,9 +154,9 @@ def test_one_sighting_is_not_enough_with_min_sightings_2(gc):
     rid = disk_id("leftover")
     configure(gc, grace_period="0s", min_sightings=2)
     seed(gc, disk("leftover"))
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert exists(gc, rid) and row(gc, rid)["state"] == "candidate"
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
 
 
@@ -165,7 +166,7 @@ def test_quarantine_0s_deletes_without_a_snapshot_and_cannot_restore(gc):
     configure(gc, quarantine="0s")
     seed(gc, disk("leftover"))
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert not exists(gc, rid)
     assert quarantine_of(gc, rid) == []
     assert [p for m, p in gc.arm.requests if m == "PUT"] == []
@@ -189,14 +190,14 @@ def test_quarantine_expiry_deletes_only_the_snapshots_vhd_gc_made(gc):
     configure(gc, quarantine="1d")
     seed(gc, disk("leftover"), foreign)
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     (snap,) = quarantine_of(gc, rid)
     assert not exists(gc, rid) and exists(gc, foreign["id"])
 
-    assert gc.scan(advance=12 * timedelta(hours=1)).outcome == "complete"  # within the quarantine
+    assert scan(gc, advance=12 * timedelta(hours=1)).outcome == "complete"  # within the quarantine
     assert exists(gc, snap["id"])
 
-    assert gc.scan(advance=DAY).outcome == "complete"  # the quarantine is over
+    assert scan(gc, advance=DAY).outcome == "complete"  # the quarantine is over
     assert not exists(gc, snap["id"])
     assert exists(gc, foreign["id"])  # never vhd-gc's to delete
     assert actions(gc, snap["id"]) == ["quarantine-intent", "quarantined", "delete-intent", "deleted"]
@@ -228,7 +229,7 @@ def test_every_in_use_state_is_never_tracked_nor_deleted(gc):
     configure(gc)
     seed(gc, *(disk(name, **kw) for name, kw in IN_USE.items()), disk("leftover"))
     for _ in range(2):
-        assert gc.scan(advance=30 * DAY).outcome == "complete"
+        assert scan(gc, advance=30 * DAY).outcome == "complete"
     for name in IN_USE:
         assert exists(gc, disk_id(name)), name
     assert not exists(gc, disk_id("leftover"))  # the one orphan: the pass was armed
@@ -246,7 +247,7 @@ def test_too_young_since_the_last_detach_or_since_creation(gc):
          disk("old-never-attached", detached=None, created=30 * DAY),
          disk("detached-10d", detached=10 * DAY, created=100 * DAY))
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert exists(gc, disk_id("detached-2d")) and exists(gc, disk_id("new-never-attached"))
     assert not exists(gc, disk_id("old-never-attached")) and not exists(gc, disk_id("detached-10d"))
     rows = report(gc)
@@ -254,7 +255,7 @@ def test_too_young_since_the_last_detach_or_since_creation(gc):
     assert rows[disk_id("old-never-attached").lower()]["state"] == "deleted"
 
     # Five days later (the collector's clock), both are past min_age: leftovers like any other.
-    assert gc.scan(advance=5 * DAY + timedelta(hours=1)).outcome == "complete"
+    assert scan(gc, advance=5 * DAY + timedelta(hours=1)).outcome == "complete"
     assert not exists(gc, disk_id("detached-2d")) and not exists(gc, disk_id("new-never-attached"))
 
 
@@ -293,7 +294,7 @@ def test_disks_and_snapshots_an_image_or_gallery_version_names_are_in_use(gc):
          disk("leftover"), snapshot("orphan-snap", source=gone))
 
     for _ in range(2):
-        assert gc.scan(advance=30 * DAY).outcome == "complete"
+        assert scan(gc, advance=30 * DAY).outcome == "complete"
     named_disks = ("image-os", "gallery-source", "gallery-data")
     named_snaps = ("image-data-snap", "gallery-os-snap")
     for name in named_disks:
@@ -353,7 +354,7 @@ def test_every_hold_by_name_keeps_the_disk_and_the_report_names_it(gc):
     seed(gc, *(r for resources, _ in HOLDS.values() for r in resources), disk("leftover"))
 
     for _ in range(3):
-        assert gc.scan(advance=30 * DAY).outcome == "complete"
+        assert scan(gc, advance=30 * DAY).outcome == "complete"
     assert not exists(gc, disk_id("leftover"))  # the pass was armed
     rows = report(gc)
     wrong = {}
@@ -381,14 +382,14 @@ def test_operator_keep_holds_a_disk_and_unkeep_lets_it_go(gc):
 
     run = gc.cli("keep", rid, "--reason", "legal hold 7")
     assert run.code == 0, run.err
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert exists(gc, rid)
     rec = row(gc, rid)
     assert (rec["state"], rec["hold"]) == ("kept", "operator")
 
     run = gc.cli("unkeep", rid)
     assert run.code == 0, run.err
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
     assert row(gc, rid)["state"] == "deleted"
 
@@ -401,12 +402,12 @@ def test_ownership_time_changed_since_marking_restarts_the_run(gc):
     rid = disk_id("leftover")
     configure(gc, min_sightings=2)
     seed(gc, disk("leftover"))
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert row(gc, rid)["state"] == "candidate"
 
     # Attached and detached again between two passes: unattached, old enough, but not the disk marked.
     set_ownership_time(gc, rid, datetime.now(UTC) - 20 * DAY)
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert exists(gc, rid) and quarantine_of(gc, rid) == []
     refused = [e for e in audit(gc, rid) if e["action"] == "delete-refused"]
     assert len(refused) == 1 and "LastOwnershipUpdateTime" in refused[0]["reason"]
@@ -414,7 +415,7 @@ def test_ownership_time_changed_since_marking_restarts_the_run(gc):
     rec = row(gc, rid)
     assert rec["state"] == "candidate" and rec["sightings"] <= 1
 
-    assert gc.scan(advance=timedelta(minutes=2)).outcome == "complete"  # the new run reaches due
+    assert scan(gc, advance=timedelta(minutes=2)).outcome == "complete"  # the new run reaches due
     assert not exists(gc, rid)
     assert len(quarantine_of(gc, rid)) == 1
 
@@ -424,11 +425,11 @@ def test_attached_since_marking_releases_it(gc):
     rid = disk_id("leftover")
     configure(gc, min_sightings=2)
     seed(gc, disk("leftover"))
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert row(gc, rid)["state"] == "candidate"
 
     attach(gc, rid)
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert exists(gc, rid)
     assert row(gc, rid)["state"] == "released"
     assert writes(gc) == []
@@ -448,13 +449,13 @@ def test_a_409_refusal_is_recorded_and_the_run_restarts(gc, code):
     rid = disk_id("leftover")
     configure(gc, grace_period="1d")
     seed(gc, disk("leftover"))
-    assert gc.scan().outcome == "complete"  # marked
+    assert scan(gc).outcome == "complete"  # marked
     if code == "OperationNotAllowed":
         _on_quarantine_snapshot(gc, lambda: attach(gc, rid))  # a VM took it meanwhile
     else:
         _on_quarantine_snapshot(gc, lambda: add_resource(gc, ad.management_lock(a.rg_id(SUB, RG), "freeze", "CanNotDelete")))
 
-    result = gc.scan(advance=DAY + timedelta(minutes=1))
+    result = scan(gc, advance=DAY + timedelta(minutes=1))
     assert result.outcome == "complete"
     assert exists(gc, rid)
     refused = [e for e in audit(gc, rid) if e["action"] == "delete-refused"]
@@ -470,7 +471,7 @@ def test_a_409_refusal_is_recorded_and_the_run_restarts(gc, code):
     assert len(delete_requests) == 1  # never retried blindly
 
     # The next pass sees why: attached (released) or locked (kept).
-    assert gc.scan(advance=DAY + 2 * timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=DAY + 2 * timedelta(minutes=1)).outcome == "complete"
     assert exists(gc, rid)
     rec = row(gc, rid)
     expected = ("released", None) if code == "OperationNotAllowed" else ("kept", "locked")
@@ -485,7 +486,7 @@ def test_a_failing_quarantine_snapshot_stops_the_delete(gc):
     seed(gc, disk("leftover"))
     gc.arm.lro_failed(r"/snapshots/", "PUT", code="InternalDiskManagementError", message="copy failed")
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert exists(gc, rid)
     assert [p for m, p in gc.arm.requests if m == "DELETE"] == []
     (snap,) = quarantine_of(gc, rid)
@@ -495,7 +496,7 @@ def test_a_failing_quarantine_snapshot_stops_the_delete(gc):
     assert row(gc, rid)["state"] == "due"
 
     gc.arm.disk_rp.clear_rules()  # Azure recovers: the next pass quarantines and deletes
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
     (snap,) = quarantine_of(gc, rid)
     assert snap["properties"]["provisioningState"] == "Succeeded"
@@ -510,7 +511,7 @@ def test_a_failing_delete_operation_is_recorded_and_the_disk_stays(gc):
     seed(gc, disk("leftover"))
     gc.arm.lro_failed(r"/disks/leftover$", "DELETE", code="InternalOperationError", message="delete failed")
 
-    assert gc.scan().outcome == "complete"
+    assert scan(gc).outcome == "complete"
     assert exists(gc, rid)
     failed = [e for e in audit(gc, rid) if e["action"] == "delete-failed"]
     assert len(failed) == 1 and failed[0]["error_code"]
@@ -519,7 +520,7 @@ def test_a_failing_delete_operation_is_recorded_and_the_disk_stays(gc):
     assert row(gc, rid)["state"] == "due"
 
     gc.arm.disk_rp.clear_rules()
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
     assert len(quarantine_of(gc, rid)) == 1  # the retry PUT the same snapshot, not a second one
     assert row(gc, rid)["state"] == "deleted"
@@ -540,8 +541,8 @@ def test_orphaned_snapshots_are_deleted_only_with_snapshots_delete(gc):
          snapshot("of-existing", source=disk_id("source-exists"), age=120 * DAY),
          a.snapshot(SUB, RG, "imported", time_created=datetime.now(UTC) - 200 * DAY))
 
-    assert gc.scan().outcome == "complete"
-    assert gc.scan(advance=timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc).outcome == "complete"
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     for name in ("orphan", "young-orphan", "of-existing", "imported"):
         assert exists(gc, snapshot_id(name)), name
     snaps = report(gc, "snapshot")
@@ -549,7 +550,7 @@ def test_orphaned_snapshots_are_deleted_only_with_snapshots_delete(gc):
     assert set(snaps) == {snapshot_id("orphan").lower()}
 
     configure(gc, snapshots="delete", snapshot_min_age="90d")
-    assert gc.scan(advance=2 * timedelta(minutes=1)).outcome == "complete"
+    assert scan(gc, advance=2 * timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, snapshot_id("orphan"))
     for name in ("young-orphan", "of-existing", "imported"):
         assert exists(gc, snapshot_id(name)), name

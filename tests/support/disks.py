@@ -50,15 +50,33 @@ def snapshot(name: str, *, source: str, rg: str = RG, sub: str = SUB, age: timed
 
 
 def fast_azure(**extra: Any) -> dict[str, Any]:
-    """Long-running operations polled at once and bounded (``azure.lro_poll_interval`` where the
-    configuration has it, ``azure.lro_timeout``)."""
+    """Long-running operations polled soon and bounded: ``azure.lro_poll_interval`` (its least, 1s:
+    what `vhd-gc scan` and `run` use) where the configuration has it, and ``azure.lro_timeout``.
+    :func:`scan` polls at once."""
     from gc_daemon.config import AzureConfig
 
     out: dict[str, Any] = {"lro_timeout": "20s"}
     if "lro_poll_interval" in AzureConfig.model_fields:
-        out["lro_poll_interval"] = "0s"
+        out["lro_poll_interval"] = "1s"
     out.update(extra)
     return out
+
+
+def scan(gc: Harness, *, advance: timedelta | None = None, fast: bool = True):
+    """One pass through the library (as ``Harness.scan``: the clock moved by ``advance``), its disk
+    gateway polling operations at once (``fast``; the stand-in ends them at their first poll) rather
+    than after ``azure.lro_poll_interval``, whose least value is a second."""
+    from gc_daemon.config import load_config
+    from gc_daemon.wiring import build_collector
+
+    if advance is not None:
+        gc.clock_offset += advance
+    collector = build_collector(load_config(gc.config_path))
+    if fast and hasattr(collector.disks, "poll_interval"):
+        collector.disks.poll_interval = 0.0
+    offset = gc.clock_offset
+    collector.clock = lambda: datetime.now(UTC) + offset
+    return collector.run_pass()
 
 
 def configure(gc: Harness, *, mode: str = "delete", disks: str = "delete", quarantine: str = "30d",
