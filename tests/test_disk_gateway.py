@@ -404,3 +404,51 @@ def test_restore_failing_raises_operation_failed(arm: sb.ArmStandIn, gateway) ->
     with pytest.raises(DiskOperationFailed) as caught:
         gateway().restore_disk(deleted_row(), snap["id"])
     assert caught.value.code == "InternalDiskManagementError"
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+def test_build_collector_gives_the_collector_a_gateway_on_the_inventorys_clients(arm: sb.ArmStandIn, tmp_path,
+                                                                                  monkeypatch) -> None:
+    from gc_daemon.config import parse_config
+    from gc_daemon.wiring import build_collector
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.cert_path))
+    config = parse_config({
+        "database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "azure": {"credential": "emulator", "arm_endpoint": arm.url, "subscriptions": [SUB], "lro_timeout": "2m",
+                  "lro_poll_interval": "1s", "retry_total": 0,
+                  "storage_accounts": [{"name": "gcacct1", "blob_endpoint": "http://127.0.0.1:10000/gcacct1"}]},
+    })
+    arm.set_estate(estate())
+    collector = build_collector(config)
+    gw = collector.disks
+    assert isinstance(gw, DiskGateway) and (gw.lro_timeout, gw.poll_interval) == (120.0, 1.0)
+    assert gw._client_for(SUB) is collector.references._client("compute", SUB)  # one client per subscription
+    assert gw.get_disk(DISK_ID).last_ownership_update == OWNED_AT
+    assert any(p.startswith(f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/disks/orphan")
+               for m, p in arm.requests if m == "GET")
+    collector.references.close()
+
+
+def test_restore_of_a_disk_in_a_subscription_not_collected_is_a_usage_error(arm: sb.ArmStandIn, tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    cfg = tmp_path / "vhd-gc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "azure": {"credential": "emulator", "arm_endpoint": arm.url, "subscriptions": [SUB],
+                  "storage_accounts": [{"name": "gcacct1", "blob_endpoint": "http://127.0.0.1:10000/gcacct1"}]},
+    }))
+    elsewhere = sb.compute_id("00000000-0000-0000-0000-0000000000ff", RG, "disks", "orphan")
+    run = subprocess.run([sys.executable, "-m", "gc_daemon", "-c", str(cfg), "restore", elsewhere], capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == ("vhd-gc: ID: subscription 00000000-0000-0000-0000-0000000000ff is not collected "
+                                  "by this configuration")
+    assert arm.requests == []  # nothing asked of ARM
