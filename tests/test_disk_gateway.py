@@ -228,6 +228,15 @@ def test_delete_of_a_disk_already_gone_is_done(arm: sb.ArmStandIn, gateway) -> N
     assert names(arm, "disks") == ["orphan"] and arm.operations == []
 
 
+def test_delete_where_arm_answers_404_is_refused(arm: sb.ArmStandIn, gateway) -> None:
+    """A 404 to a DELETE (a subscription or group gone; a disk gone is 204): refused, nothing recorded as deleted."""
+    arm.set_estate(estate())
+    elsewhere = sb.compute_id("00000000-0000-0000-0000-0000000000ff", RG, "disks", "orphan")
+    with pytest.raises(DiskRefused) as caught:
+        gateway().delete_disk(elsewhere)
+    assert caught.value.code == "SubscriptionNotFound" and names(arm, "disks") == ["orphan"]
+
+
 @pytest.mark.parametrize("disk", [
     orphan(disk_state="Attached", managed_by=VM_ID),
     orphan(disk_state="Reserved", managed_by=VM_ID),
