@@ -461,3 +461,23 @@ def test_restore_of_a_disk_in_a_subscription_not_collected_is_a_usage_error(arm:
     assert run.stderr.strip() == ("vhd-gc: ID: subscription 00000000-0000-0000-0000-0000000000ff is not collected "
                                   "by this configuration")
     assert arm.requests == []  # nothing asked of ARM
+
+
+def test_a_write_that_never_reaches_arm_is_a_failure_not_a_refusal(arm: sb.ArmStandIn) -> None:
+    """No token (the credential fails): nothing was sent, nothing about the disk was refused."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.mgmt.compute import ComputeManagementClient
+
+    class NoToken:
+        def get_token(self, *scopes: str, **kwargs: Any):
+            raise ClientAuthenticationError("no token for you")
+
+        def get_token_info(self, *scopes: str, options: Any = None):
+            raise ClientAuthenticationError("no token for you")
+
+    arm.set_estate(estate())
+    client = ComputeManagementClient(NoToken(), SUB, base_url=arm.url, connection_verify=arm.cert_path, retry_total=0)
+    with pytest.raises(DiskOperationFailed) as caught:
+        DiskGateway(lambda sub: client, 60, 0).delete_disk(DISK_ID)
+    assert caught.value.code == "ClientAuthenticationError"
+    assert arm.requests == [] and names(arm, "disks") == ["orphan"]

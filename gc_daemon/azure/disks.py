@@ -10,9 +10,11 @@ first request): the poller stops at that deadline, it never polls on in the back
 What a write raises says what the caller may conclude:
 
 - :class:`DiskRefused`: ARM refused the request, nothing was done (409 ``OperationNotAllowed``: the
-  disk is attached or otherwise owned; 409 ``ScopeLocked``: a lock; 404 for a group gone; 403; 400).
+  disk is attached or otherwise owned; 409 ``ScopeLocked``: a lock; 404: a subscription or group ARM
+  does not know (a disk already gone is 204: done); 403; 400).
 - :class:`DiskOperationFailed`: the operation ended ``Failed`` or ``Canceled`` (or the request was
-  throttled past the SDK's retries): nothing was done, or a resource made is left ``Failed``.
+  throttled past the SDK's retries, or never reached ARM): nothing was done, or a resource made is
+  left ``Failed``.
 - :class:`DiskOutcomeUnknown`: the operation did not end within ``lro_timeout``, its reply or a poll
   was lost, or ARM answered 5xx past the retries: it may or may not have happened; the caller settles
   it by looking at the resource.
@@ -234,8 +236,12 @@ class DiskGateway:
         try:
             poller = start(_DeadlinePolling(self.poll_interval, deadline))
         except HttpResponseError as exc:
-            status = exc.status_code or 0
-            if status >= 500:
+            status = exc.status_code
+            if isinstance(exc.__cause__, OperationFailed):  # the first answer already says Failed
+                raise DiskOperationFailed(_code(exc), _first_line(exc)) from exc
+            if status is None:  # never reached ARM (a credential that cannot get a token)
+                raise DiskOperationFailed(_code(exc), _first_line(exc)) from exc
+            if status >= 500 or status < 400:  # ARM's trouble, or an answer that is no LRO: unknown
                 raise DiskOutcomeUnknown(_code(exc), _first_line(exc)) from exc
             if status == 429:
                 raise DiskOperationFailed(_code(exc) if _code(exc) != "HTTP429" else "TooManyRequests",
@@ -279,6 +285,8 @@ class DiskGateway:
         tagged ``vhdgc-quarantine-of`` (the disk's id) and ``vhdgc-quarantine-until``; waits for it to
         succeed. A snapshot of that name already made from this disk (a retry) is fine. Its id."""
         sub, rg, _, _ = parse_id(disk.id, "disks")
+        if not disk.location:
+            raise DiskRefused("InvalidParameter", f"{disk.id}: the disk's location is not known")
         body = {
             "location": disk.location,
             "tags": {QUARANTINE_TAG: disk.id, QUARANTINE_UNTIL_TAG: until.isoformat()},
@@ -287,8 +295,6 @@ class DiskGateway:
                 "incremental": True,
             },
         }
-        if not disk.location:
-            raise DiskRefused("InvalidParameter", f"{disk.id}: the disk's location is not known")
         ops = self._client_for(sub).snapshots
         snap = self._operation(lambda polling: ops.begin_create_or_update(rg, name, body, polling=polling))
         if snap is None:
