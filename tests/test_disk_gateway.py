@@ -24,6 +24,7 @@ from gc_daemon.azure.disks import (
 from gc_daemon.disks import DiskRow, Kind
 from gc_daemon.domain import State
 from gc_daemon.execute_disks import snapshot_id
+from gc_daemon.state.store import Store
 from sandbox import arm as sb
 from sandbox import arm_disks as ad
 
@@ -481,3 +482,84 @@ def test_a_write_that_never_reaches_arm_is_a_failure_not_a_refusal(arm: sb.ArmSt
         DiskGateway(lambda sub: client, 60, 0).delete_disk(DISK_ID)
     assert caught.value.code == "ClientAuthenticationError"
     assert arm.requests == [] and names(arm, "disks") == ["orphan"]
+
+
+# -- vhd-gc restore ID (needs the store's disk tables) ----------------------------------------
+
+needs_disk_store = pytest.mark.skipif(not hasattr(Store, "disk_row"),
+                                      reason="the store's disk tables (issue 13, piece A) have not landed")
+
+
+def cli(tmp_path, *args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "gc_daemon", "-c", str(tmp_path / "vhd-gc.yaml"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+
+
+def cli_config(arm: sb.ArmStandIn, tmp_path, monkeypatch):
+    import yaml
+
+    from gc_daemon.config import load_config
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.cert_path))
+    path = tmp_path / "vhd-gc.yaml"
+    path.write_text(yaml.safe_dump({
+        "database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "azure": {"credential": "emulator", "arm_endpoint": arm.url, "subscriptions": [SUB], "retry_total": 0,
+                  "lro_poll_interval": "1s",
+                  "storage_accounts": [{"name": "gcacct1", "blob_endpoint": "http://127.0.0.1:10000/gcacct1"}]},
+    }))
+    return load_config(str(path))
+
+
+@needs_disk_store
+def test_vhd_gc_restore_with_a_disk_id_recreates_it_from_its_quarantine_snapshot(arm: sb.ArmStandIn, tmp_path,
+                                                                                  monkeypatch) -> None:
+    from gc_daemon.disks import DiskChange
+    from gc_daemon.wiring import open_store
+
+    config = cli_config(arm, tmp_path, monkeypatch)
+    snap = ad.incremental_snapshot(SUB, RG, "vhdgc-q-orphan-0123456789ab", source_disk_id=DISK_ID, size_gb=64,
+                                   tags={"vhdgc-quarantine-of": DISK_ID})
+    arm.set_estate(sb.build_estate(snap, subscriptions=[SUB]))  # the disk is gone, its snapshot is there
+    store = open_store(config)
+    gone = deleted_row(quarantine_snapshot=snap["id"], quarantine_until=UNTIL, deleted_at=datetime(2026, 6, 1, tzinfo=UTC))
+    store.audit_disk(action="deleted", resource_id=DISK_ID, kind="managed_disk", subscription=SUB,
+                     at=datetime(2026, 6, 1, tzinfo=UTC), actor="vhd-gc@test", changes=[DiskChange(gone, "deleted")])
+
+    run = cli(tmp_path, "restore", DISK_ID.lower(), "--actor", "alice")  # the id in any case
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"restored {DISK_ID} from its quarantine snapshot; kept by an operator hold")
+    (back,) = bucket(arm, "disks")
+    assert back["id"] == DISK_ID and back["zones"] == ["2"] and back["sku"]["name"] == "Premium_LRS"
+    assert back["tags"] == {"team": "a", "vhdgc-restored-from": snap["id"]}
+    assert back["properties"]["creationData"]["sourceResourceId"] == snap["id"]
+    assert back["properties"]["provisioningState"] == "Succeeded"
+    row = store.disk_row(DISK_ID)
+    assert row.state is State.KEPT and row.hold is not None and row.hold.value == "operator"
+    assert store.disk_hold(DISK_ID) == "restored by an operator"
+
+    again = cli(tmp_path, "restore", DISK_ID)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"vhd-gc: restore refused: {DISK_ID}: not deleted by vhd-gc (state kept)"
+    assert len(bucket(arm, "disks")) == 1
+
+
+@needs_disk_store
+def test_vhd_gc_restore_of_a_disk_whose_snapshot_is_gone_is_refused(arm: sb.ArmStandIn, tmp_path, monkeypatch) -> None:
+    from gc_daemon.disks import DiskChange
+    from gc_daemon.wiring import open_store
+
+    config = cli_config(arm, tmp_path, monkeypatch)
+    arm.set_estate(sb.build_estate(subscriptions=[SUB]))
+    store = open_store(config)
+    gone = deleted_row(quarantine_snapshot=sb.compute_id(SUB, RG, "snapshots", "expired"))
+    store.audit_disk(action="deleted", resource_id=DISK_ID, kind="managed_disk", subscription=SUB,
+                     at=datetime(2026, 6, 1, tzinfo=UTC), actor="vhd-gc@test", changes=[DiskChange(gone, "deleted")])
+    run = cli(tmp_path, "restore", DISK_ID)
+    assert run.returncode == 1 and "no longer exists (the quarantine is over)" in run.stderr
+    assert bucket(arm, "disks") == [] and [m for m, _ in arm.requests] == ["GET"]  # the snapshot's GET only
+    assert store.disk_row(DISK_ID).state is State.DELETED
