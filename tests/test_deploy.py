@@ -54,6 +54,16 @@ KNOWN_METRICS = {
     "vhdgc_leader",
     "vhdgc_blast_radius_blocked",
     "vhdgc_build_info",
+    "vhdgc_orphan_disks",
+    "vhdgc_orphan_disk_bytes",
+    "vhdgc_deleted_disks_total",
+    "vhdgc_orphan_disk_billed_bytes",
+    "vhdgc_orphan_disk_monthly_cost",
+    "vhdgc_orphan_disks_unpriced",
+    "vhdgc_quarantine_snapshots",
+    "vhdgc_quarantine_snapshot_bytes",
+    "vhdgc_quarantine_snapshot_monthly_cost",
+    "vhdgc_disk_mode_info",
 }
 METRIC_RE = re.compile(r"vhdgc_[a-z_]+")
 HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|sum|count)$")
