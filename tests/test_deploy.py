@@ -76,6 +76,8 @@ EXPECTED_ALERTS = {
     "VhdGcDueWhileDryRun",
     "VhdGcBlastRadiusBlocked",
     "VhdGcNoLeader",
+    "VhdGcWastedDiskSpendHigh",
+    "VhdGcDisksPilingUp",
 }
 
 
