@@ -199,6 +199,7 @@ def test_dashboard_is_valid_json_with_datasource_and_account_variables():
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["account"]["definition"] == "label_values(vhdgc_orphan_blobs, account)"
+    assert variables["subscription"]["definition"] == "label_values(vhdgc_orphan_disks, subscription)"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in dash["panels"]:
@@ -233,6 +234,16 @@ def test_dashboard_references_only_exported_metrics():
         "vhdgc_delete_refused_total",
         "vhdgc_oldest_candidate_age_seconds",
         "vhdgc_leader",
+        # The "Managed disks" row.
+        "vhdgc_orphan_disks",
+        "vhdgc_orphan_disk_bytes",
+        "vhdgc_orphan_disk_billed_bytes",
+        "vhdgc_orphan_disk_monthly_cost",
+        "vhdgc_orphan_disks_unpriced",
+        "vhdgc_deleted_disks_total",
+        "vhdgc_quarantine_snapshots",
+        "vhdgc_quarantine_snapshot_monthly_cost",
+        "vhdgc_disk_mode_info",
     ):
         assert needed in used, needed
     assert any("histogram_quantile" in e and "vhdgc_pass_duration_seconds_bucket" in e for e in exprs)
@@ -242,7 +253,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     """promtool parses the panel queries, with the template variables replaced by values."""
     dash = json.loads(DASHBOARD.read_text())
     exprs = [
-        e.replace("$account", ".*").replace("$job", ".*")
+        e.replace("$account", ".*").replace("$job", ".*").replace("$subscription", ".*")
         for e in dashboard_exprs(dash)
         if not e.startswith("label_values(")
     ]
