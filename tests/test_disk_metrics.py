@@ -199,3 +199,21 @@ def test_the_disk_metrics_read_what_the_store_holds(tmp_path):
     assert m[("vhdgc_orphan_disks", labels(SUB_B, "managed_disk", "released"))] == 1
     assert m[("vhdgc_deleted_disks_total", labels(SUB_A, "managed_disk"))] == 2
     assert m[("vhdgc_quarantine_snapshots", (("subscription", SUB_A),))] == 1  # "gone"; "long-gone" is over
+
+
+def test_every_disk_metric_is_documented_and_known_to_the_deploy_checks():
+    from pathlib import Path
+
+    from tests.test_deploy import KNOWN_METRICS
+
+    root = Path(__file__).resolve().parents[1]
+    contract = (root / "docs" / "contract.md").read_text()
+    operations = (root / "docs" / "operations.md").read_text()
+    totals, quarantine = disk_totals(ESTATE, PRICES, NOW)
+    names = {s.name for f in disk_families(totals, quarantine, [(SUB_A, "managed_disk", 1)], "USD") for s in f.samples}
+    names.add("vhdgc_disk_mode_info")
+    assert len(names) == 10
+    for name in names:
+        assert name in KNOWN_METRICS, name
+        assert f"`{name}`" in contract, f"{name} missing from docs/contract.md"
+        assert name in operations, f"{name} missing from docs/operations.md"
