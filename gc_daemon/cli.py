@@ -352,11 +352,16 @@ def unkeep(ctx: click.Context, url: str, actor: str | None) -> None:
 @click.pass_context
 @_guard
 def restore(ctx: click.Context, url: str, actor: str | None) -> None:
-    """Undelete a blob (blob soft delete must be on) and keep it with an operator hold."""
+    """Undelete a blob (blob soft delete must be on), or recreate a managed disk vhd-gc deleted (its ARM
+    id) from its quarantine snapshot; either is then kept with an operator hold."""
+    from .azure.disks import is_disk_id
     from .azure.storage import StorageError, soft_delete_days, undelete
     from .execute import operator_actor
     from .wiring import build_accounts, open_store
 
+    if is_disk_id(url):
+        _restore_disk(ctx, url.strip(), operator_actor(actor))
+        return
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
@@ -387,6 +392,30 @@ def restore(ctx: click.Context, url: str, actor: str | None) -> None:
     store.audit(action="restore", key=key, url=canonical, at=now, actor=who, **facts,
                 reason="undeleted; kept by an operator hold (`vhd-gc unkeep` to let it be collected again)")
     click.echo(_safe(f"restored {key}; kept by an operator hold"))
+
+
+def _restore_disk(ctx: click.Context, rid: str, who: str) -> None:
+    """`vhd-gc restore ID` for a managed disk: execute_disks.restore_disk with the gateway."""
+    from .azure.disks import DiskError, parse_id
+    from .execute_disks import RestoreRefused, restore_disk
+    from .wiring import build_disks, build_references, open_store
+
+    config = _config(ctx)
+    subscription = parse_id(rid, "disks")[0]
+    if subscription.lower() not in {s.lower() for s in config.azure.subscriptions}:
+        raise _Fail(f"ID: subscription {subscription} is not collected by this configuration", EXIT_USAGE)
+    store = open_store(config)
+    references = build_references(config)
+    try:
+        made = restore_disk(store, build_disks(config, references), rid, who, clock=lambda: datetime.now(UTC))
+    except RestoreRefused as exc:
+        raise _Fail(f"restore refused: {exc}", EXIT_ERROR) from None
+    except DiskError as exc:
+        raise _Fail(f"restore failed: {exc}", EXIT_ERROR) from None
+    finally:
+        references.close()
+    click.echo(_safe(f"restored {made} from its quarantine snapshot; kept by an operator hold "
+                     "(`vhd-gc unkeep` to let it be collected again)"))
 
 
 @cli.command("confirm-pass")

@@ -183,8 +183,18 @@ class AzureConfig(_Strict):
     lro_timeout: Duration = timedelta(minutes=30)
     """How long a long-running ARM operation (a disk's quarantine snapshot, its delete, a `restore`) is waited
     for; one that has not ended by then has an unknown outcome, settled by looking at the disk."""
+    lro_poll_interval: Duration = timedelta(seconds=5)
+    """How often a long-running ARM operation is polled when ARM's reply names no `Retry-After` (when it names
+    one, ARM's wait wins)."""
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
+
+    @field_validator("lro_timeout", "lro_poll_interval")
+    @classmethod
+    def _positive_lro(cls, v: timedelta, info) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError(f"{info.field_name} must be longer than 0s")
+        return v
 
     @field_validator("max_clock_skew")
     @classmethod

@@ -5,7 +5,8 @@ durations, inventory errors seen here, leadership) is kept in memory."""
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -15,12 +16,155 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import Config
+from .disk_cost import DiskPricesConfig, billed_bytes, disk_monthly_cost, snapshot_monthly_cost
 from .cost import GIB, PREMIUM_SIZES_GIB, premium_billed_gib, premium_monthly_cost, standard_monthly_cost  # noqa: F401
 from .domain import State
 
 log = structlog.get_logger("vhd-gc.metrics")
 
 ORPHAN_STATES = (State.CANDIDATE, State.DUE, State.KEPT)
+ORPHAN_STATE_NAMES = frozenset(s.value for s in ORPHAN_STATES)
+
+
+# -- managed disks and snapshots: a pure function over the stored rows -----------------------------
+
+
+@dataclass(slots=True)
+class DiskTotals:
+    """The tracked disks (or snapshots) of one subscription, kind and state."""
+
+    disks: int = 0
+    size_bytes: int = 0  # provisioned bytes (a snapshot: its source disk's size)
+    billed_bytes: int = 0  # what Azure bills: rounded up to the tier; rows whose bill is unknown add nothing
+    monthly_cost: float = 0.0  # orphan states only (candidate, due, kept); unpriced rows add nothing
+    unpriced: int = 0  # orphan rows whose SKU (or size) has no price
+
+
+@dataclass(slots=True)
+class QuarantineTotals:
+    """The quarantine snapshots vhd-gc holds in one subscription (made before deleting a disk, kept
+    until their quarantine has passed). Their bill is at most the deleted disk's provisioned size at
+    the snapshot rate (an incremental snapshot bills the bytes it holds, which no listing reports)."""
+
+    snapshots: int = 0
+    size_bytes: int = 0
+    monthly_cost: float = 0.0
+
+
+def _value(v) -> str:
+    return getattr(v, "value", v) or ""
+
+
+def _row_bill(row, prices: DiskPricesConfig) -> tuple[int | None, float | None]:
+    """(billed bytes, monthly cost) of one tracked row; None where unknown."""
+    size, sku = row.size_bytes, row.sku
+    if size is None:
+        return None, None
+    if _value(row.kind) == "snapshot":
+        # An orphaned snapshot bills the bytes it holds; the listing gives only its source's size:
+        # that is the bill's upper bound, and what a full snapshot of a full disk bills.
+        zrs = bool(sku) and sku.upper().endswith("_ZRS")
+        return size, snapshot_monthly_cost(prices, size, zrs=zrs)
+    return (billed_bytes(sku, size) if sku else None), disk_monthly_cost(prices, sku, size)
+
+
+def disk_totals(
+    rows: Iterable, prices: DiskPricesConfig, now: datetime
+) -> tuple[dict[tuple[str, str, str], DiskTotals], dict[str, QuarantineTotals]]:
+    """Sum the stored disk and snapshot rows (:class:`gc_daemon.disks.DiskRow`, or anything with its
+    attributes) into what the disk metrics export: per (subscription, kind, state), and the quarantine
+    snapshots held per subscription (a row's ``quarantine_snapshot`` while ``quarantine_until`` is
+    after ``now``; one without an end is held too). No I/O, no clock."""
+    totals: dict[tuple[str, str, str], DiskTotals] = {}
+    quarantine: dict[str, QuarantineTotals] = {}
+    for row in rows:
+        subscription, kind, state = (row.subscription or "").lower(), _value(row.kind), _value(row.state)
+        t = totals.setdefault((subscription, kind, state), DiskTotals())
+        t.disks += 1
+        t.size_bytes += row.size_bytes or 0
+        billed, cost = _row_bill(row, prices)
+        t.billed_bytes += billed or 0
+        if state in ORPHAN_STATE_NAMES:
+            if cost is None:
+                t.unpriced += 1
+            else:
+                t.monthly_cost += cost
+        until = getattr(row, "quarantine_until", None)
+        if getattr(row, "quarantine_snapshot", None) and (until is None or until > now):
+            q = quarantine.setdefault(subscription, QuarantineTotals())
+            q.snapshots += 1
+            q.size_bytes += row.size_bytes or 0
+            zrs = bool(row.sku) and row.sku.upper().endswith("_ZRS")
+            q.monthly_cost += snapshot_monthly_cost(prices, row.size_bytes or 0, zrs=zrs) or 0.0
+    return totals, quarantine
+
+
+def disk_families(
+    totals: dict[tuple[str, str, str], DiskTotals],
+    quarantine: dict[str, QuarantineTotals],
+    deleted: Iterable[tuple],
+    currency: str,
+) -> list:
+    """The metric families of managed disks and snapshots, from :func:`disk_totals` and the store's
+    ``disk_audit_totals("deleted")`` rows ((subscription, kind, entries, ...))."""
+    labels = ["subscription", "kind", "state"]
+    disks = GaugeMetricFamily(
+        "vhdgc_orphan_disks", "Tracked managed disks and snapshots by subscription, kind and state", labels=labels
+    )
+    size = GaugeMetricFamily(
+        "vhdgc_orphan_disk_bytes", "Provisioned bytes of tracked managed disks and snapshots", labels=labels
+    )
+    billed = GaugeMetricFamily(
+        "vhdgc_orphan_disk_billed_bytes",
+        "Bytes Azure bills for tracked disks (provisioned size rounded up to the tier) and snapshots (at most "
+        "their source's size); rows of unknown SKU add nothing",
+        labels=labels,
+    )
+    cost = GaugeMetricFamily(
+        "vhdgc_orphan_disk_monthly_cost",
+        f"Estimated monthly cost of orphaned managed disks and snapshots (candidate, due, kept), in {currency}",
+        labels=labels,
+    )
+    unpriced = GaugeMetricFamily(
+        "vhdgc_orphan_disks_unpriced",
+        "Orphaned disks and snapshots (candidate, due, kept) whose SKU or size has no price: not in the cost",
+        labels=labels,
+    )
+    for (subscription, kind, state), t in sorted(totals.items()):
+        key = [subscription, kind, state]
+        disks.add_metric(key, t.disks)
+        size.add_metric(key, t.size_bytes)
+        billed.add_metric(key, t.billed_bytes)
+        if state in ORPHAN_STATE_NAMES:
+            cost.add_metric(key, round(t.monthly_cost, 4))
+            unpriced.add_metric(key, t.unpriced)
+    q_count = GaugeMetricFamily(
+        "vhdgc_quarantine_snapshots", "Quarantine snapshots vhd-gc holds (made before deleting a disk)",
+        labels=["subscription"],
+    )
+    q_bytes = GaugeMetricFamily(
+        "vhdgc_quarantine_snapshot_bytes", "Provisioned bytes of the disks the held quarantine snapshots were taken of",
+        labels=["subscription"],
+    )
+    q_cost = GaugeMetricFamily(
+        "vhdgc_quarantine_snapshot_monthly_cost",
+        f"Upper bound of the monthly cost of the held quarantine snapshots, in {currency}",
+        labels=["subscription"],
+    )
+    for subscription, q in sorted(quarantine.items()):
+        q_count.add_metric([subscription], q.snapshots)
+        q_bytes.add_metric([subscription], q.size_bytes)
+        q_cost.add_metric([subscription], round(q.monthly_cost, 4))
+    removed = CounterMetricFamily(
+        "vhdgc_deleted_disks", "Managed disks and snapshots deleted by vhd-gc", labels=["subscription", "kind"]
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for subscription, kind, n, *_ in deleted:
+        key = ((subscription or "").lower(), _value(kind))
+        counts[key] = counts.get(key, 0) + n
+    for key, n in sorted(counts.items()):
+        removed.add_metric(list(key), n)
+    return [disks, size, billed, cost, unpriced, q_count, q_bytes, q_cost, removed]
 
 
 class StateCollector(Collector):
@@ -126,6 +270,19 @@ class StateCollector(Collector):
         age.add_metric([], max(0.0, (self.clock() - oldest).total_seconds()) if oldest else 0)
         yield age
 
+        yield from self._disks()
+
+    def _disks(self):
+        """Managed disks and snapshots. Their cost needs the configured prices, which the store does
+        not have, so the rows are read and summed here (:func:`disk_totals`). A store without the disk
+        tables' queries (before their migration is wired) exports no disk series."""
+        store = self.store
+        if not hasattr(store, "disk_rows"):
+            return
+        totals, quarantine = disk_totals(store.disk_rows(), self.config.prices.disks, self.clock())
+        deleted = store.disk_audit_totals("deleted") if hasattr(store, "disk_audit_totals") else []
+        yield from disk_families(totals, quarantine, deleted, self.config.prices.currency)
+
 
 class Metrics:
     """The registry of one process: state-derived families plus this process's own."""
@@ -150,6 +307,11 @@ class Metrics:
         self.interval.set(config.interval.total_seconds())
         self.dry_run = Gauge("vhdgc_dry_run", "1 in dry-run mode, 0 in delete mode", registry=self.registry)
         self.dry_run.set(1 if config.mode == "dry-run" else 0)
+        self.disk_mode = Gauge(
+            "vhdgc_disk_mode_info", "Always 1: managed_disks.mode (report: disks are never deleted)", ["mode"],
+            registry=self.registry,
+        )
+        self.disk_mode.labels(mode=config.managed_disks.mode).set(1)
         self.leader = Gauge("vhdgc_leader", "1 on the replica that runs passes", registry=self.registry)
         self.build_info = Gauge(
             "vhdgc_build_info", "Always 1: the vhd-gc version and the Python that run this process",

@@ -243,11 +243,22 @@ def build_references(config: Config, credential=None):
     )
 
 
+def build_disks(config: Config, references):
+    """The managed-disk gateway, on the reference inventory's compute clients (same credential,
+    endpoint, retries, timeouts and host pin)."""
+    from .azure.disks import DiskGateway
+
+    return DiskGateway(lambda sub: references._client("compute", sub), config.azure.lro_timeout,
+                       config.azure.lro_poll_interval)
+
+
 def build_collector(config: Config, store=None) -> Collector:
     credential = build_credential(config)
+    references = build_references(config, credential)
     return Collector(
         config=config,
         store=store if store is not None else open_store(config),
-        references=build_references(config, credential),
+        references=references,
         accounts=build_accounts(config, credential),
+        disks=build_disks(config, references),
     )

@@ -135,6 +135,15 @@ def test_defaults_are_the_contracts_example_values():
     assert cfg.azure.storage_accounts[0].key_env is None
 
 
+def test_long_running_operations_are_waited_for_and_polled_as_configured():
+    cfg = parse_config(minimal())
+    assert (cfg.azure.lro_timeout, cfg.azure.lro_poll_interval) == (timedelta(minutes=30), timedelta(seconds=5))
+    cfg = parse_config(with_azure(lro_timeout="2h", lro_poll_interval="10s"))
+    assert (cfg.azure.lro_timeout, cfg.azure.lro_poll_interval) == (timedelta(hours=2), timedelta(seconds=10))
+    assert "azure.lro_poll_interval" in refusal(with_azure(lro_poll_interval="0s"))
+    assert "azure.lro_timeout" in refusal(with_azure(lro_timeout="0s"))
+
+
 def test_policy_rules_carry_the_configured_values():
     cfg = parse_config(
         minimal(grace_period="2d", min_sightings=5, min_age="1h", import_hold="0s", policy={"delete_block_blob_vhds": True})

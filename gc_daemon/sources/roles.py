@@ -23,26 +23,37 @@ READ_DATA_ACTIONS = (
     "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/tags/read",
 )
 DELETE_DATA_ACTION = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete"
+# What deleting managed disks needs beyond the reads (the reads of disks, snapshots, resource groups and
+# locks come from the reference sources): the quarantine snapshot (write; its expiry, delete), the disk's
+# delete, and `vhd-gc restore`, which recreates a deleted disk from its quarantine snapshot (disks/write).
+# Only the full role has them.
+DISK_WRITE_ACTIONS = (
+    "Microsoft.Compute/disks/delete",
+    "Microsoft.Compute/disks/write",
+    "Microsoft.Compute/snapshots/delete",
+    "Microsoft.Compute/snapshots/write",
+)
 DEFAULT_SCOPES = ["/subscriptions/00000000-0000-0000-0000-000000000001"]
 
 ROLES = {
     "vhd-gc-role.json": (
         "vhd-gc",
         "vhd-gc: read what references VHDs (Compute, Site Recovery, Azure Migrate, Image Builder, DevTest Labs, "
-        "galleries), list VHD blobs, delete orphaned ones. No write, no account keys.",
+        "galleries), list VHD blobs, delete orphaned ones; delete unattached managed disks and orphaned snapshots "
+        "after a quarantine snapshot, and restore a disk from it. No other write, no account keys.",
         True,
     ),
     "vhd-gc-reader-role.json": (
         "vhd-gc reader",
-        "vhd-gc in dry-run: read what references VHDs and list VHD blobs. Cannot delete anything, no write, "
-        "no account keys.",
+        "vhd-gc in dry-run: read what references VHDs, list VHD blobs, managed disks and snapshots. Cannot delete "
+        "anything, no write, no account keys.",
         False,
     ),
 }
 
 
-def actions() -> list[str]:
-    return sorted(set(permissions()) | set(STORAGE_ACTIONS))
+def actions(deletes: bool = False) -> list[str]:
+    return sorted(set(permissions()) | set(STORAGE_ACTIONS) | (set(DISK_WRITE_ACTIONS) if deletes else set()))
 
 
 def role(file_name: str, scopes: list[str] | None = None) -> dict:
@@ -52,7 +63,7 @@ def role(file_name: str, scopes: list[str] | None = None) -> dict:
         "Name": name,
         "IsCustom": True,
         "Description": description,
-        "Actions": actions(),
+        "Actions": actions(deletes),
         "NotActions": [],
         "DataActions": sorted(data_actions),
         "NotDataActions": [],

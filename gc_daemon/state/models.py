@@ -1,9 +1,11 @@
 """The state database: what vhd-gc remembers between passes.
 
-Four tables: ``tracked_blobs`` (one row per orphaned blob we follow through its lifecycle),
+Six tables: ``tracked_blobs`` (one row per orphaned blob we follow through its lifecycle),
 ``passes`` (one row per pass; complete passes get a sequence number that sightings are counted in),
-``audit_log`` (every deletion decision, intent before the act) and ``operator_holds``
-(``vhd-gc keep``).
+``audit_log`` (every deletion decision, intent before the act; ``kind`` says whether about a blob, a
+managed disk or a snapshot), ``operator_holds`` (``vhd-gc keep`` of a blob), ``tracked_disks`` (the
+managed disks and snapshots, as :class:`gc_daemon.disks.DiskRow`) and ``disk_holds`` (``vhd-gc keep``
+of an ARM id).
 
 The schema is built and changed only by the Alembic migrations under ``migrations/``; these models
 must describe exactly what the migrations create (``gc_daemon.state.db.model_drift`` checks it).
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -27,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -45,6 +49,8 @@ NAMING_CONVENTION = {
 
 PASS_OUTCOMES = ("running", "complete", "incomplete", "failed", "stopped")
 TRACKED_STATES = tuple(s.value for s in State)
+DISK_KINDS = ("managed_disk", "snapshot")
+AUDIT_KINDS = ("vhd", *DISK_KINDS)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -212,6 +218,9 @@ class AuditEntry(Base):
         String(64), comment="Azure error code of a refused or failed delete"
     )
     actor: Mapped[str] = mapped_column(String(255), comment="Who acted: host of the daemon, or operator")
+    kind: Mapped[str] = mapped_column(
+        String(16), server_default="vhd", comment="What the entry is about: vhd, managed_disk or snapshot"
+    )
 
 
 class OperatorHold(Base):
@@ -226,7 +235,94 @@ class OperatorHold(Base):
     created_at: Mapped[datetime] = mapped_column(comment="When")
 
 
+ResourceKey = Annotated[str, mapped_column(String(1024))]
+
+
+class TrackedDisk(Base):
+    __tablename__ = "tracked_disks"
+    __table_args__ = (
+        UniqueConstraint("resource_key"),
+        CheckConstraint(_in("state", TRACKED_STATES), name="state"),
+        CheckConstraint(_in("kind", DISK_KINDS), name="kind"),
+        Index("ix_tracked_disks_state", "state"),
+        Index("ix_tracked_disks_subscription_kind_state", "subscription", "kind", "state"),
+        {"comment": "Unattached managed disks and orphaned snapshots vhd-gc follows"},
+    )
+
+    id: Mapped[intpk]
+    resource_key: Mapped[ResourceKey] = mapped_column(
+        comment="The ARM id, lower-cased (ARM ids compare without case)"
+    )
+    resource_id: Mapped[str] = mapped_column(Text, comment="The ARM id, as Azure spells it")
+    kind: Mapped[str] = mapped_column(String(16), comment="managed_disk or snapshot")
+    state: Mapped[str] = mapped_column(
+        String(16), comment="Lifecycle state: candidate, due, deleted, kept, released"
+    )
+    first_orphaned_at: Mapped[datetime | None] = mapped_column(
+        comment="When the current run of orphan sightings began"
+    )
+    delete_after: Mapped[datetime | None] = mapped_column(
+        comment="Earliest deletion time (first_orphaned_at + grace period)"
+    )
+    streak_start: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="passes.seq of the first sighting of the current run of consecutive sightings",
+    )
+    sightings_frozen: Mapped[int | None] = mapped_column(
+        Integer, comment="Sightings when the row left the counting states (deleted, released)"
+    )
+    ownership_time: Mapped[datetime | None] = mapped_column(
+        comment="LastOwnershipUpdateTime when marked (a snapshot: timeCreated); the delete is bound to it"
+    )
+    ownership_known: Mapped[bool] = mapped_column(
+        Boolean,
+        server_default=false(),
+        comment="Whether an ownership time was recorded (NULL ownership_time then means never attached)",
+    )
+    hold: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="Why a kept disk is kept: referenced, operator, locked, managed_group, kubernetes, "
+        "site_recovery, backup, tag",
+    )
+    reason: Mapped[str | None] = mapped_column(Text, comment="Human-readable reason of the state")
+    updated_at: Mapped[datetime | None] = mapped_column(comment="When this row was last written")
+    deleted_at: Mapped[datetime | None] = mapped_column(comment="When vhd-gc deleted it")
+    subscription: Mapped[str | None] = mapped_column(String(64), comment="Subscription id")
+    resource_group: Mapped[str | None] = mapped_column(String(90), comment="Resource group name")
+    name: Mapped[str | None] = mapped_column(String(255), comment="Resource name")
+    sku: Mapped[str | None] = mapped_column(String(32), comment="Premium_LRS, StandardSSD_LRS, ...")
+    disk_state: Mapped[str | None] = mapped_column(String(32), comment="diskState of a disk as last listed")
+    size_bytes: Mapped[int | None] = mapped_column(
+        BigInteger, comment="Provisioned bytes (a snapshot: its source's size)"
+    )
+    location: Mapped[str | None] = mapped_column(String(64), comment="Azure region")
+    zones: Mapped[Any | None] = mapped_column(JSON, comment="Availability zones (a list)")
+    tags: Mapped[Any | None] = mapped_column(JSON, comment="Tags as last listed (an object)")
+    fingerprint: Mapped[str | None] = mapped_column(
+        Text, comment="The listing when the ownership time was last read: a GET again when it differs"
+    )
+    quarantine_snapshot: Mapped[str | None] = mapped_column(
+        Text, comment="ARM id of the quarantine snapshot made before deleting it"
+    )
+    quarantine_until: Mapped[datetime | None] = mapped_column(
+        comment="Until when the quarantine snapshot is kept"
+    )
+
+
+class DiskHoldRow(Base):
+    __tablename__ = "disk_holds"
+    __table_args__ = ({"comment": "Disks and snapshots an operator asked vhd-gc to keep (vhd-gc keep ID)"},)
+
+    resource_key: Mapped[ResourceKey] = mapped_column(primary_key=True, comment="The ARM id, lower-cased")
+    resource_id: Mapped[str] = mapped_column(Text, comment="The ARM id, as the operator gave it")
+    reason: Mapped[str] = mapped_column(Text, comment="Why the operator keeps it")
+    created_by: Mapped[str] = mapped_column(String(255), comment="Who asked")
+    created_at: Mapped[datetime] = mapped_column(comment="When")
+
+
 tracked_blobs = TrackedBlob.__table__
 passes = Pass.__table__
 audit_log = AuditEntry.__table__
 operator_holds = OperatorHold.__table__
+tracked_disks = TrackedDisk.__table__
+disk_holds = DiskHoldRow.__table__

@@ -20,7 +20,7 @@ import threading
 from datetime import datetime, timezone
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
 
@@ -40,13 +40,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 import structlog
 
+from gc_daemon.disks import DiskChange, DiskForget, DiskHold, DiskRow, Kind, resource_key
 from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
 from gc_daemon.state.models import (
+    DISK_KINDS,
     PASS_OUTCOMES,
     audit_log,
+    disk_holds,
     operator_holds,
     passes,
     tracked_blobs,
+    tracked_disks,
 )
 
 log = structlog.get_logger("vhd-gc.store")
@@ -72,6 +76,10 @@ DELETE_REFUSED = "delete-refused"
 DELETE_FAILED = "delete-failed"
 KEEP = "keep"
 UNKEEP = "unkeep"
+QUARANTINE_INTENT = "quarantine-intent"
+
+# audit_log.kind: a blob's entries (every entry written before managed disks) and a disk's.
+VHD = "vhd"
 
 _KEY_COLUMNS = ("account", "container", "blob")
 _TRACKED_COLUMNS = tuple(c.name for c in tracked_blobs.columns if c.name != "id")
@@ -108,10 +116,23 @@ class AuditRecord:
     reason: str | None
     error_code: str | None
     actor: str
+    kind: str = VHD  # vhd, managed_disk or snapshot; a disk's entry: account = subscription, blob = key
 
     @property
     def key(self) -> BlobKey:
         return BlobKey(self.account, self.container, self.blob)
+
+
+class DiskCount(NamedTuple):
+    """One line of :meth:`Store.disk_counts`: the rows of one subscription, kind and state."""
+
+    subscription: str
+    kind: str
+    state: str
+    rows: int
+    size_bytes: int  # provisioned
+    billed_bytes: int  # what Azure bills of them (a disk: its tier's size; a snapshot: unknown, 0)
+    monthly_cost: float | None  # with prices: the known costs summed; None without prices
 
 
 # -- row <-> domain --------------------------------------------------------------------------
@@ -157,6 +178,134 @@ def _pass_record(r: Row[Any]) -> PassRecord:
 
 def _audit_record(r: Row[Any]) -> AuditRecord:
     return AuditRecord(**{c.name: getattr(r, c.name) for c in audit_log.columns})
+
+
+# -- disk rows -----------------------------------------------------------------------------
+
+
+_DISK_STATES = {s.value: s for s in State}
+_DISK_HOLDS = {h.value: h for h in DiskHold}
+_KINDS = {k.value: k for k in Kind}
+
+
+def disk_values(row: DiskRow) -> dict[str, Any]:
+    """The columns of ``tracked_disks`` for ``row`` (every field of DiskRow)."""
+    return {
+        "resource_key": resource_key(row.id),
+        "resource_id": row.id,
+        "kind": Kind(row.kind).value,
+        "state": State(row.state).value,
+        "first_orphaned_at": row.first_orphaned_at,
+        "delete_after": row.delete_after,
+        "streak_start": row.streak_start,
+        "sightings_frozen": row.sightings_frozen,
+        "ownership_time": row.ownership_time,
+        "ownership_known": bool(row.ownership_known),
+        "hold": row.hold.value if row.hold is not None else None,
+        "reason": row.reason,
+        "updated_at": row.updated_at,
+        "deleted_at": row.deleted_at,
+        "subscription": row.subscription,
+        "resource_group": row.resource_group,
+        "name": row.name,
+        "sku": row.sku,
+        "disk_state": row.disk_state,
+        "size_bytes": row.size_bytes,
+        "location": row.location,
+        "zones": list(row.zones or ()),
+        "tags": dict(row.tags or {}),
+        "fingerprint": row.fingerprint,
+        "quarantine_snapshot": row.quarantine_snapshot,
+        "quarantine_until": row.quarantine_until,
+    }
+
+
+_DISK_COLUMNS = tuple(c.name for c in tracked_disks.columns if c.name != "id")
+assert set(_DISK_COLUMNS) == set(disk_values(DiskRow("x", Kind.SNAPSHOT, State.CANDIDATE, None, None, None))), \
+    "store.disk_values is out of step with the tracked_disks model"
+
+
+def row_to_disk(r: Row[Any]) -> DiskRow:
+    return DiskRow(
+        id=r.resource_id,
+        kind=_KINDS[r.kind],
+        state=_DISK_STATES[r.state],
+        first_orphaned_at=r.first_orphaned_at,
+        delete_after=r.delete_after,
+        streak_start=r.streak_start,
+        sightings_frozen=r.sightings_frozen,
+        ownership_time=r.ownership_time,
+        ownership_known=bool(r.ownership_known),
+        hold=_DISK_HOLDS[r.hold] if r.hold is not None else None,
+        reason=r.reason,
+        updated_at=r.updated_at,
+        deleted_at=r.deleted_at,
+        subscription=r.subscription,
+        resource_group=r.resource_group,
+        name=r.name,
+        sku=r.sku,
+        disk_state=r.disk_state,
+        size_bytes=r.size_bytes,
+        location=r.location,
+        zones=tuple(r.zones or ()),
+        tags=dict(r.tags or {}),
+        fingerprint=r.fingerprint,
+        quarantine_snapshot=r.quarantine_snapshot,
+        quarantine_until=r.quarantine_until,
+    )
+
+
+def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -> int:
+    """Write disk changes in order: upserts by resource key, forgets deleted; the rows written."""
+    written = 0
+    upserts: list[dict[str, Any]] = []
+
+    def flush() -> int:
+        if not upserts:
+            return 0
+        stmt = _dialect_insert(conn, tracked_disks)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["resource_key"],
+            set_={c: stmt.excluded[c] for c in _DISK_COLUMNS if c != "resource_key"},
+        )
+        conn.execute(stmt, list(upserts))
+        n = len(upserts)
+        upserts.clear()
+        return n
+
+    for item in changes:
+        if isinstance(item, DiskForget):
+            written += flush()
+            written += conn.execute(
+                delete(tracked_disks).where(tracked_disks.c.resource_key == resource_key(item.key))
+            ).rowcount
+        elif isinstance(item, DiskChange):
+            values = disk_values(item.row)
+            if upserts and any(u["resource_key"] == values["resource_key"] for u in upserts):
+                written += flush()  # one statement never carries a key twice (PostgreSQL refuses it)
+            upserts.append(values)
+            if len(upserts) >= BATCH_SIZE:
+                written += flush()
+        else:
+            raise TypeError(f"apply_disks() takes DiskChange and DiskForget, not {type(item).__name__}")
+    written += flush()
+    return written
+
+
+def _subscription_of(resource_id: str) -> str:
+    parts = resource_id.split("/")
+    if len(parts) > 2 and parts[1].lower() == "subscriptions":
+        return parts[2]
+    raise ValueError(f"not an ARM id with a subscription: {resource_id!r}")
+
+
+def _quarantine_of(reason: str | None) -> str | None:
+    """The disk id in a quarantine-intent's reason (``quarantine of /subscriptions/...``)."""
+    prefix = "quarantine of "
+    if not reason or not reason.startswith(prefix):
+        return None
+    rest = reason[len(prefix):].split()
+    return rest[0].rstrip(":") if rest else None
 
 
 def _dialect_insert(conn: Connection, table: Any) -> Insert:
@@ -477,6 +626,15 @@ class StateTx:
         )
         return self._conn.execute(stmt).rowcount
 
+    def disk_rows(self) -> dict[str, DiskRow]:
+        """Every tracked disk and snapshot, by resource key (the lower-cased ARM id)."""
+        return {r.resource_key: row_to_disk(r) for r in self._conn.execute(select(tracked_disks))}
+
+    def apply_disks(self, changes: Iterable[DiskChange | DiskForget]) -> int:
+        """Write the disk half of a pass (:func:`gc_daemon.disk_pass.decide_all`'s changes) in order;
+        returns the rows written."""
+        return _apply_disks(self._conn, changes)
+
     def complete_pass(self, pass_id: int, finished_at: datetime, stats: dict[str, Any]) -> None:
         """Mark the pass complete with ``self.seq``.
 
@@ -755,12 +913,21 @@ class Store:
         actions: Iterable[str] | None = None,
         limit: int | None = None,
         since: datetime | None = None,
+        *,
+        kinds: Iterable[str] | None = None,
+        resource_id: str | None = None,
     ) -> list[AuditRecord]:
         """Entries oldest first; with ``limit``, the newest ``limit`` of them (still oldest first);
-        with ``since``, only those at or after that instant."""
+        with ``since``, only those at or after that instant. ``key`` (a blob) or ``resource_id`` (a
+        disk or snapshot, any case) selects one resource's entries; ``kinds`` (vhd, managed_disk,
+        snapshot) only those kinds."""
         stmt = select(audit_log)
         if key is not None:
-            stmt = stmt.where(_key_filter(key, audit_log))
+            stmt = stmt.where(_key_filter(key, audit_log), audit_log.c.kind == VHD)
+        if resource_id is not None:
+            stmt = stmt.where(audit_log.c.blob == resource_key(resource_id), audit_log.c.kind != VHD)
+        if kinds is not None:
+            stmt = stmt.where(audit_log.c.kind.in_([str(getattr(k, "value", k)) for k in kinds]))
         if actions is not None:
             stmt = stmt.where(audit_log.c.action.in_(list(actions)))
         if since is not None:
@@ -780,12 +947,192 @@ class Store:
         outcome = audit_log.alias("outcome")
         stmt = (
             select(audit_log)
-            .where(audit_log.c.action == DELETE_INTENT)
+            .where(audit_log.c.action == DELETE_INTENT, audit_log.c.kind == VHD)
             .where(~exists().where(outcome.c.intent_id == audit_log.c.id))
             .order_by(audit_log.c.id)
         )
         with self.engine.connect() as conn:
             return [_audit_record(r) for r in conn.execute(stmt)]
+
+    def unresolved_disk_intents(self) -> list[AuditRecord]:
+        """Disk and snapshot intents (``delete-intent``, ``quarantine-intent``) with no outcome: the
+        process stopped between intent and result (:func:`gc_daemon.execute_disks.resolve_disk_intents`)."""
+        outcome = audit_log.alias("outcome")
+        stmt = (
+            select(audit_log)
+            .where(audit_log.c.action.in_([DELETE_INTENT, QUARANTINE_INTENT]), audit_log.c.kind.in_(DISK_KINDS))
+            .where(~exists().where(outcome.c.intent_id == audit_log.c.id))
+            .order_by(audit_log.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [_audit_record(r) for r in conn.execute(stmt)]
+
+    def quarantine_snapshots(self) -> dict[str, str]:
+        """The quarantine snapshots vhd-gc set out to make: snapshot key (lower-cased ARM id) -> the id
+        of the disk it quarantines, from the ``quarantine-intent`` entries (made or not: only a snapshot
+        named here is ever deleted by the quarantine expiry)."""
+        stmt = (
+            select(audit_log.c.blob, audit_log.c.reason)
+            .where(audit_log.c.action == QUARANTINE_INTENT, audit_log.c.kind == Kind.SNAPSHOT.value)
+            .order_by(audit_log.c.id)
+        )
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for blob, reason in conn.execute(stmt):
+                disk = _quarantine_of(reason)
+                if disk is not None:
+                    out[blob] = disk
+        return out
+
+    def audit_disk(
+        self,
+        *,
+        action: str,
+        resource_id: str,
+        kind: Kind | str,
+        subscription: str | None,
+        at: datetime,
+        actor: str,
+        pass_id: int | None = None,
+        intent_id: int | None = None,
+        etag: str | None = None,
+        size_bytes: int | None = None,
+        billed_bytes: int | None = None,
+        reason: str | None = None,
+        error_code: str | None = None,
+        changes: Iterable[DiskChange | DiskForget] = (),
+    ) -> int:
+        """Append one entry about a managed disk or snapshot and commit it at once; returns its id.
+
+        Recorded as account = subscription (lower-case), container = '', blob = resource key, url = the
+        ARM id, etag = the ownership time the act was bound to (``never-attached``). ``changes`` are
+        written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
+        kind = Kind(kind).value
+        sub = (subscription or _subscription_of(resource_id)).lower()
+        with self.engine.begin() as conn:
+            changes = list(changes)
+            if changes:
+                _apply_disks(conn, changes)
+            return conn.execute(
+                insert(audit_log)
+                .values(
+                    at=at,
+                    pass_id=pass_id,
+                    intent_id=intent_id,
+                    action=action,
+                    kind=kind,
+                    account=sub,
+                    container="",
+                    blob=resource_key(resource_id),
+                    url=resource_id,
+                    etag=etag,
+                    size_bytes=size_bytes,
+                    billed_bytes=billed_bytes,
+                    reason=reason,
+                    error_code=None if error_code is None else error_code[:64],
+                    actor=actor,
+                )
+                .returning(audit_log.c.id)
+            ).scalar_one()
+
+    # -- managed disks and snapshots -------------------------------------------------------------
+
+    def disk_rows(
+        self,
+        states: Iterable[State] | None = None,
+        kinds: Iterable[Kind | str] | None = None,
+        subscriptions: Iterable[str] | None = None,
+    ) -> list[DiskRow]:
+        """Tracked disks and snapshots ordered by resource key; with ``states``, ``kinds`` or
+        ``subscriptions`` (any case), only those."""
+        t = tracked_disks
+        stmt = select(t).order_by(t.c.resource_key)
+        if states is not None:
+            stmt = stmt.where(t.c.state.in_([State(s).value for s in states]))
+        if kinds is not None:
+            stmt = stmt.where(t.c.kind.in_([Kind(k).value for k in kinds]))
+        if subscriptions is not None:
+            stmt = stmt.where(func.lower(t.c.subscription).in_([s.lower() for s in subscriptions]))
+        with self.engine.connect() as conn:
+            return [row_to_disk(r) for r in conn.execute(stmt)]
+
+    def disk_row(self, resource_id: str) -> DiskRow | None:
+        """The tracked row of one disk or snapshot (its ARM id in any case), None when untracked."""
+        stmt = select(tracked_disks).where(tracked_disks.c.resource_key == resource_key(resource_id))
+        with self.engine.connect() as conn:
+            r = conn.execute(stmt).first()
+            return row_to_disk(r) if r is not None else None
+
+    def disk_counts(self, prices: Any = None) -> list[DiskCount]:
+        """Per subscription, kind and state: rows, provisioned bytes, billed bytes and (with
+        ``prices``, a :class:`gc_daemon.disk_cost.DiskPricesConfig`) the monthly cost of those whose
+        cost is known. Ordered by subscription, kind, state."""
+        from gc_daemon.disk_cost import billed_bytes, disk_monthly_cost
+
+        t = tracked_disks
+        stmt = select(t.c.subscription, t.c.kind, t.c.state, t.c.sku, t.c.size_bytes)
+        totals: dict[tuple[str, str, str], list] = {}
+        with self.engine.connect() as conn:
+            for sub, kind, state, sku, size in conn.execute(stmt):
+                entry = totals.setdefault(((sub or "").lower(), kind, state), [0, 0, 0, 0.0])
+                entry[0] += 1
+                entry[1] += size or 0
+                if kind == Kind.MANAGED_DISK.value and sku and size is not None:
+                    entry[2] += billed_bytes(sku, size) or 0
+                    if prices is not None:
+                        entry[3] += disk_monthly_cost(prices, sku, size) or 0.0
+        return [
+            DiskCount(sub, kind, state, n, size, billed, round(cost, 6) if prices is not None else None)
+            for (sub, kind, state), (n, size, billed, cost) in sorted(totals.items())
+        ]
+
+    def disk_audit_totals(self, action: str) -> list[tuple[str, str, int, int]]:
+        """(subscription, kind, entries, sum of size_bytes) of one audit action on disks and
+        snapshots, per subscription and kind."""
+        a = audit_log
+        stmt = (
+            select(a.c.account, a.c.kind, func.count(), func.coalesce(func.sum(a.c.size_bytes), 0))
+            .where(a.c.action == action, a.c.kind.in_(DISK_KINDS))
+            .group_by(a.c.account, a.c.kind)
+            .order_by(a.c.account, a.c.kind)
+        )
+        with self.engine.connect() as conn:
+            return [(sub or "", kind, int(n), int(size)) for sub, kind, n, size in conn.execute(stmt)]
+
+    def disk_holds(self) -> dict[str, str]:
+        """Operator holds on disks and snapshots: resource key -> reason."""
+        with self.engine.connect() as conn:
+            return {r.resource_key: r.reason for r in conn.execute(select(disk_holds))}
+
+    def disk_hold(self, resource_id: str) -> str | None:
+        """The reason of the operator hold on a disk or snapshot (its ARM id or key) as committed now,
+        None when it is not held. Like :meth:`hold`: a fresh connection and transaction, so a `keep`
+        that returned before this call is seen (the executor asks right before each deletion)."""
+        stmt = select(disk_holds.c.reason).where(disk_holds.c.resource_key == resource_key(resource_id))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    def add_disk_hold(self, resource_id: str, reason: str, created_by: str, at: datetime) -> None:
+        """Keep a disk or snapshot; holding it again replaces the reason, who and when."""
+        with self.engine.begin() as conn:
+            stmt = _dialect_insert(conn, disk_holds).values(
+                resource_key=resource_key(resource_id),
+                resource_id=resource_id,
+                reason=reason,
+                created_by=created_by,
+                created_at=at,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["resource_key"],
+                set_={c: stmt.excluded[c] for c in ("resource_id", "reason", "created_by", "created_at")},
+            )
+            conn.execute(stmt)
+
+    def remove_disk_hold(self, resource_id: str) -> bool:
+        """Stop keeping a disk or snapshot; False when it was not held."""
+        with self.engine.begin() as conn:
+            stmt = delete(disk_holds).where(disk_holds.c.resource_key == resource_key(resource_id))
+            return conn.execute(stmt).rowcount > 0
 
     # -- aggregates for metrics (so every replica, and a restarted one, exports the same) -------
 
@@ -794,7 +1141,7 @@ class Store:
         col = audit_log.c[by]
         stmt = (
             select(col, func.count(), func.coalesce(func.sum(audit_log.c.size_bytes), 0))
-            .where(audit_log.c.action == action)
+            .where(audit_log.c.action == action, audit_log.c.kind == VHD)
             .group_by(col)
             .order_by(col)
         )
