@@ -231,6 +231,10 @@ def missing_pieces() -> list[str]:
         out.append("ReferenceRead.disks (piece B)")
     if importlib.util.find_spec("gc_daemon.azure.disks") is None:
         out.append("gc_daemon.azure.disks (piece C)")
+    from gc_daemon.cli import cli
+
+    if not any(p.name == "kind" for p in cli.commands["report"].params):
+        out.append("report --kind (piece A's CLI)")
     return out
 
 
