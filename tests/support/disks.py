@@ -233,7 +233,7 @@ def missing_pieces() -> list[str]:
         out.append("gc_daemon.azure.disks (piece C)")
     from gc_daemon.cli import cli
 
-    if not any(p.name == "kind" for p in cli.commands["report"].params):
+    if not any("--kind" in getattr(p, "opts", ()) for p in cli.commands["report"].params):
         out.append("report --kind (piece A's CLI)")
     return out
 
