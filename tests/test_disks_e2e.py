@@ -234,7 +234,7 @@ def test_every_in_use_state_is_never_tracked_nor_deleted(gc):
         assert exists(gc, disk_id(name)), name
     assert not exists(gc, disk_id("leftover"))  # the one orphan: the pass was armed
     assert set(report(gc)) == {disk_id("leftover").lower()}
-    deleted = {p.split("?")[0].rsplit("/", 1)[-1] for m, p in gc.arm.requests if m == "DELETE"}
+    deleted = {p.split("?")[0].rsplit("/", 1)[-1] for m, p in gc.arm.requests if m == "DELETE" and "/disks/" in p}
     assert deleted == {"leftover"}
 
 
@@ -366,7 +366,7 @@ def test_every_hold_by_name_keeps_the_disk_and_the_report_names_it(gc):
         assert rec is None or rec["delete_after"] is None
     assert wrong == {}
     assert quarantine_of(gc, _held_id("k8s-tag")) == []
-    deleted = {p.split("?")[0].rsplit("/", 1)[-1] for m, p in gc.arm.requests if m == "DELETE"}
+    deleted = {p.split("?")[0].rsplit("/", 1)[-1] for m, p in gc.arm.requests if m == "DELETE" and "/disks/" in p}
     assert deleted == {"leftover"}
 
     run = gc.cli("explain", _held_id("asr-tag"))

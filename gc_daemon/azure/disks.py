@@ -280,7 +280,7 @@ class DiskGateway:
         stem = _UNSAFE.sub("-", disk.name)[:room].strip("-.")
         return f"{_NAME_PREFIX}{stem}-{digest}" if stem else f"{_NAME_PREFIX}{digest}"
 
-    def create_quarantine_snapshot(self, disk: DiskSeen, name: str, until: datetime) -> str:
+    def create_quarantine_snapshot(self, disk: DiskSeen, name: str, until: datetime, *, _again: bool = True) -> str:
         """An incremental snapshot of ``disk`` named ``name`` in its resource group and location,
         tagged ``vhdgc-quarantine-of`` (the disk's id) and ``vhdgc-quarantine-until``; waits for it to
         succeed. A snapshot of that name already made from this disk (a retry) is fine. Its id."""
@@ -303,11 +303,17 @@ class DiskGateway:
         if snap is None:
             raise DiskOutcomeUnknown("NotFound", f"snapshot {name}: the operation ended but the snapshot is not there")
         state = (snap.provisioning_state or "").lower()
+        source = snap.creation_data.source_resource_id if snap.creation_data is not None else None
+        ours = (source or "").lower() == disk.id.lower()
+        if state == "failed" and ours and _again:
+            # An earlier attempt's copy of this disk, left Failed: of no use, and in the way (a PUT
+            # over it answers it as it is, so the disk could never be quarantined). Deleted, made again once.
+            self.delete_snapshot(snap.id)
+            return self.create_quarantine_snapshot(disk, name, until, _again=False)
         if state != "succeeded":
             raise DiskOperationFailed(f"ProvisioningState{snap.provisioning_state}",
                                       f"snapshot {snap.id} is {snap.provisioning_state}")
-        source = snap.creation_data.source_resource_id if snap.creation_data is not None else None
-        if (source or "").lower() != disk.id.lower():
+        if not ours:
             raise DiskOperationFailed("QuarantineNameTaken",
                                       f"snapshot {snap.id} exists and is not a copy of {disk.id} (source {source})")
         return snap.id
