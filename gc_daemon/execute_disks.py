@@ -15,8 +15,9 @@ blobs under one ``max_deletes_per_pass``). For each due disk, in this order:
 
 A refusal (409 ``OperationNotAllowed``: attached meanwhile; 409 ``ScopeLocked``: a lock) is recorded
 and the disk's run of sightings starts over: it is never retried blindly. An outcome that is unknown
-(the operation never ended, its reply was lost) is settled by looking at the disk, now or, when that
-fails too, at the next pass (:func:`resolve_disk_intents`), as after a crash.
+(the operation never ended, its reply was lost) is settled by looking at the disk: gone, now; still
+there (the operation may yet end) or unreadable, at the next pass (:func:`resolve_disk_intents`), as
+after a crash.
 """
 
 from __future__ import annotations
@@ -221,8 +222,14 @@ class DiskExecution:
         log.info("disk_deleted", id=row.id, kind=row.kind.value, size_bytes=row.size_bytes, quarantine=quarantine_id)
 
     def _settle(self, row, after, quarantine_id, until, now, seq, out, common) -> None:
-        """The disk says what an unknown outcome was: gone means deleted. Unreadable: the intent stays
-        unresolved and the next pass settles it."""
+        """The disk says what an unknown outcome was: gone means deleted. Still there, or unreadable:
+        the intent stays unresolved and the next pass settles it (:func:`resolve_disk_intents`).
+
+        Still there is no answer either: the operation had not ended when the wait did (or its reply
+        was lost), and may end later, the disk then gone. Recorded ``delete-failed`` now, that later
+        end would be a deletion vhd-gc made and its records deny (the row forgotten as no longer
+        listed). The next pass looks again before it decides anything: gone, ``deleted``; there and
+        not being deleted, ``delete-failed``, and the disk is decided again."""
         try:
             fresh = self.gateway.get_disk(row.id) if row.kind is Kind.MANAGED_DISK else self.gateway.get_snapshot(row.id)
         except Exception as exc:  # noqa: BLE001
@@ -232,9 +239,9 @@ class DiskExecution:
         if fresh is None:
             self._deleted(row, now, seq, quarantine_id, until, out, common, f"settled after {after}: the resource is gone")
             return
-        self._audit(row, row.kind, row.subscription, action="delete-failed", error_code="OutcomeUnknown",
-                    reason=f"settled after {after}: the resource is still there", **common)
         out.failed += 1
+        log.warning("disk_delete_outcome_unknown", id=row.id, detail=after,
+                    resource="still there: the next pass settles the intent")
 
     def _refused(self, row, fresh, holds, code, why, now, seq, pass_id, out) -> None:
         """Not deleted: the resource is no longer what was marked. Recorded; the row is decided again
