@@ -353,9 +353,11 @@ def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
     if fault == "lost-reply":  # the delete was done; its reply lost: the records must say deleted
         _write_case(gc, "disks delete lost reply", expect_deleted=True, expect_outcome="deleted")
         return
-    # Failed: recorded so. Stuck: the outcome is unknown (the operation may yet end), the intent open.
+    # Failed: recorded so. Stuck, or a 5xx to the DELETE: the outcome is unknown (the operation may yet
+    # end, the request may have been carried out), the intent stays open for the next pass.
+    unknown = stuck or fault == "refused-5xx"
     _write_case(gc, f"disks delete {fault}", expect_deleted=False,
-                expect_outcome="delete-intent" if stuck else "delete-failed")
+                expect_outcome="delete-intent" if unknown else "delete-failed")
 
     if fault == "stuck-then-done":
         # The operation ends after all (Azure was slow): the disk is gone because vhd-gc deleted it.
@@ -372,7 +374,7 @@ def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
     if fault == "stuck-then-done":  # settled by looking at the disk: deleted by that first intent
         assert acts == ["delete-intent", "deleted"]
         assert [m for m, p in gc.arm.requests if m == "DELETE" and "/disks/" in p] == ["DELETE"]
-    elif stuck:  # settled as not deleted (still there, not being deleted), then deleted again
+    elif unknown:  # settled as not deleted (still there, not being deleted), then deleted again
         assert acts == ["delete-intent", "delete-failed", "delete-intent", "deleted"]
 
 
