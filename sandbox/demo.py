@@ -253,11 +253,11 @@ class Demo:
         self.arm.set_estate(
             armlib.build_estate(
                 armlib.vm(SUB, RG, "web-01", os_vhd=self.url(a1, "vhds", web_os.blob), data_vhds=[self.url(a1, "vhds", web_data.blob)]),
-                armlib.disk(
+                self.converted_disk(armlib.disk(
                     SUB, RG, "db-01-osdisk",
                     source_uri=self.url(a1, "vhds", db.blob),
                     time_created=datetime.now(UTC) - timedelta(days=30),
-                ),
+                )),
                 armlib.image(SUB, RG, "golden", os_blob=self.url(a1, "system", golden_blob)),
                 armlib.vmss(SUB, RG, "web-ss", vhd_containers=[self.url(a2, "webss")]),
                 armlib.recovery_vault(SUB, RG, "dr-vault"),
@@ -276,7 +276,7 @@ class Demo:
         self.seeded_at = time.monotonic()
 
         say("   Azure Compute (ARM stand-in, subscription " + SUB + "):")
-        say("     VM web-01 (2 VHD disks), managed disk db-01-osdisk (imported 30 days ago),")
+        say("     VM web-01 (2 VHD disks), managed disk db-01-osdisk (imported 30 days ago, attached to VM db-01),")
         say("     managed image golden (from a VHD), scale set web-ss (unmanaged, container webss),")
         say("     Recovery Services vault dr-vault replicating web-01 (Site Recovery, Azure to Azure)")
         say("   Blobs (nominal size / written), and what vhd-gc should do with each:")
@@ -292,6 +292,13 @@ class Demo:
                           "kept": f"held ({d.hold}) -> KEEP"}.get(d.expect, d.expect)
                 say(f"       {d.name:<40} {d.size_gb:>4} GiB\n         {d.story}  => {expect}")
         say(f"   seeded in {time.monotonic() - t:.1f}s")
+
+    @staticmethod
+    def converted_disk(disk: dict) -> dict:
+        """VM db-01 runs on the managed disk it was converted to: attached (in use, never a leftover)."""
+        disk["managedBy"] = armlib.compute_id(SUB, RG, "virtualMachines", "db-01")
+        disk["properties"]["diskState"] = "Attached"
+        return disk
 
     def seed_disks(self) -> list[dict]:
         """The managed disks: a deleted VM's two (detached three days ago: their age does not depend on
