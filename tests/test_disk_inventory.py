@@ -10,14 +10,18 @@ handed to it and its answer checked too."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
+from azure.mgmt.compute import ComputeManagementClient
 
+from gc_daemon.azure.credentials import EmulatorCredential
 from gc_daemon.disk_pass import DiskInventory
 from gc_daemon.disks import GIB, LockSeen
 from gc_daemon.sources import DISK_SOURCES, REGISTRY, without_placement
 from gc_daemon.sources.base import GroupSeen, LockAt
+from gc_daemon.sources.disks import disk_seen
 from sandbox import arm as sb
 from sandbox import arm_disks as ad
 
@@ -413,3 +417,18 @@ def test_an_empty_subscription_reads_empty_lists(arm, compute_inventory):
     assert read.disks == [] and read.snapshots == [] and read.disks_read == {S1}
     assert read.locks == [] and read.resource_refs == {}
     assert read.groups == {}
+
+
+def test_the_same_conversion_reads_a_get_of_one_disk_with_its_ownership_time(arm):
+    """For the gateway's GETs (the pass's ownership reads, the executor's re-check): the list's
+    conversion, plus ``LastOwnershipUpdateTime`` (None for a disk never attached)."""
+    arm.set_estate(full_estate())
+    client = ComputeManagementClient(EmulatorCredential(), S1, base_url=arm.url, connection_verify=arm.cert_path)
+    with client:
+        got = disk_seen(S1, client.disks.get(RG, "orphan"), from_get=True)
+        never = disk_seen(S1, client.disks.get(RG, "attached"), from_get=True)
+        listed = next(d for d in client.disks.list_by_resource_group(RG) if d.name == "orphan")
+    assert got.ownership_read is True and got.last_ownership_update == when(OWNED)
+    assert got.last_ownership_update.tzinfo is timezone.utc
+    assert (never.ownership_read, never.last_ownership_update) == (True, None)
+    assert replace(got, last_ownership_update=None, ownership_read=False) == disk_seen(S1, listed)

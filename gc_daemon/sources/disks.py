@@ -58,12 +58,14 @@ def disk_references(disk: Any) -> list[RawReference]:
     return import_references(disk, RefKind.DISK_IMPORT)
 
 
-def disk_seen(subscription: str, disk: Any) -> DiskSeen:
+def disk_seen(subscription: str, disk: Any, *, from_get: bool = False) -> DiskSeen:
     """A listed disk, for the disk decision. The list has no ``LastOwnershipUpdateTime``:
     ``ownership_read=False``, and the pass GETs the disks that need it. Missing or null fields are
     None (a disk with no ``diskState`` is in use: uncertainty keeps); a field of the wrong type fails
-    the source."""
+    the source. ``from_get``: ``disk`` is the answer of a GET of the disk, whose
+    ``LastOwnershipUpdateTime`` is read (None: never attached) and ``ownership_read`` True."""
     rid = holder_id(disk)
+    owned = utc(attr(disk, "last_ownership_update_time"), rid, "LastOwnershipUpdateTime") if from_get else None
     return DiskSeen(
         id=rid,
         subscription=subscription,
@@ -77,8 +79,8 @@ def disk_seen(subscription: str, disk: Any) -> DiskSeen:
         managed_by=text(attr(disk, "managed_by"), rid, "managedBy"),
         managed_by_extended=strings(attr(disk, "managed_by_extended"), rid, "managedByExtended"),
         tags=tags_of(attr(disk, "tags"), rid),
-        last_ownership_update=None,
-        ownership_read=False,
+        last_ownership_update=owned,
+        ownership_read=from_get,
         location=text(attr(disk, "location"), rid, "location"),
         zones=strings(attr(disk, "zones"), rid, "zones"),
         provisioning_state=text(attr(disk, "provisioning_state"), rid, "provisioningState"),

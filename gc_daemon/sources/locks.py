@@ -31,7 +31,8 @@ def lock_at(lock: Any) -> LockAt:
 
 
 def read(ctx: SubscriptionContext) -> Found:
-    return Found(locks=[lock_at(lock) for lock in ctx.locks().management_locks.list_at_subscription_level(**ctx.pages())])
+    listed = ctx.locks().management_locks.list_at_subscription_level(**ctx.pages())
+    return Found(locks=[lock_at(lock) for lock in listed])
 
 
 def tasks(ctx: SubscriptionContext) -> list:
