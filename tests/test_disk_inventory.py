@@ -432,3 +432,17 @@ def test_the_same_conversion_reads_a_get_of_one_disk_with_its_ownership_time(arm
     assert got.last_ownership_update.tzinfo is timezone.utc
     assert (never.ownership_read, never.last_ownership_update) == (True, None)
     assert replace(got, last_ownership_update=None, ownership_read=False) == disk_seen(S1, listed)
+
+
+def test_a_disk_whose_group_is_not_listed_fails_the_read(arm, compute_inventory):
+    """An identity that may read a disk but not its group: the group's tags and managedBy, either of
+    which may hold the disk, are unknown. The groups list is shorter than ARM holds: it fails."""
+    arm.set_estate(sb.build_estate(ad.managed_disk(S1, RG, "d"), ad.managed_disk(S1, "hidden", "h1"),
+                                   ad.incremental_snapshot(S1, "hidden", "s1", source_disk_id=disk_id("h1", "hidden")),
+                                   subscriptions=[S1]))
+    listed = ad.resource_group(S1, RG)
+    arm.add_fault(GROUPS_PATH, kind="body", body={"value": [listed]})
+    read = compute_inventory([S1]).read()
+    assert [e.source for e in read.errors] == [f"{S1}/resourceGroups"]
+    assert f"{disk_id('h1', 'hidden')} (and 1 more) is not in the resource groups list" in read.errors[0].message
+    assert read.disks is None and read.snapshots is None

@@ -226,6 +226,20 @@ class ReferenceInventory:
         labels = {label for name in DISK_SOURCES for label in by_name[name].labels}
         if any(source.split("/", 1)[-1] in labels for source in failed):
             return
+        # A disk whose group the groups list lacks (an identity that may read the disk but not its
+        # group): the group's tags and managedBy are unknown, and either may hold the disk.
+        unlisted: dict[str, list[str]] = {}
+        for obs in (*disks, *snapshots):
+            if arm_key(f"/subscriptions/{obs.subscription}/resourceGroups/{obs.resource_group}") not in result.groups:
+                unlisted.setdefault(obs.subscription, []).append(obs.id)
+        for sub, ids in sorted(unlisted.items()):
+            more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+            result.errors.append(SourceError(f"{sub}/resourceGroups", (
+                f"the resource group of {ids[0]}{more} is not in the resource groups list: its tags and managedBy "
+                "cannot be read (Microsoft.Resources/subscriptions/resourceGroups/read on the group)")[:_MAX_MESSAGE]))
+        if unlisted:
+            result.errors.sort(key=lambda e: (e.source, e.message))
+            return
         result.disks = sorted(disks, key=lambda d: d.id.lower())
         result.snapshots = sorted(snapshots, key=lambda s: s.id.lower())
 
