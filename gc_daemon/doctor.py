@@ -139,7 +139,9 @@ def check_references(config: Config, inventory: Any) -> tuple[list[Check], Any]:
             name = f"references {source.name} @ {sub}"
             if not errors:
                 count = sum(read.counts.get(f"{sub}/{label}", 0) for label in source.labels)
-                what = "listed" if source.name == "storage_accounts" else f"readable ({count} references)"
+                # Sources that hold no references (placement; the disk holds' groups and locks): listed.
+                no_refs = source.name in ("storage_accounts", "resource_groups", "locks")
+                what = "listed" if no_refs else f"readable ({count} references)"
                 checks.append(_ok(name, what))
                 continue
             error = errors[0]

@@ -94,8 +94,8 @@ def disk_totals(
             q = quarantine.setdefault(subscription, QuarantineTotals())
             q.snapshots += 1
             q.size_bytes += row.size_bytes or 0
-            zrs = bool(row.sku) and row.sku.upper().endswith("_ZRS")
-            q.monthly_cost += snapshot_monthly_cost(prices, row.size_bytes or 0, zrs=zrs) or 0.0
+            # Made without a SKU of its own: the standard snapshot rate, whatever the disk's SKU.
+            q.monthly_cost += snapshot_monthly_cost(prices, row.size_bytes or 0) or 0.0
     return totals, quarantine
 
 

@@ -52,6 +52,8 @@ from sandbox.arm import (
     _lookup,
     compute_id,
     example,
+    gallery_image_version,
+    image,
     rg_id,
 )
 
@@ -204,6 +206,69 @@ def management_lock(scope: str, name: str, level: str = "CanNotDelete", *, notes
     item["properties"] = {"level": level}
     if notes is not None:
         item["properties"]["notes"] = notes
+    return item
+
+
+def image_of_disks(
+    sub: str,
+    rg: str,
+    name: str,
+    *,
+    os_disk: str | None = None,
+    os_snapshot: str | None = None,
+    data: Iterable[tuple[str | None, str | None]] = (),
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A managed image made from managed disks or snapshots: ``storageProfile.osDisk`` and
+    ``dataDisks[]`` carry ``managedDisk.id`` / ``snapshot.id`` as ComputeRP's
+    Image_ListBySubscription example does (sandbox/rest_examples/compute__Image_ListBySubscription.json);
+    ``data`` is one ``(disk id, snapshot id)`` per data disk. Ids are written as given (the example's
+    have no leading ``/``)."""
+    item = image(sub, rg, name, location=location)
+    profile = item["properties"]["storageProfile"]
+    profile["osDisk"].pop("managedDisk", None)
+    if os_disk is not None:
+        profile["osDisk"]["managedDisk"] = {"id": os_disk}
+    if os_snapshot is not None:
+        profile["osDisk"]["snapshot"] = {"id": os_snapshot}
+    for lun, (disk_id, snapshot_id) in enumerate(data):
+        entry: dict[str, Any] = {"lun": lun, "caching": "None", "storageAccountType": "Standard_LRS"}
+        if disk_id is not None:
+            entry["managedDisk"] = {"id": disk_id}
+        if snapshot_id is not None:
+            entry["snapshot"] = {"id": snapshot_id}
+        profile["dataDisks"].append(entry)
+    return item
+
+
+def gallery_version_of_disks(
+    sub: str,
+    rg: str,
+    gallery_name: str,
+    image_name: str,
+    name: str,
+    *,
+    source: str | None = None,
+    os_source: str | None = None,
+    data_sources: Iterable[str] = (),
+    location: str = DEFAULT_LOCATION,
+) -> dict[str, Any]:
+    """A gallery image version made from managed disks or snapshots: ``storageProfile.source.id``
+    (a whole image or VM) or ``osDiskImage.source.id`` and ``dataDiskImages[].source.id``, as GalleryRP's
+    GalleryImageVersion_Get_WithSnapshotsAsSource.json and _Create_WithSnapshotsAsSource.json
+    (specification/compute/resource-manager/Microsoft.Compute/GalleryRP/stable/2025-03-03/examples/
+    galleryExamples/, commit 0c20ffea1c2726ecaee61c69148099d3e1227989) show them."""
+    item = gallery_image_version(sub, rg, gallery_name, image_name, name, location=location)
+    profile = item["properties"]["storageProfile"]
+    profile.pop("source", None)
+    if source is not None:
+        profile["source"] = {"id": source}
+    profile["osDiskImage"] = {"hostCaching": "ReadOnly", "sizeInGB": 10}
+    if os_source is not None:
+        profile["osDiskImage"]["source"] = {"id": os_source}
+    profile["dataDiskImages"] = [
+        {"source": {"id": sid}, "lun": lun, "sizeInGB": 10, "hostCaching": "None"} for lun, sid in enumerate(data_sources)
+    ]
     return item
 
 

@@ -217,3 +217,11 @@ def test_every_disk_metric_is_documented_and_known_to_the_deploy_checks():
         assert name in KNOWN_METRICS, name
         assert f"`{name}`" in contract, f"{name} missing from docs/contract.md"
         assert name in operations, f"{name} missing from docs/operations.md"
+
+
+def test_a_quarantine_snapshot_is_priced_at_the_standard_snapshot_rate_whatever_the_disk_sku():
+    zrs = row("zrs-gone", State.DELETED, "Premium_ZRS", 100, quarantine_snapshot="/subscriptions/x/snapshots/q2",
+              quarantine_until=None)
+    _, quarantine = disk_totals([zrs], PRICES, NOW)
+    assert quarantine == {SUB_A: QuarantineTotals(snapshots=1, size_bytes=100 * GIB,
+                                                  monthly_cost=100 * PRICES.snapshot_gb_month)}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,20 +18,27 @@ from tests.test_daemon import daemon_env, free_port, wait_for  # noqa: F401 - fi
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules.yml"
 WASTED_THRESHOLD = 4096  # bytes, for the test; the shipped rule says 1 TiB
+# alert -> (the shipped threshold, the test's): each is lowered and its `for` removed.
+LOWERED = {
+    "VhdGcWastedStorageHigh": ("> 1099511627776", f"> {WASTED_THRESHOLD}"),
+    "VhdGcWastedDiskSpendHigh": ("> 500", "> 100"),  # a month, in prices.currency
+    "VhdGcDisksPilingUp": ("> 10", "> 2"),  # due disks
+}
 
 
 def _rules_for_test(tmp_path: Path) -> Path:
-    """The shipped rules with the wasted-storage threshold lowered and its `for` removed."""
+    """The shipped rules with the thresholds of LOWERED lowered and their `for` removed."""
     data = yaml.safe_load(RULES.read_text())
-    found = False
+    found = set()
     for group in data["groups"]:
         for rule in group["rules"]:
-            if rule.get("alert") == "VhdGcWastedStorageHigh":
-                assert "1099511627776" in rule["expr"]
-                rule["expr"] = rule["expr"].replace("1099511627776", str(WASTED_THRESHOLD))
+            if rule.get("alert") in LOWERED:
+                shipped, lowered = LOWERED[rule["alert"]]
+                assert rule["expr"].count(shipped) == 1, rule["alert"]
+                rule["expr"] = rule["expr"].replace(shipped, lowered)
                 rule["for"] = "0s"
-                found = True
-    assert found
+                found.add(rule["alert"])
+    assert found == set(LOWERED)
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -111,3 +120,80 @@ def test_prometheus_scrapes_wasted_bytes_and_fires_the_wasted_storage_alert(gc, 
     names = {a["labels"]["alertname"] for a in (_api(port, "alerts").get("data") or {}).get("alerts", [])}
     assert "VhdGcNoCompletePass" not in names and "VhdGcIncompletePasses" not in names
     assert d.stop() == 0
+
+
+def _firing(port: int, name: str) -> list[dict]:
+    alerts = (_api(port, "alerts").get("data") or {}).get("alerts") or []
+    return [a for a in alerts if a["labels"].get("alertname") == name and a["state"] == "firing"]
+
+
+@pytest.fixture
+def metrics_server():
+    """/metrics of a Metrics registry over a real state store, on a real HTTP port."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    from gc_daemon.metrics import Metrics
+
+    servers = []
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def start(store, config) -> int:
+        port = free_port()
+        server = make_server("127.0.0.1", port, make_wsgi_app(Metrics(store, config).registry), handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return port
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_fires_the_disk_alerts_on_what_the_store_holds(tmp_path, prometheus, metrics_server):
+    """Disks in the state store -> the scrape -> the shipped disk rules (thresholds lowered): both fire
+    with the values the store implies, and the blob alerts stay quiet."""
+    from gc_daemon.config import Config
+    from gc_daemon.disk_cost import GIB, DiskPricesConfig
+    from gc_daemon.disks import DiskChange, DiskRow, Kind
+    from gc_daemon.domain import State
+    from gc_daemon.wiring import open_store
+
+    sub = "00000000-0000-0000-0000-000000000001"
+    config = Config.model_validate({
+        "database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "azure": {"subscriptions": [sub], "storage_accounts": [{"name": "gcacct1"}]},
+        "managed_disks": {"mode": "report"},
+    })
+    store = open_store(config)
+    if not hasattr(store, "disk_rows"):
+        pytest.skip("the store has no managed-disk queries yet (branch i13-state)")
+    now = datetime.now(UTC)
+
+    def disk(name: str, state: State, gib: int) -> DiskRow:
+        return DiskRow(id=f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Compute/disks/{name}",
+                       kind=Kind.MANAGED_DISK, state=state, first_orphaned_at=now - timedelta(days=9),
+                       delete_after=now - timedelta(days=2), streak_start=1, subscription=sub, resource_group="rg",
+                       name=name, sku="Premium_LRS", size_bytes=gib * GIB)
+
+    # Three 1 TiB Premium SSDs due (P30 each) and a 64 GiB candidate (P6).
+    rows = [disk(f"due-{i}", State.DUE, 1024) for i in range(3)] + [disk("young", State.CANDIDATE, 64)]
+    with store.transaction() as tx:
+        tx.apply_disks([DiskChange(r, "marked") for r in rows])
+    prices = DiskPricesConfig()
+    cost = round(3 * prices.premium_lrs["P30"], 4) + round(prices.premium_lrs["P6"], 4)
+
+    port = prometheus(metrics_server(store, config))
+    spend = wait_for(lambda: _firing(port, "VhdGcWastedDiskSpendHigh"), "VhdGcWastedDiskSpendHigh to fire")
+    assert spend[0]["labels"]["severity"] == "warning" and spend[0]["labels"]["job"] == "vhd-gc"
+    assert float(spend[0]["value"]) == pytest.approx(cost)
+    piling = wait_for(lambda: _firing(port, "VhdGcDisksPilingUp"), "VhdGcDisksPilingUp to fire")
+    assert piling[0]["labels"]["severity"] == "info"
+    assert float(piling[0]["value"]) == 3
+    names = {a["labels"]["alertname"] for a in (_api(port, "alerts").get("data") or {}).get("alerts", [])}
+    assert "VhdGcWastedStorageHigh" not in names and "VhdGcDueWhileDryRun" not in names

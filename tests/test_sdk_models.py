@@ -24,7 +24,9 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, sys.argv[1])
     sys.setswitchinterval(1e-6)
     from gc_daemon.sources.sdk_models import guard_model_setup
-    assert guard_model_setup() == ["azure.mgmt.compute._utils.model_base", "azure.mgmt.storage._utils.model_base"]
+    assert guard_model_setup() == ["azure.mgmt.compute._utils.model_base",
+                                   "azure.mgmt.resource.resources._utils.model_base",
+                                   "azure.mgmt.storage._utils.model_base"]
     from azure.mgmt.compute import models as m
     from azure.mgmt.compute._utils.model_base import _deserialize
     uri = "https://acct1.blob.core.windows.net/vhds/{}.vhd"

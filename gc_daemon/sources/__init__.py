@@ -10,13 +10,15 @@ from . import (
     galleries,
     image_builder,
     images,
+    locks,
+    resource_groups,
     scale_sets,
     site_recovery,
     snapshots,
     storage_accounts,
     virtual_machines,
 )
-from .base import Read, ReferenceRead, Source, SourceError
+from .base import GroupSeen, LockAt, Read, ReferenceRead, Source, SourceError
 
 REGISTRY: tuple[Source, ...] = (
     virtual_machines.SOURCE,
@@ -28,8 +30,14 @@ REGISTRY: tuple[Source, ...] = (
     site_recovery.SOURCE,
     image_builder.SOURCE,
     devtest_labs.SOURCE,
+    resource_groups.SOURCE,
+    locks.SOURCE,
     storage_accounts.SOURCE,
 )
+
+# What the managed-disk half of a pass joins: a read without any of these (or with one of them
+# failed) hands the pass no disks or snapshots (ReferenceRead.disks is None: the disk half is skipped).
+DISK_SOURCES = ("disks", "snapshots", "images", "galleries", "resource_groups", "locks")
 
 
 def reads(sources: tuple[Source, ...] = REGISTRY) -> list[Read]:
@@ -46,4 +54,7 @@ def without_placement(sources: tuple[Source, ...] = REGISTRY) -> tuple[Source, .
     return tuple(s for s in sources if s is not storage_accounts.SOURCE)
 
 
-__all__ = ["REGISTRY", "Read", "ReferenceRead", "Source", "SourceError", "permissions", "reads", "without_placement"]
+__all__ = [
+    "DISK_SOURCES", "REGISTRY", "GroupSeen", "LockAt", "Read", "ReferenceRead", "Source", "SourceError", "permissions",
+    "reads", "without_placement",
+]

@@ -28,6 +28,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.rest import HttpRequest
 
+from gc_daemon.disks import DiskSeen, SnapshotSeen
 from gc_daemon.domain import RawReference, RefKind
 
 _MAX_MESSAGE = 400
@@ -80,11 +81,18 @@ class Source:
 
 @dataclass(slots=True)
 class Found:
-    """What one task found: references, storage accounts (placement), and further tasks."""
+    """What one task found: references, storage accounts (placement), and further tasks; and for the
+    managed-disk half of a pass, the disks and snapshots listed, resource groups, locks, and which
+    disks or snapshots an image or gallery image version names (``(key, holder id)`` pairs)."""
 
     references: list[RawReference] = field(default_factory=list)
     accounts: list["PlacedAccount"] = field(default_factory=list)
     follow: list["Task"] = field(default_factory=list)
+    disks: list[DiskSeen] = field(default_factory=list)
+    snapshots: list[SnapshotSeen] = field(default_factory=list)
+    groups: list["GroupSeen"] = field(default_factory=list)
+    locks: list["LockAt"] = field(default_factory=list)
+    resource_refs: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +105,25 @@ class PlacedAccount:
     blob_endpoint: str | None = None
     kind: str | None = None
     sku: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSeen:
+    """A resource group as the resource groups list shows it: what the disk decision reads of it."""
+
+    id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    managed_by: str | None = None  # set: the group belongs to another resource (AKS MC_*, managed apps)
+
+
+@dataclass(frozen=True, slots=True)
+class LockAt:
+    """A management lock: its id, the scope it is on (a subscription, group or resource id, as the
+    lock's id names it) and its level (``CanNotDelete``, ``ReadOnly``; anything else holds too)."""
+
+    id: str
+    scope: str
+    level: str
 
 
 @dataclass(slots=True)
@@ -123,6 +150,16 @@ class ReferenceRead:
     counts: dict[str, int] = field(default_factory=dict)  # references per source
     # Storage accounts of the configured subscriptions, by name (None when placement was not read).
     accounts: dict[str, PlacedAccount] | None = None
+    # The managed disks and snapshots listed (``ownership_read=False``: the pass GETs that time
+    # itself). None, and the disk half of the pass skipped, unless the disks, snapshots, images,
+    # galleries, resource groups and locks sources were all read, and read completely, by this read.
+    disks: list[DiskSeen] | None = None
+    snapshots: list[SnapshotSeen] | None = None
+    disks_read: set[str] = field(default_factory=set)  # subscriptions (lower-case) whose disks were listed in full
+    groups: dict[str, GroupSeen] = field(default_factory=dict)  # lower-cased group id -> group
+    locks: list[LockAt] = field(default_factory=list)
+    # Lower-cased disk / snapshot id -> the ids of the managed images and gallery image versions naming it.
+    resource_refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -346,7 +383,94 @@ def utc(value: Any, holder: str, where: str = "timeCreated") -> datetime | None:
             raise ValueError(f"{holder}: {where} is not a timestamp") from None
     if not isinstance(value, datetime):
         raise ValueError(f"{holder}: {where} is not a timestamp")
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    # Always datetime.timezone.utc (the SDK's deserializer hands its own UTC tzinfo): equal instants
+    # then also look equal wherever they are stored or printed.
+    return value.astimezone(timezone.utc) if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def text(value: Any, holder: str, where: str) -> str | None:
+    """A string field (an SDK enum gives its value); None when missing, null or empty."""
+    if value is None:
+        return None
+    value = getattr(value, "value", value)  # str enums of the SDK models
+    if not isinstance(value, str):
+        raise ValueError(f"{holder}: {where} is not a string")
+    return value or None
+
+
+def integer(value: Any, holder: str, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{holder}: {where} is not a whole number")
+    return value
+
+
+def flag(value: Any, holder: str, where: str) -> bool:
+    """A boolean field; missing or null is False."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{holder}: {where} is not a boolean")
+    return value
+
+
+def tags_of(value: Any, holder: str, where: str = "tags") -> dict[str, str]:
+    """A resource's tags (missing or null: none). A tag name that is not a string fails the item."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{holder}: {where} is not an object")
+    out = {}
+    for name, val in value.items():
+        if not isinstance(name, str):
+            raise ValueError(f"{holder}: {where} has a name that is not a string")
+        out[name] = "" if val is None else val if isinstance(val, str) else str(val)
+    return out
+
+
+def strings(value: Any, holder: str, where: str) -> tuple[str, ...]:
+    """A list of strings (nulls and empty strings in it dropped); missing or null is empty."""
+    out = []
+    for item in items(value, holder, where):
+        if item is None or item == "":
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"{holder}: {where} holds something that is not a string")
+        out.append(item)
+    return tuple(out)
+
+
+def arm_id(value: Any, holder: str, where: str) -> str | None:
+    """An ARM resource id as written (leading ``/`` added when missing: some services, and the REST
+    examples, omit it); None when missing, null or empty."""
+    rid = text(value, holder, where)
+    if rid is None:
+        return None
+    rid = rid.strip()
+    if not rid:
+        return None
+    return rid if rid.startswith("/") else "/" + rid
+
+
+def arm_key(resource_id: str) -> str:
+    """How ARM ids compare: lower-cased, with a leading ``/`` and no trailing one."""
+    rid = resource_id.strip().rstrip("/")
+    return (rid if rid.startswith("/") else "/" + rid).lower()
+
+
+_DISK_OR_SNAPSHOT = re.compile(r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.compute/"
+                               r"(disks|snapshots)/[^/]+$")
+
+
+def disk_or_snapshot_refs(holder: str, *ids: Any, where: str) -> list[tuple[str, str]]:
+    """``(key, holder)`` for each of ``ids`` that names a managed disk or a snapshot."""
+    out = []
+    for value in ids:
+        rid = arm_id(value, holder, where)
+        if rid is not None and _DISK_OR_SNAPSHOT.match(arm_key(rid)):
+            out.append((arm_key(rid), holder))
+    return out
 
 
 _RG_RE = re.compile(r"^/subscriptions/[^/]+/resourceGroups/(?P<rg>[^/]+)/", re.IGNORECASE)
@@ -393,6 +517,8 @@ class SubscriptionContext:
     max_pages: int
     _compute: Callable[[], Any]
     _storage: Callable[[], Any]
+    _resources: Callable[[], Any] | None = None
+    _locks: Callable[[], Any] | None = None
 
     def compute(self) -> Any:
         """The subscription's azure-mgmt-compute client (made once, on first use)."""
@@ -401,6 +527,18 @@ class SubscriptionContext:
     def storage(self) -> Any:
         """The subscription's azure-mgmt-storage client (made once, on first use)."""
         return self._storage()
+
+    def resources(self) -> Any:
+        """The subscription's azure-mgmt-resource ResourceManagementClient (made once, on first use)."""
+        if self._resources is None:
+            raise RuntimeError("no resource management client for this context")
+        return self._resources()
+
+    def locks(self) -> Any:
+        """The subscription's ManagementLockClient (azure-mgmt-resource-locks; made once, on first use)."""
+        if self._locks is None:
+            raise RuntimeError("no management lock client for this context")
+        return self._locks()
 
     def pages(self) -> dict[str, Any]:
         """Keyword arguments for one SDK list call: a fresh :class:`PageGuard`."""

@@ -15,6 +15,7 @@ from .base import (
     SubscriptionContext,
     attr,
     collect,
+    disk_or_snapshot_refs,
     holder_id,
     items,
     name_of,
@@ -73,6 +74,18 @@ def gallery_image_version_references(version: Any) -> list[RawReference]:
     return refs
 
 
+def gallery_image_version_resource_refs(version: Any) -> list[tuple[str, str]]:
+    """``(disk or snapshot key, version id)`` for the managed disks and snapshots a version is made
+    from: ``storageProfile.source.id``, ``osDiskImage.source.id``, ``dataDiskImages[].source.id``."""
+    holder = holder_id(version)
+    profile = required(version, holder, "storage_profile", where="storageProfile")
+    out = disk_or_snapshot_refs(holder, attr(profile, "source", "id"), attr(profile, "os_disk_image", "source", "id"),
+                                where="storageProfile.source.id / osDiskImage.source.id")
+    for i, data_image in enumerate(items(attr(profile, "data_disk_images"), holder, "dataDiskImages")):
+        out += disk_or_snapshot_refs(holder, attr(data_image, "source", "id"), where=f"dataDiskImages[{i}].source.id")
+    return out
+
+
 def gallery_application_version_references(version: Any) -> list[RawReference]:
     """An application version's package (``mediaLink``: "must be a readable storage page blob") and
     default configuration. Every version has a publishing profile with a source."""
@@ -98,8 +111,11 @@ def read_gallery_images(client: Any, resource_group: str, gallery: str, pages: d
 
 
 def read_versions(client: Any, resource_group: str, gallery: str, image: str, pages: dict[str, Any]) -> Found:
-    found = client.gallery_image_versions.list_by_gallery_image(resource_group, gallery, image, **pages)
-    return collect(found, gallery_image_version_references)
+    out = Found()
+    for version in client.gallery_image_versions.list_by_gallery_image(resource_group, gallery, image, **pages):
+        out.references += gallery_image_version_references(version)
+        out.resource_refs += gallery_image_version_resource_refs(version)
+    return out
 
 
 def read_applications(client: Any, resource_group: str, gallery: str, pages: dict[str, Any]) -> list[str]:
@@ -141,6 +157,7 @@ def tasks(ctx: SubscriptionContext) -> list:
 
 SOURCE = Source(
     "galleries", "Compute", (GALLERIES, IMAGES, VERSIONS, APPLICATIONS, APPLICATION_VERSIONS), tasks,
-    sees="gallery image versions' source VHDs (`osDiskImage.source.uri`, `dataDiskImages[].source.uri`) and "
+    sees="gallery image versions' source VHDs (`osDiskImage.source.uri`, `dataDiskImages[].source.uri`) and the "
+    "managed disks and snapshots they are made from (`source.id`), "
     "gallery application versions' packages (`publishingProfile.source.mediaLink`, `defaultConfigurationLink`)",
 )

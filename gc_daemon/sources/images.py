@@ -1,4 +1,5 @@
-"""Managed images made from VHDs (an image takes no lease on its source, yet breaks if it goes)."""
+"""Managed images made from VHDs (an image takes no lease on its source, yet breaks if it goes), and
+the managed disks and snapshots images are made from (such a disk or snapshot is in use)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from typing import Any
 
 from gc_daemon.domain import RawReference, RefKind
 
-from .base import Found, Read, Source, SubscriptionContext, attr, collect, holder_id, items, ref, required
+from .base import (
+    Found,
+    Read,
+    Source,
+    SubscriptionContext,
+    attr,
+    disk_or_snapshot_refs,
+    holder_id,
+    items,
+    ref,
+    required,
+)
 
 READ = Read(
     "images",
@@ -27,12 +39,33 @@ def image_references(image: Any) -> list[RawReference]:
     return refs
 
 
+def image_resource_refs(image: Any) -> list[tuple[str, str]]:
+    """``(disk or snapshot key, image id)`` for the managed disks and snapshots the image is made
+    from: ``storageProfile.osDisk`` / ``dataDisks[]`` ``.managedDisk.id`` and ``.snapshot.id``."""
+    holder = holder_id(image)
+    profile = required(image, holder, "storage_profile", where="storageProfile")
+    os_disk = required(profile, holder, "os_disk", where="storageProfile.osDisk")
+    out = disk_or_snapshot_refs(holder, attr(os_disk, "managed_disk", "id"), attr(os_disk, "snapshot", "id"),
+                                where="osDisk")
+    for i, data_disk in enumerate(items(attr(profile, "data_disks"), holder, "dataDisks")):
+        out += disk_or_snapshot_refs(holder, attr(data_disk, "managed_disk", "id"), attr(data_disk, "snapshot", "id"),
+                                     where=f"dataDisks[{i}]")
+    return out
+
+
 def read(client: Any, pages: dict[str, Any]) -> Found:
-    return collect(client.images.list(**pages), image_references)
+    out = Found()
+    for image in client.images.list(**pages):
+        out.references += image_references(image)
+        out.resource_refs += image_resource_refs(image)
+    return out
 
 
 def tasks(ctx: SubscriptionContext) -> list:
     return [ctx.task(READ, "", lambda: read(ctx.compute(), ctx.pages()))]
 
 
-SOURCE = Source("images", "Compute", (READ,), tasks, sees="managed images' source VHDs (`blobUri`)")
+SOURCE = Source(
+    "images", "Compute", (READ,), tasks,
+    sees="managed images' source VHDs (`blobUri`), and the managed disks and snapshots they are made from",
+)

@@ -26,6 +26,7 @@ from .base import (
     SourceError,
     SubscriptionContext,
     Task,
+    arm_key,
     arm_list,
     describe_error,
 )
@@ -103,6 +104,10 @@ class ReferenceInventory:
             if client is None:
                 if kind == "compute":
                     from azure.mgmt.compute import ComputeManagementClient as make
+                elif kind == "resources":
+                    from azure.mgmt.resource.resources import ResourceManagementClient as make
+                elif kind == "locks":
+                    from azure.mgmt.resource.locks import ManagementLockClient as make
                 else:
                     from azure.mgmt.storage import StorageManagementClient as make
                 client = self._clients[(kind, subscription)] = make(self._credential, subscription, **self._kwargs())
@@ -127,6 +132,8 @@ class ReferenceInventory:
             self._max_pages,
             lambda: self._client("compute", subscription),
             lambda: self._client("storage", subscription),
+            lambda: self._client("resources", subscription),
+            lambda: self._client("locks", subscription),
         )
 
     @property
@@ -145,6 +152,9 @@ class ReferenceInventory:
         calls in flight."""
         guard_model_setup()  # before any pool thread constructs an SDK model (see sdk_models)
         result = ReferenceRead(accounts={} if self.places_accounts else None)
+        disks: list = []
+        snapshots: list = []
+        refs: dict[str, dict[str, None]] = {}
         for sub in self._subscriptions:
             for label in self.labels:
                 result.counts[f"{sub}/{label}"] = 0
@@ -181,13 +191,57 @@ class ReferenceInventory:
                     if result.accounts is not None:
                         for account in found.accounts:
                             result.accounts.setdefault(account.name, account)
+                    disks += found.disks
+                    snapshots += found.snapshots
+                    for group in found.groups:
+                        result.groups[arm_key(group.id)] = group
+                    result.locks += found.locks
+                    for key, holder in found.resource_refs:
+                        refs.setdefault(key, {})[holder] = None
                     for follow_task in found.follow:
                         pending[pool.submit(follow_task.run)] = follow_task
         finally:
             # After a stop the calls in flight are not waited for: each ends with its timeout.
             pool.shutdown(wait=not stopped, cancel_futures=True)
         result.errors.sort(key=lambda e: (e.source, e.message))
+        self._disk_half(result, disks, snapshots, refs)
         return result
+
+    def _disk_half(self, result: ReferenceRead, disks: list, snapshots: list, refs: dict[str, dict[str, None]]) -> None:
+        """What the managed-disk half of a pass gets: the disks and snapshots only when every source it
+        joins them with was read, and read completely (else None: the pass skips the disk half)."""
+        from . import DISK_SOURCES
+
+        failed = {e.source for e in result.errors}
+        by_name = {s.name: s for s in self.sources}
+        if "disks" in by_name:
+            result.disks_read = {
+                sub.lower() for sub in self._subscriptions
+                if not any(f"{sub}/{label}" in failed for label in by_name["disks"].labels)
+            }
+        result.resource_refs = {key: tuple(sorted(holders)) for key, holders in sorted(refs.items())}
+        result.locks.sort(key=lambda lock: lock.id.lower())
+        if not all(name in by_name for name in DISK_SOURCES):
+            return
+        labels = {label for name in DISK_SOURCES for label in by_name[name].labels}
+        if any(source.split("/", 1)[-1] in labels for source in failed):
+            return
+        # A disk whose group the groups list lacks (an identity that may read the disk but not its
+        # group): the group's tags and managedBy are unknown, and either may hold the disk.
+        unlisted: dict[str, list[str]] = {}
+        for obs in (*disks, *snapshots):
+            if arm_key(f"/subscriptions/{obs.subscription}/resourceGroups/{obs.resource_group}") not in result.groups:
+                unlisted.setdefault(obs.subscription, []).append(obs.id)
+        for sub, ids in sorted(unlisted.items()):
+            more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+            result.errors.append(SourceError(f"{sub}/resourceGroups", (
+                f"the resource group of {ids[0]}{more} is not in the resource groups list: its tags and managedBy "
+                "cannot be read (Microsoft.Resources/subscriptions/resourceGroups/read on the group)")[:_MAX_MESSAGE]))
+        if unlisted:
+            result.errors.sort(key=lambda e: (e.source, e.message))
+            return
+        result.disks = sorted(disks, key=lambda d: d.id.lower())
+        result.snapshots = sorted(snapshots, key=lambda s: s.id.lower())
 
     # -- placing an account outside the configuration ---------------------------------------------
 

@@ -1,4 +1,5 @@
-"""A guard for a race in the Azure SDKs' generated models (azure-mgmt-compute 39, azure-mgmt-storage).
+"""A guard for a race in the Azure SDKs' generated models (azure-mgmt-compute 39, azure-mgmt-storage,
+azure-mgmt-resource 26's resource groups).
 
 Their models set themselves up lazily: the first construction of each model class computes, in
 ``Model.__new__``, the class's field table and each field's deserializer, with no lock. When two
@@ -21,7 +22,11 @@ import importlib
 import threading
 from typing import Any
 
-MODEL_BASES = ("azure.mgmt.compute._utils.model_base", "azure.mgmt.storage._utils.model_base")
+MODEL_BASES = (
+    "azure.mgmt.compute._utils.model_base",
+    "azure.mgmt.storage._utils.model_base",
+    "azure.mgmt.resource.resources._utils.model_base",  # azure-mgmt-resource-locks 1.0 is msrest: no set-up race
+)
 _lock = threading.RLock()  # one for every SDK: a set-up can construct models of another class
 _guarded: set[str] = set()
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from gc_daemon.state.db import make_engine
 from gc_daemon.state.models import audit_log, passes as passes_table, tracked_blobs
 from sandbox import arm as a
+from sandbox import arm_disks as ad
 from sandbox import seed
 from sandbox.azurite import Azurite, random_key
 from gc_daemon.sources import reads
@@ -167,6 +168,13 @@ def build_estate(gc: Harness, *, now: datetime | None = None) -> Estate:
     # page lost would leave a collected account unplaced, which fails the pass on its own.
     e.resources.append(a.storage_account(SUB, "storage-rg", "spareacct"))
     e.covered.add("storageAccounts")
+    # Resource groups and management locks: no blob behind them (they hold disks and snapshots), but a
+    # list of either that fails, or is cut short, must fail the pass closed like any source's. 3 groups
+    # of their own beside rg1 and storage-rg, and 3 locks (on VMs): 2 pages and more each.
+    for i in range(3):
+        e.resources.append(ad.resource_group(SUB, f"spare-rg{i}", tags={"team": "matrix"}))
+        e.resources.append(ad.management_lock(a.compute_id(SUB, RG, "virtualMachines", f"vm{i}"), f"lock{i}"))
+    e.covered |= {"resourceGroups", "locks"}
     # A lease alone.
     use("vhds", "leased.vhd", "lease", lease=True)
     gc.compute(*e.resources)
