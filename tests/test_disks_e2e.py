@@ -259,6 +259,32 @@ def test_too_young_since_the_last_detach_or_since_creation(gc):
     assert not exists(gc, disk_id("detached-2d")) and not exists(gc, disk_id("new-never-attached"))
 
 
+@wired
+def test_too_young_with_the_services_clocks_moved_as_the_collectors(gc):
+    """The same rule with the clock check at its strict default: the storage services' clocks (Azurite
+    behind the date-shift proxy, tests/support/dateshift.py) move with the collector's, as real clocks
+    do when time passes; a disk's age is counted on the pass's clock from its ARM times."""
+    from tests.support.dateshift import DateShift
+
+    proxy = DateShift(gc.azurite.blob_endpoint("gcacct1").rsplit("/", 1)[0])
+    try:
+        accounts = [{"name": n, "blob_endpoint": proxy.endpoint(n), "key_env": f"{n.upper()}_KEY"}
+                    for n in ("gcacct1", "gcacct2")]
+        configure(gc, min_age="7d", azure={"storage_accounts": accounts, "max_clock_skew": "5m"})
+        seed(gc, disk("detached-2d", detached=2 * DAY, created=100 * DAY),
+             disk("new-never-attached", detached=None, created=2 * DAY))
+        assert scan(gc).outcome == "complete"
+        assert exists(gc, disk_id("detached-2d")) and exists(gc, disk_id("new-never-attached"))
+        assert report(gc) == {}
+
+        later = 5 * DAY + timedelta(hours=1)
+        proxy.offset = later  # five days pass, for every clock
+        assert scan(gc, advance=later).outcome == "complete"
+        assert not exists(gc, disk_id("detached-2d")) and not exists(gc, disk_id("new-never-attached"))
+    finally:
+        proxy.close()
+
+
 def _image_naming(name: str, *, os_disk: str | None = None, data_snapshot: str | None = None) -> dict:
     img = a.image(SUB, RG, name)
     profile = img["properties"]["storageProfile"]
