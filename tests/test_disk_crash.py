@@ -89,6 +89,10 @@ def _settled(gc) -> dict:
     return snap
 
 
+@pytest.mark.parametrize(
+    "gc", [pytest.param(None, id="sqlite"), pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 def test_sigkill_between_the_quarantine_snapshot_and_the_delete(gc, tmp_path):
     _estate(gc)
     gate = gc.arm.gate(r"/disks/left-0$", "DELETE")

@@ -48,12 +48,17 @@ from tests.support.estate import SUB, SUB2
 GIB = 1024**3
 DAY = timedelta(days=1)
 wired = needs_disk_wiring()
+BOTH_DATABASES = pytest.mark.parametrize(
+    "gc", [pytest.param(None, id="sqlite"), pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 
 
 # -- the lifecycle ------------------------------------------------------------------------------------
 
 
 @wired
+@BOTH_DATABASES
 def test_quarantine_then_delete_then_restore(gc):
     rid = disk_id("old-app-data")
     configure(gc, quarantine="30d")
