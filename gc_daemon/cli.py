@@ -185,6 +185,14 @@ def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> No
         f"({s.vhds} VHDs); marked {s.marked}, due {s.due}, deleted {s.deleted}, refused {s.refused}, "
         f"failed {s.failed}, kept {s.kept}, released {s.released}; mode {config.mode}"
     )
+    if s.disks or s.snapshots:  # the managed-disk half, when the pass read any
+        summary += (
+            f"\n  managed disks: {s.disks} disks ({s.disks_unattached} unattached), {s.snapshots} snapshots; "
+            f"marked {s.disk_marked}, due {s.disk_due}, kept {s.disk_kept}, released {s.disk_released}; "
+            f"quarantine snapshots made {s.quarantine_snapshots}, disks deleted {s.disks_deleted}, "
+            f"snapshots deleted {s.snapshots_deleted}, quarantine snapshots expired {s.quarantine_expired}; "
+            f"managed_disks.mode {config.managed_disks.mode}"
+        )
     click.echo(summary)
     if result.outcome == "stopped":
         click.echo(f"vhd-gc: the pass was stopped by {stop.name}: {_safe('; '.join(result.errors))}", err=True)

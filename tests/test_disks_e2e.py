@@ -67,6 +67,8 @@ def test_quarantine_then_delete_then_restore(gc):
 
     run = gc.cli("scan")
     assert run.code == 0, run.err
+    assert "managed disks: 2 disks (1 unattached), 0 snapshots" in run.out
+    assert "quarantine snapshots made 1, disks deleted 1" in run.out
 
     # Ground truth: the disk is gone, its quarantine snapshot is there, made before the delete.
     assert estate_disk(gc, rid) is None
