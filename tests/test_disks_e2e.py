@@ -629,3 +629,47 @@ def test_confirm_pass_lets_through_what_the_guard_held_back_of_disks(gc):
     assert "5 disks and snapshots" in run.out
     confirmed = store.pass_confirmation()
     assert (confirmed["new"], confirmed["bytes"]) == (5, 5 * 32 * GIB)
+
+
+@wired
+def test_an_operator_keep_during_the_quarantine_snapshot_stops_the_delete(gc):
+    """`vhd-gc keep` takes effect for every deletion that starts after it returns: one taken while
+    the quarantine snapshot is being made stops the delete that would follow it."""
+    from gc_daemon.config import load_config
+    from gc_daemon.wiring import open_store
+
+    rid = disk_id("leftover")
+    configure(gc)
+    seed(gc, disk("leftover"))
+    store = open_store(load_config(gc.config_path))
+    gc.arm.on_request(r"/snapshots/", "PUT",
+                      lambda m, p: store.add_disk_hold(rid, "wait, still needed", "dana", datetime.now(UTC)))
+
+    assert scan(gc).outcome == "complete"
+    assert exists(gc, rid)
+    assert [p for m, p in gc.arm.requests if m == "DELETE"] == []
+    assert len(quarantine_of(gc, rid)) == 1  # made, and harmless: it expires with its quarantine
+    refused = [e for e in audit(gc, rid) if e["action"] == "delete-refused"]
+    assert len(refused) == 1 and "operator" in (refused[0]["reason"] or "") + (refused[0]["error_code"] or "")
+    assert "delete-intent" not in actions(gc, rid)
+    rec = row(gc, rid)
+    assert (rec["state"], rec["hold"]) == ("kept", "operator")
+
+
+@wired
+def test_disks_and_blobs_share_max_deletes_per_pass(gc):
+    blobs = [gc.page("left", f"left-{i}.vhd") for i in range(2)]
+    disks = [disk_id(f"left-{i}") for i in range(3)]
+    configure(gc, max_deletes_per_pass=3, min_age="0s")  # the blobs were just written
+    seed(gc, *(disk(f"left-{i}") for i in range(3)))
+
+    assert scan(gc).outcome == "complete"
+    gone_blobs = [u for u in blobs if not gc.exists("left", u.rsplit("/", 1)[-1])]
+    gone_disks = [d for d in disks if not exists(gc, d)]
+    assert len(gone_blobs) + len(gone_disks) == 3
+    due = [d for d in disks if row(gc, d)["state"] == "due"]
+    assert len(due) == 3 - len(gone_disks)
+
+    assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"  # the rest, next pass
+    assert not any(exists(gc, d) for d in disks)
+    assert not any(gc.exists("left", u.rsplit("/", 1)[-1]) for u in blobs)
