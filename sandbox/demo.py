@@ -126,7 +126,10 @@ def disks_supported() -> bool:
 
     from gc_daemon.state.store import Store
 
-    return hasattr(Store, "disk_rows") and importlib.util.find_spec("gc_daemon.azure.disks") is not None
+    from gc_daemon.cli import cli
+
+    return (hasattr(Store, "disk_rows") and importlib.util.find_spec("gc_daemon.azure.disks") is not None
+            and any("--kind" in getattr(p, "opts", ()) for p in cli.commands["report"].params))
 
 
 class Demo:
