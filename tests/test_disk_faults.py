@@ -299,7 +299,7 @@ def _write_case(gc, case: str, *, expect_deleted: bool, expect_outcome: str | No
     ("stuck", "quarantine-failed"),
 ])
 def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault, outcome):
-    _one_leftover(gc, lro_timeout="3s")
+    _one_leftover(gc, lro_timeout="3s" if fault == "stuck" else "20s")  # a stuck copy is waited for 3s
     if fault == "failed":
         gc.arm.lro_failed(r"/snapshots/", "PUT", code="InternalDiskManagementError")
     elif fault == "refused-5xx":
@@ -324,6 +324,7 @@ def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault,
     for op in gc.arm.operations:
         if op.status == "InProgress":
             gc.arm.disk_rp.settle(op.id)
+    configure(gc, quarantine="30d")  # the usual lro_timeout again
     result = scan(gc, advance=timedelta(minutes=1))
     assert result.outcome == "complete", result.errors
     _write_case(gc, f"disks quarantine snapshot {fault}: then a healthy pass", expect_deleted=True,
@@ -334,7 +335,7 @@ def test_a_quarantine_snapshot_that_does_not_succeed_stops_the_delete(gc, fault,
 @pytest.mark.parametrize("fault", ["failed", "refused-5xx", "stuck", "stuck-then-done", "lost-reply"])
 def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
     stuck = fault.startswith("stuck")
-    _one_leftover(gc, lro_timeout="3s")
+    _one_leftover(gc, lro_timeout="3s" if stuck else "20s")  # a stuck delete is waited for 3s
     if fault == "failed":
         gc.arm.lro_failed(TARGET_PATH, "DELETE", code="InternalOperationError")
     elif fault == "refused-5xx":
@@ -364,6 +365,7 @@ def test_a_delete_that_fails_is_recorded_as_what_happened(gc, fault):
         (op,) = [op for op in gc.arm.operations if op.kind == "delete"]
         gc.arm.disk_rp.settle(op.id)
         assert not exists(gc, TARGET)
+    configure(gc, quarantine="30d")  # the usual lro_timeout again
     result = scan(gc, advance=timedelta(minutes=1))
     assert result.outcome == "complete", result.errors
     _write_case(gc, f"disks delete {fault}: then a healthy pass", expect_deleted=True, expect_outcome=None)
