@@ -17,7 +17,7 @@ from itertools import islice
 
 from .cost import blob_monthly_cost
 from .disk_cost import billed_bytes as disk_billed_bytes
-from .disk_cost import disk_monthly_cost
+from .disk_cost import disk_monthly_cost, snapshot_monthly_cost
 from .disks import DiskRow, Kind
 from .domain import Classification, State, Tracked
 
@@ -160,19 +160,26 @@ def record(row: Tracked, seq: int, prices=None) -> dict:
 
 
 def disk_billed(row: DiskRow) -> int | None:
-    """What Azure bills of a disk (its provisioned size rounded up to its tier); a snapshot's bytes
-    held are not recorded: None (unknown)."""
-    if row.kind is not Kind.MANAGED_DISK or row.sku is None or row.size_bytes is None:
+    """What Azure bills of a disk: its provisioned size rounded up to its tier (None: an unknown SKU).
+    A snapshot bills the bytes it holds, which the listing does not give: its source's provisioned
+    size is the upper bound (what a full snapshot of a full disk bills), as the metrics count it."""
+    if row.size_bytes is None:
         return None
-    return disk_billed_bytes(row.sku, row.size_bytes)
+    if row.kind is Kind.SNAPSHOT:
+        return row.size_bytes
+    return disk_billed_bytes(row.sku, row.size_bytes) if row.sku else None
 
 
 def disk_cost(row: DiskRow, prices) -> float | None:
-    """A disk's monthly cost at ``prices.disks`` (by SKU and tier), rounded to 1e-6; None when not
-    known (an unknown SKU, a snapshot: its bytes held are not recorded)."""
-    if prices is None or row.kind is not Kind.MANAGED_DISK or row.size_bytes is None:
+    """The monthly cost at ``prices.disks`` (a disk by SKU and tier, a snapshot by the bytes of
+    :func:`disk_billed` at the snapshot rate), rounded to 1e-6; None when not known."""
+    if prices is None or row.size_bytes is None:
         return None
-    cost = disk_monthly_cost(prices.disks, row.sku, row.size_bytes)
+    if row.kind is Kind.SNAPSHOT:
+        zrs = bool(row.sku) and row.sku.upper().endswith("_ZRS")
+        cost = snapshot_monthly_cost(prices.disks, row.size_bytes, zrs=zrs)
+    else:
+        cost = disk_monthly_cost(prices.disks, row.sku, row.size_bytes)
     return None if cost is None else round(cost, 6)
 
 

@@ -140,7 +140,9 @@ def test_report_json_has_the_contracts_disk_keys_beside_unchanged_blob_rows(env:
     }
     assert (locked["state"], locked["hold"], locked["billed_bytes"], locked["monthly_cost"]) == (
         "kept", "locked", 32 * GIB, env.prices.disks.standard_hdd_lrs["S4"])  # HDD's smallest tier is S4
-    assert (snap["kind"], snap["billed_bytes"], snap["monthly_cost"], snap["disk_state"]) == ("snapshot", None, None, None)
+    # A snapshot bills the bytes it holds: at most its source's size, at the snapshot rate (as the metrics).
+    assert (snap["kind"], snap["billed_bytes"], snap["monthly_cost"], snap["disk_state"]) == (
+        "snapshot", 64 * GIB, round(64 * env.prices.disks.snapshot_gb_month, 6), None)
     assert (gone["state"], gone["sightings"], gone["quarantine_snapshot"]) == ("deleted", 3, QUARANTINE)
 
 

@@ -293,7 +293,8 @@ def test_disk_counts_per_subscription_kind_and_state_with_billed_bytes_and_cost(
     assert store.disk_counts(prices) == [
         DiskCount(SUB.lower(), "managed_disk", "candidate", 3, 111 * GIB, 132 * GIB,
                   round(prices.premium_lrs["P10"] + prices.premium_lrs["P1"], 6)),
-        DiskCount(SUB.lower(), "snapshot", "candidate", 1, 64 * GIB, 0, 0.0),
+        DiskCount(SUB.lower(), "snapshot", "candidate", 1, 64 * GIB, 64 * GIB,
+                  round(64 * prices.snapshot_gb_month, 6)),  # at most the bytes of its source
         DiskCount(SUB2, "managed_disk", "kept", 1, 4 * GIB, 32 * GIB, prices.standard_hdd_lrs["S4"]),
     ]
     assert [c.monthly_cost for c in store.disk_counts()] == [None, None, None]
