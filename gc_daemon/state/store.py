@@ -259,6 +259,7 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
     """Write disk changes in order: upserts by resource key, forgets deleted; the rows written."""
     written = 0
     upserts: list[dict[str, Any]] = []
+    keys: set[str] = set()
 
     def flush() -> int:
         if not upserts:
@@ -271,6 +272,7 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
         conn.execute(stmt, list(upserts))
         n = len(upserts)
         upserts.clear()
+        keys.clear()
         return n
 
     for item in changes:
@@ -281,9 +283,10 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
             ).rowcount
         elif isinstance(item, DiskChange):
             values = disk_values(item.row)
-            if upserts and any(u["resource_key"] == values["resource_key"] for u in upserts):
+            if values["resource_key"] in keys:
                 written += flush()  # one statement never carries a key twice (PostgreSQL refuses it)
             upserts.append(values)
+            keys.add(values["resource_key"])
             if len(upserts) >= BATCH_SIZE:
                 written += flush()
         else:
