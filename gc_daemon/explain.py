@@ -126,9 +126,14 @@ def explain_disk(config: Config, resource_id: str) -> dict:
         data.update(verdict=verdict, why=row.reason or "")
     data["stored"] = disk_record(row, store.last_complete_seq(), config.prices) if row is not None else None
     entries = store.audit_log(resource_id=rid.id)
+    # Its quarantine snapshots' entries too: the one recorded on the row, and any vhd-gc set out to
+    # make of it (a quarantine that failed leaves no row field, only its entries).
+    snapshots = {snap for snap, disk in store.quarantine_snapshots().items() if disk.lower() == rid.key}
     if row is not None and row.quarantine_snapshot:
-        entries += store.audit_log(resource_id=row.quarantine_snapshot)
-        entries.sort(key=lambda a: a.id)
+        snapshots.add(row.quarantine_snapshot.lower())
+    for snap in sorted(snapshots - {rid.key}):
+        entries += store.audit_log(resource_id=snap)
+    entries.sort(key=lambda a: a.id)
     data["history"] = [
         {
             "at": _iso(a.at),

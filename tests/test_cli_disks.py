@@ -301,6 +301,19 @@ def test_explain_a_deleted_disk_shows_its_quarantine_snapshots_history(env: Env)
     assert data["stored"]["quarantine_snapshot"] == QUARANTINE
 
 
+def test_explain_a_disk_whose_quarantine_failed_shows_the_snapshots_entries(env: Env) -> None:
+    snap = rid("vhdgc-q-data-01", "snapshots")
+    common = dict(subscription=SUB, at=NOW, actor="vhd-gc@host-a")
+    q = env.store.audit_disk(action="quarantine-intent", resource_id=snap, kind="snapshot",
+                             reason=f"quarantine of {DATA.id}", **common)
+    env.store.audit_disk(action="quarantine-failed", resource_id=snap, kind="snapshot", intent_id=q,
+                         error_code="QuotaExceeded", reason=f"quarantine of {DATA.id}: quota", **common)
+    data = env.json("explain", DATA.id)
+    assert [(h["action"], h["id"], h["error_code"]) for h in data["history"]] == [
+        ("quarantine-intent", snap, None), ("quarantine-failed", snap, "QuotaExceeded")]
+    assert env.json("explain", LOCKED.id)["history"] == []  # another disk's quarantine is not its own
+
+
 def test_explain_an_untracked_disk(env: Env) -> None:
     other = rid("never-seen")
     data = env.json("explain", other)
