@@ -233,8 +233,8 @@ def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
               help="Only disks and snapshots of this subscription (repeatable; leaves out blobs).")
 @click.option("--sort", type=click.Choice(["size", "billed", "cost", "age", "due", "state", "account", "url"]), default=None,
               help="Order: size, billed, cost and age descending (unknown last), due soonest first, state, "
-              "account and url ascending. Default: account, container, blob.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many blobs (after --sort).")
+              "account and url ascending. Default: blobs by account, container, blob, then disks and snapshots by id.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (after --sort).")
 @click.pass_context
 @_guard
 def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tuple[str, ...], sort: str | None,
