@@ -232,17 +232,24 @@ def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
     "--format", "fmt", type=click.Choice(["json", "table", "csv"]), default="table", show_default=True
 )
 @click.option("--state", "states", multiple=True, type=click.Choice(["candidate", "due", "deleted", "kept", "released"]),
-              help="Only blobs in this state (repeatable).")
-@click.option("--account", "accounts", multiple=True, metavar="NAME", help="Only blobs of this storage account (repeatable).")
+              help="Only rows in this state (repeatable).")
+@click.option("--account", "accounts", multiple=True, metavar="NAME",
+              help="Only blobs of this storage account (repeatable; leaves out disks and snapshots).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["vhd", "managed_disk", "snapshot"]),
+              help="Only rows of this kind (repeatable): vhd (page blobs), managed_disk, snapshot. Default: all.")
+@click.option("--subscription", "subscriptions", multiple=True, metavar="ID",
+              help="Only disks and snapshots of this subscription (repeatable; leaves out blobs).")
 @click.option("--sort", type=click.Choice(["size", "billed", "cost", "age", "due", "state", "account", "url"]), default=None,
               help="Order: size, billed, cost and age descending (unknown last), due soonest first, state, "
-              "account and url ascending. Default: account, container, blob.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many blobs (after --sort).")
+              "account and url ascending. Default: blobs by account, container, blob, then disks and snapshots by id.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (after --sort).")
 @click.pass_context
 @_guard
 def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tuple[str, ...], sort: str | None,
-           limit: int | None) -> None:
-    """Every tracked blob (json, table or csv), with its monthly cost from `prices`."""
+           limit: int | None, kinds: tuple[str, ...] = (), subscriptions: tuple[str, ...] = ()) -> None:
+    """Every tracked blob, managed disk and snapshot (json, table or csv), with its monthly cost from `prices`."""
+    from itertools import chain
+
     from .domain import State
     from .report import render, select_rows
     from .wiring import open_store
@@ -251,22 +258,37 @@ def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tupl
     store = open_store(config)
     seq = store.last_complete_seq()
     now = datetime.now(UTC)
-    rows = store.rows([State(s) for s in states] if states else None, accounts=accounts or None)
-    rows = select_rows(rows, sort=sort, limit=limit, prices=config.prices, now=now)
-    render(fmt, rows, seq, now, sys.stdout, prices=config.prices)
+    wanted = set(kinds) or {"vhd", "managed_disk", "snapshot"}
+    selected = [State(s) for s in states] if states else None
+    # A filter keeps the rows it describes: --account names blobs only, --subscription disks only.
+    rows = store.rows(selected, accounts=accounts or None) if "vhd" in wanted and not subscriptions else iter(())
+    disk_kinds = sorted(wanted - {"vhd"})
+    disks = store.disk_rows(selected, disk_kinds, subscriptions or None) if disk_kinds and not accounts else []
+    rows = select_rows(chain(rows, disks), sort=sort, limit=limit, prices=config.prices, now=now)
+    render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks))
 
 
 @cli.command()
-@click.argument("url")
+@click.argument("url", metavar="URL_OR_ID")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
 @_guard
 def explain(ctx: click.Context, url: str, fmt: str) -> None:
-    """Why a blob is, or is not, a candidate: its references, lease, opt-outs, history."""
+    """Why a blob is, or is not, a candidate: its references, lease, opt-outs, history; for a managed
+    disk or snapshot (its ARM id), what the last complete pass decided, its hold and its history."""
     from .explain import explain as build
     from .report import explain_text
     from .urls import UrlError, parse_blob_url
 
+    rid = _resource_id(url)
+    if rid is not None:
+        from .explain import explain_disk
+        from .report import disk_explain_text
+
+        data = explain_disk(_config(ctx), rid.id)
+        click.echo(json_text(json.dumps(data, indent=2, ensure_ascii=False)) if fmt == "json" else disk_explain_text(data),
+                   nl=fmt == "json")
+        return
     try:
         key = parse_blob_url(url)
     except UrlError as exc:
@@ -276,6 +298,45 @@ def explain(ctx: click.Context, url: str, fmt: str) -> None:
 
 
 # -- operator holds and audit -----------------------------------------------------------------
+
+
+def _resource_id(text: str):
+    """The parts of a managed disk's or snapshot's ARM id; None when ``text`` is not an ARM id (a blob
+    URL, then); exit 2 when it is an ARM id of something else."""
+    from .resource_ids import ResourceIdError, looks_like_resource_id, parse_resource_id
+
+    if not looks_like_resource_id(text):
+        return None
+    try:
+        return parse_resource_id(text)
+    except ResourceIdError as exc:
+        raise _Fail(f"ID: {exc}", EXIT_USAGE) from None
+
+
+def _disk_facts(row) -> dict:
+    """The ownership time and size an operator's action on a disk concerns, as last recorded."""
+    if row is None:
+        return {}
+    from .execute_disks import ownership_etag
+
+    return {"etag": ownership_etag(row.ownership_time) if row.ownership_known else None, "size_bytes": row.size_bytes}
+
+
+def _keep_disk(config: Config, rid, reason: str | None, who: str) -> str:
+    """keep (a reason) or unkeep (None) of a disk or snapshot: the hold and its audit entry."""
+    from .wiring import open_store
+
+    store = open_store(config)
+    row = store.disk_row(rid.id)
+    canonical = row.id if row is not None else rid.id  # Azure's spelling, once a pass has seen it
+    now = datetime.now(UTC)
+    if reason is not None:
+        store.add_disk_hold(canonical, reason, who, now)
+    elif not store.remove_disk_hold(canonical):
+        raise _Fail(f"ID: no operator hold on {canonical}", EXIT_USAGE)
+    store.audit_disk(action="keep" if reason is not None else "unkeep", resource_id=canonical, kind=rid.kind,
+                     subscription=rid.subscription, at=now, actor=who, reason=reason, **_disk_facts(row))
+    return canonical
 
 
 def _key(url: str):
@@ -309,17 +370,22 @@ def _canonical_url(config: Config, key) -> str:
 
 
 @cli.command()
-@click.argument("url")
+@click.argument("url", metavar="URL_OR_ID")
 @click.option("--reason", required=True, help="Why it must stay (recorded in the audit log).")
 @click.option("--actor", metavar="NAME", default=None,
               help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
 def keep(ctx: click.Context, url: str, reason: str, actor: str | None) -> None:
-    """Keep a blob: never a candidate while the hold stands."""
+    """Keep a blob, managed disk or snapshot (its ARM id): never deleted while the hold stands."""
     from .execute import operator_actor
     from .wiring import open_store
 
+    rid = _resource_id(url)
+    if rid is not None:
+        canonical = _keep_disk(_config(ctx), rid, reason, operator_actor(actor))
+        click.echo(_safe(f"kept {canonical}: {reason}"))
+        return
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
@@ -332,16 +398,21 @@ def keep(ctx: click.Context, url: str, reason: str, actor: str | None) -> None:
 
 
 @cli.command()
-@click.argument("url")
+@click.argument("url", metavar="URL_OR_ID")
 @click.option("--actor", metavar="NAME", default=None,
               help="Who acts, for the audit log (default: $SUDO_USER, else $USER, else the login name).")
 @click.pass_context
 @_guard
 def unkeep(ctx: click.Context, url: str, actor: str | None) -> None:
-    """Lift an operator hold."""
+    """Lift an operator hold (on a blob URL, or a managed disk's or snapshot's ARM id)."""
     from .execute import operator_actor
     from .wiring import open_store
 
+    rid = _resource_id(url)
+    if rid is not None:
+        canonical = _keep_disk(_config(ctx), rid, None, operator_actor(actor))
+        click.echo(_safe(f"hold lifted on {canonical}"))
+        return
     key = _key(url)
     config = _config(ctx)
     store = open_store(config)
@@ -474,19 +545,31 @@ def _since(value: str | None, now: datetime) -> datetime | None:
 
 
 @cli.command()
+@click.argument("target", metavar="[URL_OR_ID]", required=False)
 @click.option("--format", "fmt", type=click.Choice(["json", "csv", "table"]), default="table", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N entries.")
 @click.option("--since", default=None, metavar="WHEN",
               help="Only entries at or after WHEN: an ISO 8601 timestamp, or a duration ago (7d, 12h).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["vhd", "managed_disk", "snapshot"]),
+              help="Only entries about this kind (repeatable): vhd (blobs), managed_disk, snapshot.")
 @click.pass_context
 @_guard
-def audit(ctx: click.Context, fmt: str, limit: int | None, since: str | None) -> None:
-    """The audit log: every deletion intent and outcome, holds, with who, when, size, ETag, reason."""
+def audit(ctx: click.Context, fmt: str, limit: int | None, since: str | None, target: str | None = None,
+          kinds: tuple[str, ...] = ()) -> None:
+    """The audit log: every deletion intent and outcome, holds, with who, when, size, ETag, reason;
+    with URL_OR_ID, only the entries of that blob, managed disk or snapshot."""
     from .report import days, gib, write_csv, write_table
     from .wiring import open_store
 
     now = datetime.now(UTC)
-    records = open_store(_config(ctx)).audit_log(limit=limit, since=_since(since, now))
+    select: dict = {"kinds": kinds or None}
+    if target is not None:
+        rid = _resource_id(target)
+        if rid is not None:
+            select["resource_id"] = rid.id
+        else:
+            select["key"] = _key(target)
+    records = open_store(_config(ctx)).audit_log(limit=limit, since=_since(since, now), **select)
     rows = [
         {
             "at": r.at.isoformat().replace("+00:00", "Z"),

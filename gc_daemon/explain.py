@@ -100,3 +100,51 @@ def explain(config: Config, key: BlobKey) -> dict:
         for a in store.audit_log(key=key)
     ]
     return data
+
+
+def explain_disk(config: Config, resource_id: str) -> dict:
+    """`explain ID` for a managed disk or snapshot: what the last complete pass decided (the stored
+    row, its hold and reason), the operator hold as committed now, and the audit history of the
+    resource (its quarantine snapshot's entries included)."""
+    from .resource_ids import parse_resource_id
+    from .report import disk_record
+    from .wiring import open_store
+
+    rid = parse_resource_id(resource_id)
+    store = open_store(config)
+    row = store.disk_row(rid.id)
+    data: dict = {"id": row.id if row is not None else rid.id, "kind": rid.kind.value,
+                  "subscription": rid.subscription, "resource_group": rid.resource_group, "name": rid.name}
+    data["operator_hold"] = store.disk_hold(rid.id)
+    if row is None:
+        data.update(verdict="not tracked", why="no complete pass has recorded it as an unattached disk or an "
+                    "orphaned snapshot (in use, too young, not listed, or never seen)")
+        if data["operator_hold"]:
+            data["why"] += "; an operator hold is in place for when it is"
+    else:
+        verdict = row.state.value + (f" (kept: {row.hold.value})" if row.hold else "")
+        data.update(verdict=verdict, why=row.reason or "")
+    data["stored"] = disk_record(row, store.last_complete_seq(), config.prices) if row is not None else None
+    entries = store.audit_log(resource_id=rid.id)
+    # Its quarantine snapshots' entries too: the one recorded on the row, and any vhd-gc set out to
+    # make of it (a quarantine that failed leaves no row field, only its entries).
+    snapshots = {snap for snap, disk in store.quarantine_snapshots().items() if disk.lower() == rid.key}
+    if row is not None and row.quarantine_snapshot:
+        snapshots.add(row.quarantine_snapshot.lower())
+    for snap in sorted(snapshots - {rid.key}):
+        entries += store.audit_log(resource_id=snap)
+    entries.sort(key=lambda a: a.id)
+    data["history"] = [
+        {
+            "at": _iso(a.at),
+            "action": a.action,
+            "kind": a.kind,
+            "id": a.url,
+            "actor": a.actor,
+            "etag": a.etag,
+            "reason": a.reason,
+            "error_code": a.error_code,
+        }
+        for a in entries
+    ]
+    return data

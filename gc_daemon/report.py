@@ -1,4 +1,9 @@
-"""Rendering the stored state for people and programs: report (json, table, csv) and explain."""
+"""Rendering the stored state for people and programs: report (json, table, csv) and explain.
+
+A report's rows are blobs (:class:`gc_daemon.domain.Tracked`, ``kind`` ``vhd``) and managed disks and
+snapshots (:class:`gc_daemon.disks.DiskRow`): for those, ``url`` is the ARM id, ``account`` and
+``container`` are null, ``blob`` is the resource's name, and the row adds ``subscription``,
+``resource_group``, ``sku``, ``disk_state`` and ``quarantine_snapshot`` (docs/contract.md, "Report")."""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from datetime import datetime
 from itertools import islice
 
 from .cost import blob_monthly_cost
+from .disk_cost import billed_bytes as disk_billed_bytes
+from .disk_cost import disk_monthly_cost, snapshot_monthly_cost
+from .disks import DiskRow, Kind
 from .domain import Classification, State, Tracked
 
 GIB = 1024**3
@@ -95,7 +103,20 @@ FIELDS = [
     "deleted_at",
     "recoverable_until",
     "tier",
+    "kind",
     "monthly_cost",
+]
+# The columns a managed disk or snapshot adds (a CSV has them when the report holds such rows).
+DISK_FIELDS = [
+    "subscription",
+    "resource_group",
+    "sku",
+    "disk_state",
+    "quarantine_snapshot",
+    "quarantine_until",
+    "location",
+    "zones",
+    "ownership_time",
 ]
 
 
@@ -131,10 +152,71 @@ def record(row: Tracked, seq: int, prices=None) -> dict:
         "deleted_at": _iso(row.deleted_at),
         "recoverable_until": _iso(row.recoverable_until),
         "tier": row.tier,
+        "kind": "vhd",
     }
     if prices is not None:
         data["monthly_cost"] = monthly_cost(row, prices)
     return data
+
+
+def disk_billed(row: DiskRow) -> int | None:
+    """What Azure bills of a disk: its provisioned size rounded up to its tier (None: an unknown SKU).
+    A snapshot bills the bytes it holds, which the listing does not give: its source's provisioned
+    size is the upper bound (what a full snapshot of a full disk bills), as the metrics count it."""
+    if row.size_bytes is None:
+        return None
+    if row.kind is Kind.SNAPSHOT:
+        return row.size_bytes
+    return disk_billed_bytes(row.sku, row.size_bytes) if row.sku else None
+
+
+def disk_cost(row: DiskRow, prices) -> float | None:
+    """The monthly cost at ``prices.disks`` (a disk by SKU and tier, a snapshot by the bytes of
+    :func:`disk_billed` at the snapshot rate), rounded to 1e-6; None when not known."""
+    if prices is None or row.size_bytes is None:
+        return None
+    if row.kind is Kind.SNAPSHOT:
+        zrs = bool(row.sku) and row.sku.upper().endswith("_ZRS")
+        cost = snapshot_monthly_cost(prices.disks, row.size_bytes, zrs=zrs)
+    else:
+        cost = disk_monthly_cost(prices.disks, row.sku, row.size_bytes)
+    return None if cost is None else round(cost, 6)
+
+
+def disk_record(row: DiskRow, seq: int, prices=None) -> dict:
+    """The report's element for a managed disk or snapshot; with ``prices``, its ``monthly_cost``."""
+    data = {
+        "url": row.id,
+        "account": None,
+        "container": None,
+        "blob": row.name or row.id.rstrip("/").rsplit("/", 1)[-1],
+        "state": row.state.value,
+        "size_bytes": row.size_bytes,
+        "billed_bytes": disk_billed(row),
+        "first_orphaned_at": _iso(row.first_orphaned_at),
+        "delete_after": _iso(row.delete_after),
+        "sightings": row.sightings(seq),
+        "hold": row.hold.value if row.hold else None,
+        "reason": row.reason,
+        "deleted_at": _iso(row.deleted_at),
+        "kind": row.kind.value,
+        "subscription": row.subscription,
+        "resource_group": row.resource_group,
+        "sku": row.sku,
+        "disk_state": row.disk_state,
+        "quarantine_snapshot": row.quarantine_snapshot,
+        "quarantine_until": _iso(row.quarantine_until),
+        "location": row.location,
+        "zones": list(row.zones or ()),
+        "ownership_time": _iso(row.ownership_time) if row.ownership_known else None,
+    }
+    if prices is not None:
+        data["monthly_cost"] = disk_cost(row, prices)
+    return data
+
+
+def any_record(row: "Tracked | DiskRow", seq: int, prices=None) -> dict:
+    return disk_record(row, seq, prices) if isinstance(row, DiskRow) else record(row, seq, prices)
 
 
 # -- choosing and ordering the rows -------------------------------------------------------------
@@ -148,18 +230,33 @@ def _desc(value: float | None) -> tuple[bool, float]:
     return (value is None, -value if value is not None else 0.0)
 
 
+def _url(r) -> str:
+    return r.id if isinstance(r, DiskRow) else r.url
+
+
+def _billed(r) -> int | None:
+    return disk_billed(r) if isinstance(r, DiskRow) else r.billed_bytes
+
+
+def _cost(r, prices) -> float | None:
+    if isinstance(r, DiskRow):
+        return disk_cost(r, prices)
+    return blob_monthly_cost(prices, r.size_bytes, r.billed_bytes, r.tier)
+
+
 def sort_key(sort: str, prices, now: datetime):
     """How ``--sort`` orders rows: numbers descending (the largest, costliest, oldest first), unknown
-    values last; state in lifecycle order, account and url ascending; ties by url."""
+    values last; state in lifecycle order, account and url ascending; ties by url. A disk's url is its
+    ARM id; it has no account (after every blob by ``account``)."""
     keys = {
-        "size": lambda r: (_desc(r.size_bytes), r.url),
-        "billed": lambda r: (_desc(r.billed_bytes), r.url),
-        "cost": lambda r: (_desc(blob_monthly_cost(prices, r.size_bytes, r.billed_bytes, r.tier)), r.url),
-        "age": lambda r: (_desc((now - r.first_orphaned_at).total_seconds() if r.first_orphaned_at else None), r.url),
-        "due": lambda r: (r.delete_after is None, r.delete_after.timestamp() if r.delete_after else _FAR, r.url),
-        "state": lambda r: (_STATE_ORDER[r.state], r.url),
-        "account": lambda r: (r.key.account, r.url),
-        "url": lambda r: (r.url,),
+        "size": lambda r: (_desc(r.size_bytes), _url(r)),
+        "billed": lambda r: (_desc(_billed(r)), _url(r)),
+        "cost": lambda r: (_desc(_cost(r, prices)), _url(r)),
+        "age": lambda r: (_desc((now - r.first_orphaned_at).total_seconds() if r.first_orphaned_at else None), _url(r)),
+        "due": lambda r: (r.delete_after is None, r.delete_after.timestamp() if r.delete_after else _FAR, _url(r)),
+        "state": lambda r: (_STATE_ORDER[r.state], _url(r)),
+        "account": lambda r: ((True, "") if isinstance(r, DiskRow) else (False, r.key.account), _url(r)),
+        "url": lambda r: (_url(r),),
     }
     return keys[sort]
 
@@ -184,14 +281,24 @@ def render_json(rows: Iterable[Tracked], seq: int, out, prices=None) -> None:
     first = True
     for row in rows:
         out.write("\n  " if first else ",\n  ")
-        out.write(json_text(json.dumps(record(row, seq, prices), ensure_ascii=False)))
+        out.write(json_text(json.dumps(any_record(row, seq, prices), ensure_ascii=False)))
         first = False
     out.write("\n]\n" if not first else "]\n")
 
 
-def render_csv(rows: Iterable[Tracked], seq: int, out, prices=None) -> None:
+def _csv_record(row, seq: int, prices) -> dict:
+    rec = any_record(row, seq, prices)
+    if "zones" in rec:
+        rec["zones"] = ",".join(rec["zones"])
+    return rec
+
+
+def render_csv(rows: Iterable[Tracked], seq: int, out, prices=None, disk_columns: bool = False) -> None:
+    """CSV of the blob fields; with ``disk_columns`` (the report may hold disks), the disk ones too."""
     fields = FIELDS if prices is not None else [f for f in FIELDS if f != "monthly_cost"]
-    write_csv(out, fields, (record(row, seq, prices) for row in rows))
+    if disk_columns:
+        fields = fields + DISK_FIELDS
+    write_csv(out, fields, (_csv_record(row, seq, prices) for row in rows))
 
 
 def write_csv(out, fields: list[str], records: Iterable[dict]) -> None:
@@ -239,7 +346,71 @@ def _money(value: float | None) -> str:
 
 
 def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
-    """For people: sizes in GiB, ages in days, monthly cost, totals by state at the bottom."""
+    """For people: sizes in GiB, ages in days, monthly cost, totals by state at the bottom; the
+    managed disks and snapshots in a table of their own after the blobs'."""
+    blobs: list[Tracked] = []
+    disks: list[DiskRow] = []
+    for row in rows:
+        (disks if isinstance(row, DiskRow) else blobs).append(row)
+    if blobs or not disks:
+        _blob_table(blobs, seq, now, out, prices)
+    if disks:
+        if blobs:
+            out.write("\n")
+        _disk_table(disks, seq, now, out, prices)
+
+
+def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices) -> None:
+    currency = prices.currency if prices is not None else None
+    headers = ["KIND", "STATE", "SIZE GiB", "BILLED GiB"]
+    if prices is not None:
+        headers.append(f"COST {printable(currency)}/mo")
+    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/DISK STATE", "RESOURCE"]
+    lines: list[list[str]] = []
+    totals: dict[tuple[str, str], list] = {}
+    for row in rows:
+        due_in = "-"
+        if row.delete_after and row.state in (State.CANDIDATE, State.DUE):
+            due_in = f"{max(0.0, (row.delete_after - now).total_seconds() / 86400):.1f}"
+        note = row.hold.value if row.hold else (row.disk_state or "")
+        if row.state is State.DELETED:
+            if row.quarantine_snapshot and row.quarantine_until:
+                left = (row.quarantine_until - now).total_seconds() / 86400
+                note = f"restorable {left:.1f}d" if left > 0 else "quarantine over"
+            else:
+                note = "no quarantine snapshot"
+        cost = disk_cost(row, prices)
+        billed = disk_billed(row)
+        line = [row.kind.value, row.state.value, gib(row.size_bytes), gib(billed)]
+        if prices is not None:
+            line.append(_money(cost))
+        where = "/".join(x for x in (row.subscription, row.resource_group, row.name) if x) or row.id
+        line += [days(now, row.first_orphaned_at), due_in, str(row.sightings(seq)), printable(note[:60]),
+                 printable(where)]
+        lines.append(line)
+        t = totals.setdefault((row.kind.value, row.state.value), [0, 0, 0, 0.0])
+        t[0] += 1
+        t[1] += row.size_bytes or 0
+        t[2] += billed or 0
+        t[3] += cost or 0.0
+    n = len(headers)
+    write_table(out, headers, lines, left=(0, 1, n - 2, n - 1))
+    out.write("\n")
+
+    def money(total: float) -> str:
+        return f"  {total:>10.2f} {printable(currency)}/month" if prices is not None else ""
+
+    out.write("DISK TOTALS\n")
+    for kind in (k.value for k in Kind):
+        noun = "disks" if kind == Kind.MANAGED_DISK.value else "snapshots"
+        for state in (s.value for s in State):
+            if (kind, state) in totals:
+                count, size, billed, cost = totals[(kind, state)]
+                out.write(f"  {kind:<12} {state:<10} {count:>7} {noun:<9}  {size / GIB:>10.2f} GiB provisioned  "
+                          f"{billed / GIB:>10.2f} GiB billed{money(cost)}\n")
+
+
+def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
     currency = prices.currency if prices is not None else None
     headers = ["STATE", "SIZE GiB", "BILLED GiB"]
     if prices is not None:
@@ -297,11 +468,12 @@ def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=N
         )
 
 
-def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
+def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None,
+           disk_columns: bool = False) -> None:
     if fmt == "json":
         render_json(rows, seq, out, prices)
     elif fmt == "csv":
-        render_csv(rows, seq, out, prices)
+        render_csv(rows, seq, out, prices, disk_columns)
     else:
         render_table(rows, seq, now, out, prices)
 
@@ -366,3 +538,33 @@ def classification_summary(c: Classification) -> dict:
         "verdict": c.verdict.value + (f" (kept: {c.hold.value})" if c.hold else ""),
         "why": c.reason,
     }
+
+
+def disk_explain_text(data: dict) -> str:
+    """The explain document of a managed disk or snapshot (built by :func:`gc_daemon.explain.explain_disk`)."""
+    buf = io.StringIO()
+
+    def w(line: str) -> None:
+        buf.write(printable(line) + "\n")
+
+    w(f"{data['kind'].replace('_', ' ')}: {data['id']}")
+    w(f"verdict:  {data['verdict']}")
+    w(f"why:      {data['why']}")
+    if data.get("operator_hold"):
+        w(f"operator hold: {data['operator_hold']}")
+    stored = data.get("stored")
+    if stored:
+        w(f"stored:   state={stored['state']} sightings={stored['sightings']} first_orphaned_at={stored['first_orphaned_at']} "
+          f"delete_after={stored['delete_after']} ownership_time={stored['ownership_time']} hold={stored['hold']}")
+        w(f"          subscription={stored['subscription']} resource_group={stored['resource_group']} "
+          f"sku={stored['sku']} size_bytes={stored['size_bytes']} disk_state={stored['disk_state']}")
+        if stored.get("quarantine_snapshot"):
+            w(f"          quarantine_snapshot={stored['quarantine_snapshot']} until {stored['quarantine_until']}")
+    else:
+        w("stored:   not tracked (never seen unattached and old enough, or not listed)")
+    history = data.get("history") or []
+    if history:
+        w("history:")
+        for h in history:
+            w(f"  {h['at']} {h['action']} by {h['actor']}: {h.get('reason') or ''} {h.get('error_code') or ''}")
+    return buf.getvalue()

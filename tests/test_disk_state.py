@@ -293,8 +293,21 @@ def test_disk_counts_per_subscription_kind_and_state_with_billed_bytes_and_cost(
     assert store.disk_counts(prices) == [
         DiskCount(SUB.lower(), "managed_disk", "candidate", 3, 111 * GIB, 132 * GIB,
                   round(prices.premium_lrs["P10"] + prices.premium_lrs["P1"], 6)),
-        DiskCount(SUB.lower(), "snapshot", "candidate", 1, 64 * GIB, 0, 0.0),
+        DiskCount(SUB.lower(), "snapshot", "candidate", 1, 64 * GIB, 64 * GIB,
+                  round(64 * prices.snapshot_gb_month, 6)),  # at most the bytes of its source
         DiskCount(SUB2, "managed_disk", "kept", 1, 4 * GIB, 32 * GIB, prices.standard_hdd_lrs["S4"]),
     ]
     assert [c.monthly_cost for c in store.disk_counts()] == [None, None, None]
     assert store.counts() == []  # the blob gauges see no disk
+
+
+def test_a_pass_writes_thousands_of_disk_rows_in_batches(store: Store) -> None:
+    rows = [row(f"d{i:05d}", streak_start=1 + i % 3) for i in range(2500)]
+    with store.transaction() as tx:
+        assert tx.apply_disks([DiskChange(r, "marked") for r in rows]) == 2500
+        assert tx.apply_disks([DiskChange(replace(r, state=State.DUE), "due") for r in rows[::2]]
+                              + [DiskForget(r.id.lower(), "no longer listed") for r in rows[1::2]]) == 2500
+    stored = store.disk_rows()
+    assert [r.name for r in stored] == [r.name for r in rows[::2]]
+    assert {r.state for r in stored} == {State.DUE}
+    assert [r.streak_start for r in stored[:3]] == [1, 3, 2]

@@ -37,7 +37,8 @@ from azure.core.polling.base_polling import OperationFailed
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 
 from ..disks import GIB, QUARANTINE_TAG, DiskRow, DiskSeen, SnapshotSeen
-from ..sources.base import utc
+from ..sources.disks import disk_seen
+from ..sources.snapshots import snapshot_seen
 
 QUARANTINE_UNTIL_TAG = "vhdgc-quarantine-until"
 RESTORED_FROM_TAG = "vhdgc-restored-from"
@@ -92,58 +93,6 @@ def parse_id(resource_id: str, kind: str | None = None) -> tuple[str, str, str, 
 def is_disk_id(text: str) -> bool:
     """Whether ``text`` is the ARM id of a managed disk (what `vhd-gc restore ID` takes)."""
     return bool((m := _ID.match(text.strip())) and m["kind"].lower() == "disks")
-
-
-def _sku(model: Any) -> str | None:
-    sku = getattr(model, "sku", None)
-    return getattr(sku, "name", None) if sku is not None else None
-
-
-def disk_seen(disk: Any, *, ownership_read: bool = True) -> DiskSeen:
-    """A :class:`DiskSeen` from an azure-mgmt-compute ``Disk`` (a GET's: ``LastOwnershipUpdateTime``
-    is in it, ``None`` for a disk never attached)."""
-    sub, rg, _, name = parse_id(disk.id, "disks")
-    return DiskSeen(
-        id=disk.id,
-        subscription=sub,
-        resource_group=rg,
-        name=disk.name or name,
-        sku=_sku(disk),
-        size_gb=int(disk.disk_size_gb or 0),
-        disk_state=disk.disk_state,
-        time_created=utc(disk.time_created, disk.id),
-        managed_by=disk.managed_by or None,
-        managed_by_extended=tuple(v for v in (disk.managed_by_extended or ()) if v),
-        tags=dict(disk.tags or {}),
-        last_ownership_update=utc(disk.last_ownership_update_time, disk.id, "LastOwnershipUpdateTime"),
-        ownership_read=ownership_read,
-        size_bytes=disk.disk_size_bytes,
-        location=disk.location,
-        zones=tuple(disk.zones or ()),
-        provisioning_state=disk.provisioning_state,
-    )
-
-
-def snapshot_seen(snap: Any) -> SnapshotSeen:
-    """A :class:`SnapshotSeen` from an azure-mgmt-compute ``Snapshot``; whether its source exists is
-    not known here (``None``: the pass's disk listing says)."""
-    sub, rg, _, name = parse_id(snap.id, "snapshots")
-    creation = snap.creation_data
-    return SnapshotSeen(
-        id=snap.id,
-        subscription=sub,
-        resource_group=rg,
-        name=snap.name or name,
-        time_created=utc(snap.time_created, snap.id),
-        source_resource_id=(creation.source_resource_id if creation is not None else None) or None,
-        source_exists=None,
-        incremental=bool(snap.incremental),
-        tags=dict(snap.tags or {}),
-        sku=_sku(snap),
-        size_gb=int(snap.disk_size_gb or 0),
-        location=snap.location,
-        provisioning_state=snap.provisioning_state,
-    )
 
 
 def _code(exc: HttpResponseError) -> str:
@@ -221,11 +170,21 @@ class DiskGateway:
     def get_disk(self, resource_id: str) -> DiskSeen | None:
         """GET one disk, with its ``LastOwnershipUpdateTime`` (``ownership_read=True``); None: gone."""
         disk = self._get(resource_id, "disks")
-        return disk_seen(disk) if disk is not None else None
+        if disk is None:
+            return None
+        try:  # one conversion for a listed disk and a GET's: the sources' (strict on types)
+            return disk_seen(parse_id(resource_id, "disks")[0], disk, from_get=True)
+        except (TypeError, ValueError) as exc:
+            raise DiskReadFailed("MalformedResponse", _first_line(exc)) from exc
 
     def get_snapshot(self, resource_id: str) -> SnapshotSeen | None:
         snap = self._get(resource_id, "snapshots")
-        return snapshot_seen(snap) if snap is not None else None
+        if snap is None:
+            return None
+        try:
+            return snapshot_seen(parse_id(resource_id, "snapshots")[0], snap)
+        except (TypeError, ValueError) as exc:
+            raise DiskReadFailed("MalformedResponse", _first_line(exc)) from exc
 
     # -- the operations ----------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ class DiskCount(NamedTuple):
     state: str
     rows: int
     size_bytes: int  # provisioned
-    billed_bytes: int  # what Azure bills of them (a disk: its tier's size; a snapshot: unknown, 0)
+    billed_bytes: int  # what Azure bills of them (a disk: its tier's size; a snapshot: at most its size)
     monthly_cost: float | None  # with prices: the known costs summed; None without prices
 
 
@@ -259,6 +259,7 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
     """Write disk changes in order: upserts by resource key, forgets deleted; the rows written."""
     written = 0
     upserts: list[dict[str, Any]] = []
+    keys: set[str] = set()
 
     def flush() -> int:
         if not upserts:
@@ -271,6 +272,7 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
         conn.execute(stmt, list(upserts))
         n = len(upserts)
         upserts.clear()
+        keys.clear()
         return n
 
     for item in changes:
@@ -281,9 +283,10 @@ def _apply_disks(conn: Connection, changes: Iterable[DiskChange | DiskForget]) -
             ).rowcount
         elif isinstance(item, DiskChange):
             values = disk_values(item.row)
-            if upserts and any(u["resource_key"] == values["resource_key"] for u in upserts):
+            if values["resource_key"] in keys:
                 written += flush()  # one statement never carries a key twice (PostgreSQL refuses it)
             upserts.append(values)
+            keys.add(values["resource_key"])
             if len(upserts) >= BATCH_SIZE:
                 written += flush()
         else:
@@ -1067,7 +1070,7 @@ class Store:
         """Per subscription, kind and state: rows, provisioned bytes, billed bytes and (with
         ``prices``, a :class:`gc_daemon.disk_cost.DiskPricesConfig`) the monthly cost of those whose
         cost is known. Ordered by subscription, kind, state."""
-        from gc_daemon.disk_cost import billed_bytes, disk_monthly_cost
+        from gc_daemon.disk_cost import billed_bytes, disk_monthly_cost, snapshot_monthly_cost
 
         t = tracked_disks
         stmt = select(t.c.subscription, t.c.kind, t.c.state, t.c.sku, t.c.size_bytes)
@@ -1077,7 +1080,14 @@ class Store:
                 entry = totals.setdefault(((sub or "").lower(), kind, state), [0, 0, 0, 0.0])
                 entry[0] += 1
                 entry[1] += size or 0
-                if kind == Kind.MANAGED_DISK.value and sku and size is not None:
+                if size is None:
+                    continue
+                if kind == Kind.SNAPSHOT.value:  # bills the bytes it holds: at most its source's size
+                    entry[2] += size
+                    if prices is not None:
+                        zrs = bool(sku) and sku.upper().endswith("_ZRS")
+                        entry[3] += snapshot_monthly_cost(prices, size, zrs=zrs) or 0.0
+                elif sku:
                     entry[2] += billed_bytes(sku, size) or 0
                     if prices is not None:
                         entry[3] += disk_monthly_cost(prices, sku, size) or 0.0
