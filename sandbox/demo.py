@@ -120,18 +120,6 @@ class DiskItem:
         return armlib.compute_id(SUB, RG, "disks", self.name)
 
 
-def disks_supported() -> bool:
-    """Whether this build collects managed disks (the store's disk tables and the disk gateway)."""
-    import importlib.util
-
-    from gc_daemon.state.store import Store
-
-    from gc_daemon.cli import cli
-
-    return (hasattr(Store, "disk_rows") and importlib.util.find_spec("gc_daemon.azure.disks") is not None
-            and any("--kind" in getattr(p, "opts", ()) for p in cli.commands["report"].params))
-
-
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -143,7 +131,6 @@ class Demo:
         self.cfg = self.tmp / "vhd-gc.yaml"
         self.items: list[Item] = []
         self.disks: list[DiskItem] = []
-        self.with_disks = disks_supported()
         self.failures: list[str] = []
         self.settings: dict = {}
 
@@ -182,11 +169,10 @@ class Demo:
                 ],
             },
         }
-        if self.with_disks:
-            # Unattached managed disks too: deleted after an incremental quarantine snapshot kept 30
-            # days (`vhd-gc restore` brings a disk back from it). Operations poll every second.
-            self.settings["managed_disks"] = {"mode": "delete", "quarantine": "30d"}
-            self.settings["azure"]["lro_poll_interval"] = "1s"
+        # Unattached managed disks too: deleted after an incremental quarantine snapshot kept 30 days
+        # (`vhd-gc restore` brings a disk back from it). Their operations are polled every second.
+        self.settings["managed_disks"] = {"mode": "delete", "quarantine": "30d"}
+        self.settings["azure"]["lro_poll_interval"] = "1s"
         self.write_config()
 
     def write_config(self) -> None:
@@ -306,8 +292,6 @@ class Demo:
     def seed_disks(self) -> list[dict]:
         """The managed disks: a deleted VM's two (detached three days ago: their age does not depend on
         how fast this machine is), a Kubernetes volume, a Site Recovery replica, and a running VM's two."""
-        if not self.with_disks:
-            return []
         from sandbox import arm_disks
 
         detached = datetime.now(UTC) - timedelta(days=3)

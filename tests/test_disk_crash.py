@@ -28,7 +28,6 @@ from tests.support.disks import (
     disk,
     disk_id,
     exists,
-    needs_disk_wiring,
     quarantine_of,
     report,
     seed,
@@ -36,8 +35,6 @@ from tests.support.disks import (
 )
 from tests.support.faults import env_with_keys
 from tests.test_crash import Daemon
-
-pytestmark = needs_disk_wiring()
 
 HANG = 180.0  # only catches a hang: a loaded machine is slow, never this slow
 LEFT = disk_id("left-0")

@@ -15,7 +15,7 @@ Every case is counted in the session's fault tally (tests/support/tally.py), dis
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -34,7 +34,6 @@ from tests.support.disks import (
     disk,
     disk_id,
     exists,
-    needs_disk_wiring,
     quarantine_of,
     report,
     scan,
@@ -44,8 +43,6 @@ from tests.support.disks import (
     writes,
 )
 from tests.support.estate import SUB
-
-pytestmark = needs_disk_wiring()
 
 AKS = f"/subscriptions/{SUB}/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/k1"
 MC = "MC_rg-aks_k1_westeurope"

@@ -28,9 +28,7 @@ from tests.support.disks import (
     disk,
     disk_id,
     estate_disk,
-    estate_snapshot,
     exists,
-    needs_disk_wiring,
     quarantine_of,
     report,
     row,
@@ -47,7 +45,6 @@ from tests.support.estate import SUB, SUB2
 
 GIB = 1024**3
 DAY = timedelta(days=1)
-wired = needs_disk_wiring()
 BOTH_DATABASES = pytest.mark.parametrize(
     "gc", [pytest.param(None, id="sqlite"), pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)],
     indirect=True,
@@ -57,7 +54,6 @@ BOTH_DATABASES = pytest.mark.parametrize(
 # -- the lifecycle ------------------------------------------------------------------------------------
 
 
-@wired
 @BOTH_DATABASES
 def test_quarantine_then_delete_then_restore(gc):
     rid = disk_id("old-app-data")
@@ -113,7 +109,6 @@ def test_quarantine_then_delete_then_restore(gc):
     assert row(gc, rid)["hold"] == "operator"
 
 
-@wired
 @pytest.mark.parametrize("mode, disks", [("delete", "report"), ("dry-run", "delete"), ("dry-run", "report")],
                          ids=["managed_disks-report", "dry-run", "both"])
 def test_report_mode_and_dry_run_never_delete(gc, mode, disks):
@@ -133,7 +128,6 @@ def test_report_mode_and_dry_run_never_delete(gc, mode, disks):
     assert [e for e in audit(gc) if e["action"].endswith("-intent")] == []
 
 
-@wired
 def test_grace_period_and_sightings(gc):
     rid = disk_id("leftover")
     configure(gc, grace_period="2d", min_sightings=2)
@@ -156,7 +150,6 @@ def test_grace_period_and_sightings(gc):
     assert len(quarantine_of(gc, rid)) == 1
 
 
-@wired
 def test_one_sighting_is_not_enough_with_min_sightings_2(gc):
     rid = disk_id("leftover")
     configure(gc, grace_period="0s", min_sightings=2)
@@ -167,7 +160,6 @@ def test_one_sighting_is_not_enough_with_min_sightings_2(gc):
     assert not exists(gc, rid)
 
 
-@wired
 def test_quarantine_0s_deletes_without_a_snapshot_and_cannot_restore(gc):
     rid = disk_id("leftover")
     configure(gc, quarantine="0s")
@@ -187,7 +179,6 @@ def test_quarantine_0s_deletes_without_a_snapshot_and_cannot_restore(gc):
     assert not exists(gc, rid)
 
 
-@wired
 def test_quarantine_expiry_deletes_only_the_snapshots_vhd_gc_made(gc):
     rid = disk_id("leftover")
     past = (datetime.now(UTC) - DAY).isoformat()
@@ -231,7 +222,6 @@ IN_USE = {
 }
 
 
-@wired
 def test_every_in_use_state_is_never_tracked_nor_deleted(gc):
     configure(gc)
     seed(gc, *(disk(name, **kw) for name, kw in IN_USE.items()), disk("leftover"))
@@ -245,7 +235,6 @@ def test_every_in_use_state_is_never_tracked_nor_deleted(gc):
     assert deleted == {"leftover"}
 
 
-@wired
 def test_too_young_since_the_last_detach_or_since_creation(gc):
     configure(gc, min_age="7d")
     seed(gc,
@@ -266,7 +255,6 @@ def test_too_young_since_the_last_detach_or_since_creation(gc):
     assert not exists(gc, disk_id("detached-2d")) and not exists(gc, disk_id("new-never-attached"))
 
 
-@wired
 def test_too_young_with_the_services_clocks_moved_as_the_collectors(gc):
     """The same rule with the clock check at its strict default: the storage services' clocks (Azurite
     behind the date-shift proxy, tests/support/dateshift.py) move with the collector's, as real clocks
@@ -315,7 +303,6 @@ def _gallery_version_naming(source: str, os_snapshot: str, data_disk: str) -> li
     return [a.gallery(SUB, RG, "gal"), a.gallery_image(SUB, RG, "gal", "app"), version]
 
 
-@wired
 def test_disks_and_snapshots_an_image_or_gallery_version_names_are_in_use(gc):
     gone = disk_id("long-gone")
     configure(gc, snapshots="delete", snapshot_min_age="1d")
@@ -381,7 +368,6 @@ def _held_id(name: str) -> str:
     raise AssertionError(name)
 
 
-@wired
 def test_every_hold_by_name_keeps_the_disk_and_the_report_names_it(gc):
     configure(gc, azure={"subscriptions": [SUB, SUB2]})
     seed(gc, *(r for resources, _ in HOLDS.values() for r in resources), disk("leftover"))
@@ -407,7 +393,6 @@ def test_every_hold_by_name_keeps_the_disk_and_the_report_names_it(gc):
     assert "site_recovery" in run.out or "Site Recovery" in run.out
 
 
-@wired
 def test_operator_keep_holds_a_disk_and_unkeep_lets_it_go(gc):
     rid = disk_id("precious")
     configure(gc)
@@ -430,7 +415,6 @@ def test_operator_keep_holds_a_disk_and_unkeep_lets_it_go(gc):
 # -- changed since marking -----------------------------------------------------------------------------
 
 
-@wired
 def test_ownership_time_changed_since_marking_restarts_the_run(gc):
     rid = disk_id("leftover")
     configure(gc, min_sightings=2)
@@ -453,7 +437,6 @@ def test_ownership_time_changed_since_marking_restarts_the_run(gc):
     assert len(quarantine_of(gc, rid)) == 1
 
 
-@wired
 def test_attached_since_marking_releases_it(gc):
     rid = disk_id("leftover")
     configure(gc, min_sightings=2)
@@ -476,7 +459,6 @@ def _on_quarantine_snapshot(gc, action) -> None:
     gc.arm.on_request(r"/snapshots/", "PUT", lambda method, path: action())
 
 
-@wired
 @pytest.mark.parametrize("code", ["OperationNotAllowed", "ScopeLocked"])
 def test_a_409_refusal_is_recorded_and_the_run_restarts(gc, code):
     rid = disk_id("leftover")
@@ -512,7 +494,6 @@ def test_a_409_refusal_is_recorded_and_the_run_restarts(gc, code):
     assert unresolved_intents(gc) == []
 
 
-@wired
 def test_a_failing_quarantine_snapshot_stops_the_delete(gc):
     rid = disk_id("leftover")
     configure(gc)
@@ -537,7 +518,6 @@ def test_a_failing_quarantine_snapshot_stops_the_delete(gc):
     assert unresolved_intents(gc) == []
 
 
-@wired
 def test_a_failing_delete_operation_is_recorded_and_the_disk_stays(gc):
     rid = disk_id("leftover")
     configure(gc)
@@ -563,7 +543,6 @@ def test_a_failing_delete_operation_is_recorded_and_the_disk_stays(gc):
 # -- snapshots -----------------------------------------------------------------------------------------
 
 
-@wired
 def test_orphaned_snapshots_are_deleted_only_with_snapshots_delete(gc):
     gone = disk_id("long-gone")
     configure(gc, snapshots="report", snapshot_min_age="90d")
@@ -594,7 +573,6 @@ def test_orphaned_snapshots_are_deleted_only_with_snapshots_delete(gc):
 # -- the blast-radius guard ---------------------------------------------------------------------------
 
 
-@wired
 def test_the_blast_radius_guard_counts_disks(gc):
     configure(gc, blast_radius={"max_new_share": 0.2, "min_new": 3})
     seed(gc, *(disk(f"leftover-{i}") for i in range(5)))
@@ -631,7 +609,6 @@ def test_confirm_pass_lets_through_what_the_guard_held_back_of_disks(gc):
     assert (confirmed["new"], confirmed["bytes"]) == (5, 5 * 32 * GIB)
 
 
-@wired
 def test_an_operator_keep_during_the_quarantine_snapshot_stops_the_delete(gc):
     """`vhd-gc keep` takes effect for every deletion that starts after it returns: one taken while
     the quarantine snapshot is being made stops the delete that would follow it."""
@@ -656,7 +633,6 @@ def test_an_operator_keep_during_the_quarantine_snapshot_stops_the_delete(gc):
     assert (rec["state"], rec["hold"]) == ("kept", "operator")
 
 
-@wired
 def test_disks_and_blobs_share_max_deletes_per_pass(gc):
     blobs = [gc.page("left", f"left-{i}.vhd") for i in range(2)]
     disks = [disk_id(f"left-{i}") for i in range(3)]

@@ -209,38 +209,3 @@ def unresolved_intents(gc: Harness) -> list[dict[str, Any]]:
     answered = {e.get("intent_id") for e in entries if e.get("intent_id") is not None}
     return [e for e in entries if e["action"].endswith("-intent") and e["id"] not in answered]
 
-
-# -- whether the pieces a disk pass needs have landed ----------------------------------------------------
-
-
-def missing_pieces() -> list[str]:
-    """What of issue 13's wiring is not there yet (the store's disk tables, the inventory's disks,
-    the gateway): the end-to-end disk tests wait for it (skipped, with the reason) rather than fail."""
-    import dataclasses
-    import importlib.util
-
-    from gc_daemon.sources.base import ReferenceRead
-    from gc_daemon.state.store import Store
-
-    out = []
-    if not hasattr(Store, "disk_rows"):
-        out.append("the store's disk tables (piece A)")
-    fields = {f.name for f in dataclasses.fields(ReferenceRead)} if dataclasses.is_dataclass(ReferenceRead) else set(
-        getattr(ReferenceRead, "__annotations__", {}))
-    if "disks" not in fields and not hasattr(ReferenceRead, "disks"):
-        out.append("ReferenceRead.disks (piece B)")
-    if importlib.util.find_spec("gc_daemon.azure.disks") is None:
-        out.append("gc_daemon.azure.disks (piece C)")
-    from gc_daemon.cli import cli
-
-    if not any("--kind" in getattr(p, "opts", ()) for p in cli.commands["report"].params):
-        out.append("report --kind (piece A's CLI)")
-    return out
-
-
-def needs_disk_wiring():
-    """A pytest mark: skip while :func:`missing_pieces` names anything."""
-    import pytest
-
-    missing = missing_pieces()
-    return pytest.mark.skipif(bool(missing), reason="waiting for " + ", ".join(missing))
