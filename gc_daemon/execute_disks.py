@@ -162,7 +162,7 @@ class DiskExecution:
             q_intent = self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="quarantine-intent",
                                    reason=f"quarantine of {row.id}", **common)
             try:
-                made = self.gateway.create_quarantine_snapshot(fresh, name, until)
+                made = self._make_quarantine(fresh, name, until, quarantine_id, row, common)
             except Exception as exc:  # noqa: BLE001 - no undo, no delete
                 code = str(getattr(exc, "code", None) or type(exc).__name__)
                 self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="quarantine-failed",
@@ -212,6 +212,33 @@ class DiskExecution:
             return True
         self._deleted(row, now, seq, quarantine_id, until, out, common, reason)
         return True
+
+    def _make_quarantine(self, fresh: DiskSeen, name: str, until: datetime, quarantine_id: str, row: DiskRow,
+                         common: dict) -> str:
+        """The quarantine snapshot, made; an earlier attempt's copy of this disk left ``Failed`` (a PUT
+        over it answers it as it is: the disk could never be quarantined) is deleted first, audited
+        like any deletion, and the copy made again once."""
+        _, DiskOperationFailed, DiskOutcomeUnknown = _errors()
+        try:
+            return self.gateway.create_quarantine_snapshot(fresh, name, until)
+        except DiskOperationFailed as exc:
+            if exc.code != "ProvisioningStateFailed":
+                raise
+        why = f"a failed quarantine snapshot of {row.id}, to be made again"
+        intent = self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="delete-intent", reason=why,
+                             **common)
+        try:
+            self.gateway.delete_snapshot(quarantine_id)
+        except DiskOutcomeUnknown:
+            raise  # the intent stays open: the next pass settles it by looking at the snapshot
+        except Exception as exc:
+            self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="delete-failed", intent_id=intent,
+                        error_code=str(getattr(exc, "code", None) or type(exc).__name__)[:64], reason=_short(exc),
+                        **common)
+            raise
+        self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="deleted", intent_id=intent, reason=why,
+                    **common)
+        return self.gateway.create_quarantine_snapshot(fresh, name, until)
 
     def _deleted(self, row, now, seq, quarantine_id, until, out, common, reason) -> None:
         gone = replace(row, state=State.DELETED, deleted_at=now, sightings_frozen=row.sightings(seq),

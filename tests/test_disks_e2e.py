@@ -512,8 +512,11 @@ def test_a_failing_quarantine_snapshot_stops_the_delete(gc):
     gc.arm.disk_rp.clear_rules()  # Azure recovers: the next pass quarantines and deletes
     assert scan(gc, advance=timedelta(minutes=1)).outcome == "complete"
     assert not exists(gc, rid)
-    (snap,) = quarantine_of(gc, rid)
-    assert snap["properties"]["provisioningState"] == "Succeeded"
+    (again,) = quarantine_of(gc, rid)
+    assert again["id"] == snap["id"] and again["properties"]["provisioningState"] == "Succeeded"
+    # The failed copy (a PUT over it answers it as it is) was deleted, audited, and made again.
+    assert actions(gc, snap["id"]) == ["quarantine-intent", "quarantine-failed",
+                                       "quarantine-intent", "delete-intent", "deleted", "quarantined"]
     assert row(gc, rid)["state"] == "deleted"
     assert unresolved_intents(gc) == []
 

@@ -239,7 +239,7 @@ class DiskGateway:
         stem = _UNSAFE.sub("-", disk.name)[:room].strip("-.")
         return f"{_NAME_PREFIX}{stem}-{digest}" if stem else f"{_NAME_PREFIX}{digest}"
 
-    def create_quarantine_snapshot(self, disk: DiskSeen, name: str, until: datetime, *, _again: bool = True) -> str:
+    def create_quarantine_snapshot(self, disk: DiskSeen, name: str, until: datetime) -> str:
         """An incremental snapshot of ``disk`` named ``name`` in its resource group and location,
         tagged ``vhdgc-quarantine-of`` (the disk's id) and ``vhdgc-quarantine-until``; waits for it to
         succeed. A snapshot of that name already made from this disk (a retry) is fine. Its id."""
@@ -261,20 +261,14 @@ class DiskGateway:
                              "snapshots")
         if snap is None:
             raise DiskOutcomeUnknown("NotFound", f"snapshot {name}: the operation ended but the snapshot is not there")
-        state = (snap.provisioning_state or "").lower()
         source = snap.creation_data.source_resource_id if snap.creation_data is not None else None
-        ours = (source or "").lower() == disk.id.lower()
-        if state == "failed" and ours and _again:
-            # An earlier attempt's copy of this disk, left Failed: of no use, and in the way (a PUT
-            # over it answers it as it is, so the disk could never be quarantined). Deleted, made again once.
-            self.delete_snapshot(snap.id)
-            return self.create_quarantine_snapshot(disk, name, until, _again=False)
-        if state != "succeeded":
-            raise DiskOperationFailed(f"ProvisioningState{snap.provisioning_state}",
-                                      f"snapshot {snap.id} is {snap.provisioning_state}")
-        if not ours:
+        if (source or "").lower() != disk.id.lower():  # whatever its state: never ours to touch
             raise DiskOperationFailed("QuarantineNameTaken",
                                       f"snapshot {snap.id} exists and is not a copy of {disk.id} (source {source})")
+        state = (snap.provisioning_state or "").lower()
+        if state != "succeeded":  # ProvisioningStateFailed: an earlier attempt's copy (the executor's to redo)
+            raise DiskOperationFailed(f"ProvisioningState{snap.provisioning_state}",
+                                      f"snapshot {snap.id} is {snap.provisioning_state}")
         return snap.id
 
     def delete_disk(self, resource_id: str) -> None:
