@@ -148,6 +148,10 @@ def test_sigkill_during_the_delete_operation(gc, tmp_path, azure_finishes):
         assert [m for m, p in gc.arm.requests if m == "DELETE" and "/disks/left-0" in p] == ["DELETE"]
         settled = audit(gc, LEFT)[-1]
         assert "settled" in (settled["reason"] or "")
+        # Deleted while nobody watched, yet restorable: the settled row names its quarantine snapshot.
+        run = gc.cli("restore", LEFT)
+        assert run.code == 0, run.err
+        assert exists(gc, LEFT) and report(gc)[LEFT.lower()]["hold"] == "operator"
     else:
         assert acts[:2] == ["delete-intent", "delete-failed"] and acts[-2:] == ["delete-intent", "deleted"]
     _audit_complete(gc)
