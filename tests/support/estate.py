@@ -168,7 +168,9 @@ class Harness:
         return collector.run_pass()
 
     def report(self) -> dict[str, dict]:
-        run = self.cli("report", "--format", "json")
+        """The blobs' rows (``--kind vhd``): the harness's tests are about VHDs; a pass now tracks the
+        estate's unattached managed disks too (tests/support/disks.py reads those)."""
+        run = self.cli("report", "--kind", "vhd", "--format", "json")
         assert run.code == 0, run.err
         return {r["url"]: r for r in run.json()}
 
