@@ -185,6 +185,14 @@ def scan(ctx: click.Context, progress: bool | None, dry_run: bool = False) -> No
         f"({s.vhds} VHDs); marked {s.marked}, due {s.due}, deleted {s.deleted}, refused {s.refused}, "
         f"failed {s.failed}, kept {s.kept}, released {s.released}; mode {config.mode}"
     )
+    if s.disks or s.snapshots:  # the managed-disk half, when the pass read any
+        summary += (
+            f"\n  managed disks: {s.disks} disks ({s.disks_unattached} unattached), {s.snapshots} snapshots; "
+            f"marked {s.disk_marked}, due {s.disk_due}, kept {s.disk_kept}, released {s.disk_released}; "
+            f"quarantine snapshots made {s.quarantine_snapshots}, disks deleted {s.disks_deleted}, "
+            f"snapshots deleted {s.snapshots_deleted}, quarantine snapshots expired {s.quarantine_expired}; "
+            f"managed_disks.mode {config.managed_disks.mode}"
+        )
     click.echo(summary)
     if result.outcome == "stopped":
         click.echo(f"vhd-gc: the pass was stopped by {stop.name}: {_safe('; '.join(result.errors))}", err=True)
@@ -505,9 +513,12 @@ def confirm_pass(ctx: click.Context, actor: str | None) -> None:
         raise _Fail("confirm-pass: the last pass was not held back by the blast-radius guard", EXIT_USAGE)
     store.confirm_pass(blocked, operator_actor(actor), datetime.now(UTC))
     stats = blocked.stats or {}
+    disks = int(stats.get("new_disk_candidates") or 0)
+    what = f"{stats.get('new_candidates')} blobs" + (f" and {disks} disks and snapshots" if disks else "")
+    size = int(stats.get("new_bytes") or 0) + int(stats.get("new_disk_bytes") or 0)
     click.echo(
-        f"confirmed: the next pass may newly mark about {stats.get('new_candidates')} blobs "
-        f"({stats.get('new_bytes')} bytes) held back by pass {blocked.id}: {stats.get('blocked')}"
+        f"confirmed: the next pass may newly mark about {what} "
+        f"({size} bytes) held back by pass {blocked.id}: {stats.get('blocked')}"
     )
 
 

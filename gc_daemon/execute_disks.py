@@ -15,8 +15,9 @@ blobs under one ``max_deletes_per_pass``). For each due disk, in this order:
 
 A refusal (409 ``OperationNotAllowed``: attached meanwhile; 409 ``ScopeLocked``: a lock) is recorded
 and the disk's run of sightings starts over: it is never retried blindly. An outcome that is unknown
-(the operation never ended, its reply was lost) is settled by looking at the disk, now or, when that
-fails too, at the next pass (:func:`resolve_disk_intents`), as after a crash.
+(the operation never ended, its reply was lost) is settled by looking at the disk: gone, now; still
+there (the operation may yet end) or unreadable, at the next pass (:func:`resolve_disk_intents`), as
+after a crash.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class DiskExecution:
             q_intent = self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="quarantine-intent",
                                    reason=f"quarantine of {row.id}", **common)
             try:
-                made = self.gateway.create_quarantine_snapshot(fresh, name, until)
+                made = self._make_quarantine(fresh, name, until, quarantine_id, row, common)
             except Exception as exc:  # noqa: BLE001 - no undo, no delete
                 code = str(getattr(exc, "code", None) or type(exc).__name__)
                 self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="quarantine-failed",
@@ -212,6 +213,33 @@ class DiskExecution:
         self._deleted(row, now, seq, quarantine_id, until, out, common, reason)
         return True
 
+    def _make_quarantine(self, fresh: DiskSeen, name: str, until: datetime, quarantine_id: str, row: DiskRow,
+                         common: dict) -> str:
+        """The quarantine snapshot, made; an earlier attempt's copy of this disk left ``Failed`` (a PUT
+        over it answers it as it is: the disk could never be quarantined) is deleted first, audited
+        like any deletion, and the copy made again once."""
+        _, DiskOperationFailed, DiskOutcomeUnknown = _errors()
+        try:
+            return self.gateway.create_quarantine_snapshot(fresh, name, until)
+        except DiskOperationFailed as exc:
+            if exc.code != "ProvisioningStateFailed":
+                raise
+        why = f"a failed quarantine snapshot of {row.id}, to be made again"
+        intent = self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="delete-intent", reason=why,
+                             **common)
+        try:
+            self.gateway.delete_snapshot(quarantine_id)
+        except DiskOutcomeUnknown:
+            raise  # the intent stays open: the next pass settles it by looking at the snapshot
+        except Exception as exc:
+            self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="delete-failed", intent_id=intent,
+                        error_code=str(getattr(exc, "code", None) or type(exc).__name__)[:64], reason=_short(exc),
+                        **common)
+            raise
+        self._audit(quarantine_id, Kind.SNAPSHOT, row.subscription, action="deleted", intent_id=intent, reason=why,
+                    **common)
+        return self.gateway.create_quarantine_snapshot(fresh, name, until)
+
     def _deleted(self, row, now, seq, quarantine_id, until, out, common, reason) -> None:
         gone = replace(row, state=State.DELETED, deleted_at=now, sightings_frozen=row.sightings(seq),
                        streak_start=None, quarantine_snapshot=quarantine_id, quarantine_until=until, updated_at=now)
@@ -221,8 +249,14 @@ class DiskExecution:
         log.info("disk_deleted", id=row.id, kind=row.kind.value, size_bytes=row.size_bytes, quarantine=quarantine_id)
 
     def _settle(self, row, after, quarantine_id, until, now, seq, out, common) -> None:
-        """The disk says what an unknown outcome was: gone means deleted. Unreadable: the intent stays
-        unresolved and the next pass settles it."""
+        """The disk says what an unknown outcome was: gone means deleted. Still there, or unreadable:
+        the intent stays unresolved and the next pass settles it (:func:`resolve_disk_intents`).
+
+        Still there is no answer either: the operation had not ended when the wait did (or its reply
+        was lost), and may end later, the disk then gone. Recorded ``delete-failed`` now, that later
+        end would be a deletion vhd-gc made and its records deny (the row forgotten as no longer
+        listed). The next pass looks again before it decides anything: gone, ``deleted``; there and
+        not being deleted, ``delete-failed``, and the disk is decided again."""
         try:
             fresh = self.gateway.get_disk(row.id) if row.kind is Kind.MANAGED_DISK else self.gateway.get_snapshot(row.id)
         except Exception as exc:  # noqa: BLE001
@@ -232,9 +266,9 @@ class DiskExecution:
         if fresh is None:
             self._deleted(row, now, seq, quarantine_id, until, out, common, f"settled after {after}: the resource is gone")
             return
-        self._audit(row, row.kind, row.subscription, action="delete-failed", error_code="OutcomeUnknown",
-                    reason=f"settled after {after}: the resource is still there", **common)
         out.failed += 1
+        log.warning("disk_delete_outcome_unknown", id=row.id, detail=after,
+                    resource="still there: the next pass settles the intent")
 
     def _refused(self, row, fresh, holds, code, why, now, seq, pass_id, out) -> None:
         """Not deleted: the resource is no longer what was marked. Recorded; the row is decided again

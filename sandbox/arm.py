@@ -53,6 +53,7 @@ from sandbox.tls import make_self_signed
 
 # A delay fault never holds a request longer than this, so a forgotten rule cannot hang a test run.
 MAX_DELAY_SECONDS = 30.0
+MAX_GATE_SECONDS = 300.0  # a gate never held longer: only catches a test that forgot to release it
 
 COMPUTE = "Microsoft.Compute"
 STORAGE = "Microsoft.Storage"
@@ -889,6 +890,66 @@ class Fault:
         return fire
 
 
+
+@dataclass
+class Hook:
+    """Runs ``action(method, path_and_query)`` in the stand-in's thread when a matching request
+    arrives, after it is logged and before it is served (a test's way to change the estate at an
+    exact point of vhd-gc's sequence, or to wait on vhd-gc reaching that point). ``path`` is a regex
+    searched in the request path (no query); ``method`` the HTTP method; ``times`` how many matching
+    requests it takes (None: all). An action that returns True drops the request: it is not served
+    and the connection closes with no reply (as if it never reached ARM). :attr:`entered` is set when
+    the action starts, :attr:`done` when it has returned."""
+
+    path: str
+    method: str = "GET"
+    action: Any = None
+    times: int | None = 1
+    fired: int = field(default=0, compare=False)
+    entered: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    done: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def take(self, method: str, path: str) -> bool:
+        """Caller holds the stand-in's lock."""
+        if method.upper() != self.method.upper() or not re.search(self.path, path):
+            return False
+        if self.times is not None and self.fired >= self.times:
+            return False
+        self.fired += 1
+        return True
+
+    def run(self, method: str, path_and_query: str) -> bool:
+        self.entered.set()
+        try:
+            return bool(self.action(method, path_and_query)) if self.action is not None else False
+        finally:
+            self.done.set()
+
+
+class Gate:
+    """Holds the first request matching ``path``/``method`` unserved until :meth:`release`: the
+    test waits for vhd-gc to reach that request (:meth:`wait`), acts (a SIGKILL), then lets the
+    request be dropped (``serve=False``: ARM never saw it) or served."""
+
+    def __init__(self, standin: "ArmStandIn", path: str, method: str) -> None:
+        self._release = threading.Event()
+        self._serve = False
+        self.hook = standin.on_request(path, method, self._hold, times=1)
+
+    def _hold(self, method: str, path: str) -> bool:
+        self._release.wait(MAX_GATE_SECONDS)
+        return not self._serve
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the request arrived within ``timeout`` seconds (a bound that only catches a hang)."""
+        return self.hook.entered.wait(timeout)
+
+    def release(self, serve: bool = False) -> None:
+        self._serve = serve
+        self._release.set()
+        if self.hook.entered.is_set():  # held: wait until the stand-in has dropped (or served) it
+            self.hook.done.wait(MAX_GATE_SECONDS)
+
 # --------------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------------
@@ -1012,6 +1073,10 @@ class _Handler(BaseHTTPRequestHandler):
         standin = self.standin
         self._body = self._read_body()  # drain; PUTs of disks and snapshots carry one
         standin._log(self.command, self.path, self.headers.get("User-Agent"))
+        hook = standin._match_hook(self.command, path)
+        if hook is not None and hook.run(self.command, self.path):
+            self.close_connection = True  # dropped: not served, no reply
+            return
         fault = standin._match_fault(self.command, path, "$skiptoken" in query)
         if fault is not None and fault.kind == "delay":
             time.sleep(min(max(fault.delay, 0.0), MAX_DELAY_SECONDS))
@@ -1347,6 +1412,7 @@ class ArmStandIn:
         self._lock = threading.Lock()
         self._estate: dict[str, Any] = {"subscriptions": {}}
         self._faults: list[Fault] = []
+        self._hooks: list[Hook] = []
         self._requests: list[tuple[str, str]] = []
         self._permissions: dict[str | None, list[dict[str, Any]]] = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
         self._user_agents: list[str | None] = []
@@ -1463,6 +1529,33 @@ class ArmStandIn:
                     chosen = fault
             return chosen
 
+    def on_request(self, path: str, method: str = "GET", action: Any = None, times: int | None = 1) -> Hook:
+        """Add a :class:`Hook`: ``action(method, path_and_query)`` runs when a matching request
+        arrives, before it is served (True: drop it). Returns the hook (its ``entered``/``done`` events)."""
+        re.compile(path)
+        hook = Hook(path=path, method=method, action=action, times=times)
+        with self._lock:
+            self._hooks.append(hook)
+        return hook
+
+    def gate(self, path: str, method: str = "GET") -> Gate:
+        """Hold the next matching request unserved until ``release()`` (see :class:`Gate`)."""
+        return Gate(self, path, method)
+
+    def clear_hooks(self) -> None:
+        with self._lock:
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:  # a gate still holding a request lets it go (dropped)
+            if isinstance(getattr(hook.action, "__self__", None), Gate):
+                hook.action.__self__.release()
+
+    def _match_hook(self, method: str, path: str) -> Hook | None:
+        with self._lock:
+            for hook in self._hooks:
+                if hook.take(method, path):
+                    return hook
+            return None
+
     # -- what the identity holds (Microsoft.Authorization/permissions) -----------------------------
 
     def set_permissions(self, permissions: list[dict[str, Any]], scope: str | None = None) -> None:
@@ -1539,6 +1632,7 @@ class ArmStandIn:
         """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log."""
         self.set_estate(estate)
         self.clear_faults()
+        self.clear_hooks()
         self.clear_requests()
         self.reset_permissions()
         self.disk_rp.reset()

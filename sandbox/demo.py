@@ -105,6 +105,21 @@ class Item:
         return self.expect != "deleted"
 
 
+@dataclass
+class DiskItem:
+    """A managed disk of the estate and what vhd-gc must do with it."""
+
+    name: str
+    story: str
+    expect: str  # "deleted" (after its quarantine snapshot) | "restored" | "kept" | "in use"
+    hold: str | None = None  # for "kept": the hold the report must show
+    size_gb: int = 32
+
+    @property
+    def id(self) -> str:
+        return armlib.compute_id(SUB, RG, "disks", self.name)
+
+
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -115,6 +130,7 @@ class Demo:
         self.arm = ArmStandIn(page_size=2, cert_dir=str(self.tmp / "arm-cert"))
         self.cfg = self.tmp / "vhd-gc.yaml"
         self.items: list[Item] = []
+        self.disks: list[DiskItem] = []
         self.failures: list[str] = []
         self.settings: dict = {}
 
@@ -153,6 +169,10 @@ class Demo:
                 ],
             },
         }
+        # Unattached managed disks too: deleted after an incremental quarantine snapshot kept 30 days
+        # (`vhd-gc restore` brings a disk back from it). Their operations are polled every second.
+        self.settings["managed_disks"] = {"mode": "delete", "quarantine": "30d"}
+        self.settings["azure"]["lro_poll_interval"] = "1s"
         self.write_config()
 
     def write_config(self) -> None:
@@ -222,11 +242,11 @@ class Demo:
         self.arm.set_estate(
             armlib.build_estate(
                 armlib.vm(SUB, RG, "web-01", os_vhd=self.url(a1, "vhds", web_os.blob), data_vhds=[self.url(a1, "vhds", web_data.blob)]),
-                armlib.disk(
+                self.converted_disk(armlib.disk(
                     SUB, RG, "db-01-osdisk",
                     source_uri=self.url(a1, "vhds", db.blob),
                     time_created=datetime.now(UTC) - timedelta(days=30),
-                ),
+                )),
                 armlib.image(SUB, RG, "golden", os_blob=self.url(a1, "system", golden_blob)),
                 armlib.vmss(SUB, RG, "web-ss", vhd_containers=[self.url(a2, "webss")]),
                 armlib.recovery_vault(SUB, RG, "dr-vault"),
@@ -234,16 +254,18 @@ class Demo:
                     "diskUri": self.url(a1, "vhds", web_os.blob),
                     "recoveryDiskUri": self.url(a2, replica.container, replica.blob),
                 })),
+                *self.seed_disks(),
                 # The collected accounts, where ARM places them: vhd-gc checks they are in a configured subscription.
                 *(armlib.storage_account(SUB, "storage-rg", acct, blob_endpoint=self.azurite.blob_endpoint(acct))
                   for acct in ACCOUNTS),
                 subscriptions=[SUB],
             )
         )  # fmt: skip
+        self.arm.set_lro(polls=0)  # a disk's snapshot, delete or restore ends at its first poll
         self.seeded_at = time.monotonic()
 
         say("   Azure Compute (ARM stand-in, subscription " + SUB + "):")
-        say("     VM web-01 (2 VHD disks), managed disk db-01-osdisk (imported 30 days ago),")
+        say("     VM web-01 (2 VHD disks), managed disk db-01-osdisk (imported 30 days ago, attached to VM db-01),")
         say("     managed image golden (from a VHD), scale set web-ss (unmanaged, container webss),")
         say("     Recovery Services vault dr-vault replicating web-01 (Site Recovery, Azure to Azure)")
         say("   Blobs (nominal size / written), and what vhd-gc should do with each:")
@@ -251,7 +273,53 @@ class Demo:
             if it is self.fresh:
                 continue
             say(self.legend_line(it))
+        if self.disks:
+            say("   Managed disks (ARM stand-in), and what vhd-gc should do with each:")
+            for d in self.disks:
+                expect = {"deleted": "leftover -> QUARANTINE SNAPSHOT, DELETE",
+                          "restored": "leftover -> QUARANTINE SNAPSHOT, DELETE, then `vhd-gc restore`",
+                          "kept": f"held ({d.hold}) -> KEEP"}.get(d.expect, d.expect)
+                say(f"       {d.name:<40} {d.size_gb:>4} GiB\n         {d.story}  => {expect}")
         say(f"   seeded in {time.monotonic() - t:.1f}s")
+
+    @staticmethod
+    def converted_disk(disk: dict) -> dict:
+        """VM db-01 runs on the managed disk it was converted to: attached (in use, never a leftover)."""
+        disk["managedBy"] = armlib.compute_id(SUB, RG, "virtualMachines", "db-01")
+        disk["properties"]["diskState"] = "Attached"
+        return disk
+
+    def seed_disks(self) -> list[dict]:
+        """The managed disks: a deleted VM's two (detached three days ago: their age does not depend on
+        how fast this machine is), a Kubernetes volume, a Site Recovery replica, and a running VM's two."""
+        from sandbox import arm_disks
+
+        detached = datetime.now(UTC) - timedelta(days=3)
+        created = datetime.now(UTC) - timedelta(days=200)
+        app02 = armlib.compute_id(SUB, RG, "virtualMachines", "app-02")
+        self.disks = [
+            DiskItem("old-app-osdisk", "VM old-app was deleted: its managed OS disk was left behind", "deleted", size_gb=64),
+            DiskItem("old-app-data0", "VM old-app was deleted: its managed data disk was left behind", "restored", size_gb=128),
+            DiskItem("pvc-3f0c9a52-5d1e-4f7b-9a61-0e8c2b7d4a10", "a Kubernetes persistent volume, its pod not scheduled",
+                     "kept", hold="kubernetes"),
+            DiskItem("web-01-osdisk-ASRReplica", "a Site Recovery replica disk of web-01 (unattached until failover)",
+                     "kept", hold="site_recovery", size_gb=64),
+            DiskItem("app-02-osdisk", "VM app-02 (running): OS disk, attached", "in use", size_gb=64),
+            DiskItem("app-02-data0", "VM app-02 (running): data disk, attached", "in use"),
+        ]
+        extra = {
+            "old-app-osdisk": dict(last_ownership_update_time=detached, tags={"app": "old-app"}),
+            "old-app-data0": dict(last_ownership_update_time=detached, tags={"app": "old-app"}, sku="StandardSSD_LRS",
+                                  zones=["1"]),
+            "pvc-3f0c9a52-5d1e-4f7b-9a61-0e8c2b7d4a10": dict(
+                last_ownership_update_time=detached,
+                tags={"kubernetes.io-created-for-pvc-name": "data-db-0", "k8s-azure-created-by": "kubernetes-azure-dd"}),
+            "web-01-osdisk-ASRReplica": dict(tags={"ASR-ReplicaDisk": "web-01"}),
+            "app-02-osdisk": dict(disk_state="Attached", managed_by=app02, last_ownership_update_time=created),
+            "app-02-data0": dict(disk_state="Attached", managed_by=app02, last_ownership_update_time=created),
+        }
+        return [arm_disks.managed_disk(SUB, RG, d.name, size_gb=d.size_gb, time_created=created, **extra[d.name])
+                for d in self.disks]
 
     def legend_line(self, it: Item) -> str:
         size = f"{it.size // MiB} MiB / {it.written // MiB} MiB" if it.size else ""
@@ -368,9 +436,23 @@ class Demo:
         say("-- why? ask vhd-gc about one deleted leftover and the captured image's VHD")
         self.vhd_gc("explain", self.url(a1, deleted.container, deleted.blob))
         self.vhd_gc("explain", self.url(a1, golden.container, golden.blob))
+        if self.disks:
+            self.disk_story()
         say()
         say("-- the audit log: every deletion intent and outcome, with ETag, size and who")
         self.vhd_gc("audit")
+
+    def disk_story(self) -> None:
+        say()
+        say("-- managed disks: the deleted VM's two disks were snapshotted (quarantine), then deleted;")
+        say("   the Kubernetes volume and the Site Recovery replica are kept with their holds; attached disks")
+        say("   are in use and not even tracked")
+        self.vhd_gc("report", "--kind", "managed_disk", "--format", "table")
+        restored = next(d for d in self.disks if d.expect == "restored")
+        say()
+        say(f"-- oops, {restored.name} was still needed: bring it back from its quarantine snapshot")
+        self.vhd_gc("restore", restored.id)
+        self.vhd_gc("report", "--kind", "managed_disk", "--format", "table")
 
     # -- ground truth ----------------------------------------------------------------------------
 
@@ -416,11 +498,79 @@ class Demo:
             for p in problems:
                 self.failures.append(f"#{it.n} {it.account}/{it.container}/{it.blob}: {p}")
                 say(f"          ^ {p}")
+        if self.disks:
+            self.check_disks()
         freed = sum(it.size for it in self.items if it.expect == "deleted")
         billed = sum(it.written for it in self.items if it.expect == "deleted")
         n = sum(1 for it in self.items if it.expect == "deleted")
         say()
         say(f"   vhd-gc deleted {n} leftovers ({freed // MiB} MiB nominal, {billed // MiB} MiB billed) and left the rest alone.")
+
+    def check_disks(self) -> None:
+        """Ground truth in the ARM stand-in: which disks exist, and their quarantine snapshots."""
+        estate = self.arm.estate["subscriptions"][SUB]
+        present = {d["id"].lower(): d for d in estate.get("disks", [])}
+        quarantine: dict[str, list[dict]] = {}
+        for snap in estate.get("snapshots", []):
+            of = next((v for k, v in (snap.get("tags") or {}).items() if k.lower() == "vhdgc-quarantine-of"), None)
+            if of:
+                quarantine.setdefault(of.lower(), []).append(snap)
+        proc = self.vhd_gc("report", "--kind", "managed_disk", "--format", "json", show=False)
+        try:
+            rows = {r["url"].lower(): r for r in json.loads(proc.stdout)}
+        except ValueError:
+            rows = {}
+        say()
+        say("   Managed disks, in the ARM stand-in:")
+        say(f"   {'':2} {'EXPECTED':<10} {'IN ARM':<8} {'QUARANTINE':<11} {'REPORT':<24} DISK")
+        for d in self.disks:
+            key = d.id.lower()
+            there = key in present
+            snaps = [s for s in quarantine.get(key, []) if (s.get("properties") or {}).get("provisioningState") == "Succeeded"]
+            row = rows.get(key)
+            state = row["state"] if row else "(not tracked)"
+            shown = f"{state} ({row['hold']})" if row and row.get("hold") else state
+            problems = []
+            if d.expect == "deleted":
+                if there:
+                    problems.append("still there")
+                if state != "deleted":
+                    problems.append(f"report says {shown}")
+                if len(snaps) != 1:
+                    problems.append(f"{len(snaps)} quarantine snapshots, expected 1")
+                elif row and (row.get("quarantine_snapshot") or "").lower() != snaps[0]["id"].lower():
+                    problems.append("the report does not name its quarantine snapshot")
+            elif d.expect == "restored":
+                if not there:
+                    problems.append("not restored")
+                if len(snaps) != 1:
+                    problems.append(f"{len(snaps)} quarantine snapshots, expected 1")
+                if (state, (row or {}).get("hold")) != ("kept", "operator"):
+                    problems.append(f"report says {shown}, expected kept (operator)")
+                was = present.get(key) or {}
+                if there and ((was.get("sku") or {}).get("name"), was.get("zones"), (was.get("properties") or {}).get("diskSizeGB")) \
+                        != ("StandardSSD_LRS", ["1"], d.size_gb):
+                    problems.append("restored with another SKU, zone or size")
+            elif d.expect == "kept":
+                if not there:
+                    problems.append("GONE")
+                if (state, (row or {}).get("hold")) != ("kept", d.hold):
+                    problems.append(f"report says {shown}, expected kept ({d.hold})")
+            else:  # in use
+                if not there:
+                    problems.append("GONE")
+                if row is not None and state in ("candidate", "due", "deleted"):
+                    problems.append(f"report says {state}")
+            if d.expect in ("kept", "in use") and snaps:
+                problems.append("a quarantine snapshot was made of it")
+            mark = FAIL if problems else OK
+            say(f"   {mark:2} {d.expect:<10} {'present' if there else 'gone':<8} {len(snaps):<11} {shown:<24} {d.name}")
+            for p in problems:
+                self.failures.append(f"disk {d.name}: {p}")
+                say(f"          ^ {p}")
+        gone = [d for d in self.disks if d.expect in ("deleted", "restored")]
+        say(f"   vhd-gc deleted {len(gone)} unattached disks ({sum(d.size_gb for d in gone)} GiB) after snapshotting "
+            f"each, restored one, and left the rest alone.")
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -395,3 +395,48 @@ def test_control_endpoints_drive_the_operations(arm: sb.ArmStandIn) -> None:
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         raw(arm, "DELETE", f"{sb.compute_id(SUB, RG, 'disks', 'second')}?api-version=2026-03-02")
     assert names(arm, "disks") == []  # its reply was lost, the delete was done
+
+
+# -- hooks and gates (the e2e and crash tests' way to act at an exact point) --------------------
+
+
+def test_a_hook_changes_the_estate_before_the_request_is_served(arm: sb.ArmStandIn) -> None:
+    arm.set_estate(estate())
+
+    def attach(method: str, path: str) -> None:
+        def change(e: dict[str, Any]) -> None:
+            disk = e["subscriptions"][SUB]["disks"][0]
+            disk["properties"]["diskState"] = "Attached"
+            disk["managedBy"] = VM_ID
+        arm.update_estate(change)
+
+    hook = arm.on_request(r"/disks/orphan$", "DELETE", attach)
+    with pytest.raises(ResourceExistsError) as caught:
+        compute(arm).disks.begin_delete(RG, "orphan", polling_interval=0)
+    assert caught.value.error.code == "OperationNotAllowed"
+    assert hook.fired == 1 and hook.done.is_set()
+    compute(arm).disks.get(RG, "orphan")  # times=1: the next request is not hooked
+    assert hook.fired == 1
+
+
+def test_a_gate_holds_a_request_until_released_and_drops_it(arm: sb.ArmStandIn) -> None:
+    import threading
+
+    arm.set_estate(estate())
+    gate = arm.gate(r"/disks/orphan$", "DELETE")
+    errors: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            compute(arm, retry_total=0).disks.begin_delete(RG, "orphan", polling_interval=0)
+        except BaseException as exc:  # noqa: BLE001 - the dropped request's error, checked below
+            errors.append(exc)
+
+    t = threading.Thread(target=delete)
+    t.start()
+    assert gate.wait(HANG_LIMIT)
+    assert names(arm, "disks") == ["orphan"] and arm.operations == []  # held, not served
+    gate.release(serve=False)
+    t.join(HANG_LIMIT)
+    assert len(errors) == 1 and isinstance(errors[0], (ServiceResponseError, ServiceRequestError))
+    assert names(arm, "disks") == ["orphan"] and arm.operations == []  # dropped: ARM never did it

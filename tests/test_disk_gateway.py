@@ -197,9 +197,23 @@ def test_quarantine_snapshot_failing_raises_operation_failed(arm: sb.ArmStandIn,
         gw.create_quarantine_snapshot(disk, gw.quarantine_name(disk, OWNED_AT), UNTIL)
     assert caught.value.code == "InternalDiskManagementError"
     assert bucket(arm, "snapshots")[0]["properties"]["provisioningState"] == "Failed"
-    # Again (the next pass): the PUT finds the failed snapshot, still not a quarantine.
-    with pytest.raises(DiskOperationFailed):
+    # Again (the next pass): the PUT finds the failed copy as it is (the executor deletes it and makes it again).
+    with pytest.raises(DiskOperationFailed) as caught:
         gw.create_quarantine_snapshot(disk, gw.quarantine_name(disk, OWNED_AT), UNTIL)
+    assert caught.value.code == "ProvisioningStateFailed"
+    assert [op.kind for op in arm.operations] == ["create"]
+
+
+def test_a_failed_snapshot_of_that_name_from_another_disk_is_not_ours(arm: sb.ArmStandIn, gateway) -> None:
+    """Whatever its state: the executor redoes only a failed copy of the disk itself."""
+    other = sb.compute_id(SUB, RG, "disks", "other")
+    arm.set_estate(estate(orphan(), ad.incremental_snapshot(SUB, RG, "taken", source_disk_id=other,
+                                                            provisioning_state="Failed")))
+    gw = gateway()
+    with pytest.raises(DiskOperationFailed) as caught:
+        gw.create_quarantine_snapshot(gw.get_disk(DISK_ID), "taken", UNTIL)
+    assert caught.value.code == "QuarantineNameTaken"
+    assert names(arm, "snapshots") == ["taken"]
 
 
 def test_quarantine_refused_by_a_read_only_lock(arm: sb.ArmStandIn, gateway) -> None:

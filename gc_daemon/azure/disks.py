@@ -264,14 +264,14 @@ class DiskGateway:
                              "snapshots")
         if snap is None:
             raise DiskOutcomeUnknown("NotFound", f"snapshot {name}: the operation ended but the snapshot is not there")
-        state = (snap.provisioning_state or "").lower()
-        if state != "succeeded":
-            raise DiskOperationFailed(f"ProvisioningState{snap.provisioning_state}",
-                                      f"snapshot {snap.id} is {snap.provisioning_state}")
         source = snap.creation_data.source_resource_id if snap.creation_data is not None else None
-        if (source or "").lower() != disk.id.lower():
+        if (source or "").lower() != disk.id.lower():  # whatever its state: never ours to touch
             raise DiskOperationFailed("QuarantineNameTaken",
                                       f"snapshot {snap.id} exists and is not a copy of {disk.id} (source {source})")
+        state = (snap.provisioning_state or "").lower()
+        if state != "succeeded":  # ProvisioningStateFailed: an earlier attempt's copy (the executor's to redo)
+            raise DiskOperationFailed(f"ProvisioningState{snap.provisioning_state}",
+                                      f"snapshot {snap.id} is {snap.provisioning_state}")
         return snap.id
 
     def delete_disk(self, resource_id: str) -> None:

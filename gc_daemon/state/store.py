@@ -1194,12 +1194,16 @@ class Store:
     def confirm_pass(self, blocked: PassRecord, actor: str, at: datetime) -> None:
         """Let the next pass mark about what `blocked` would have marked (recorded in the audit log)."""
         stats = blocked.stats or {}
+        # The guard counts new disk and snapshot candidates with the blobs (Collector._check_blast_radius):
+        # so does what the operator confirms, or a pass held back by disks could never be let through.
+        new = int(stats.get("new_candidates") or 0) + int(stats.get("new_disk_candidates") or 0)
+        size = int(stats.get("new_bytes") or 0) + int(stats.get("new_disk_bytes") or 0)
         with self.engine.begin() as conn:
             conn.execute(
                 insert(audit_log).values(
                     at=at, pass_id=blocked.id, action=CONFIRM_PASS, account="*", container="*", blob="*",
-                    url="*", size_bytes=int(stats.get("new_bytes") or 0),
-                    billed_bytes=int(stats.get("new_candidates") or 0),
+                    url="*", size_bytes=size,
+                    billed_bytes=new,
                     reason=f"operator confirmed: {stats.get('blocked')}", actor=actor,
                 )
             )

@@ -33,12 +33,19 @@ class Tally:
     wrong: int = 0
     wrongful_deletions: int = 0
     lost_records: int = 0
+    # The disk path (tests/test_disk_faults.py): disks deleted under faults, and of them those with no
+    # quarantine snapshot although managed_disks.quarantine was on (must stay 0).
+    disk_cases: int = 0
+    disks_deleted: int = 0
+    disks_unquarantined: int = 0
     cases: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, case: str, result: str, *, wrongful_deletions: int = 0, lost_records: int = 0) -> None:
+    def record(self, case: str, result: str, *, wrongful_deletions: int = 0, lost_records: int = 0,
+               disk: bool = False, disks_deleted: int = 0, disks_unquarantined: int = 0) -> None:
         """``lost_records``: state an incomplete pass changed, or a deletion vhd-gc made that its
-        records (audit outcome, report) do not show."""
+        records (audit outcome, report) do not show. ``disk``: a case of the disk path, with the disks
+        it deleted and, of them, those deleted without their quarantine snapshot."""
         if result not in (FAILED_CLOSED, COMPLETED, WRONG):
             raise ValueError(f"unknown fault result {result!r}")
         with self._lock:
@@ -51,6 +58,9 @@ class Tally:
                 self.wrong += 1
             self.wrongful_deletions += wrongful_deletions
             self.lost_records += lost_records
+            self.disk_cases += int(disk)
+            self.disks_deleted += disks_deleted
+            self.disks_unquarantined += disks_unquarantined
             self.cases.append((case, result))
 
     def line(self) -> str:
@@ -59,6 +69,9 @@ class Tally:
             f"{self.completed} passes completed correctly, wrongful deletions = {self.wrongful_deletions}, "
             f"lost records = {self.lost_records}"
         )
+        if self.disk_cases:
+            text += (f"; disk path: {self.disk_cases} cases, {self.disks_deleted} disks deleted, "
+                     f"deleted without a quarantine snapshot = {self.disks_unquarantined}")
         if self.wrong:
             text += f" (and {self.wrong} passes neither failed closed nor completed correctly)"
         return text
@@ -67,8 +80,8 @@ class Tally:
 TALLY = Tally()
 
 
-def record(case: str, result: str, *, wrongful_deletions: int = 0, lost_records: int = 0) -> None:
-    TALLY.record(case, result, wrongful_deletions=wrongful_deletions, lost_records=lost_records)
+def record(case: str, result: str, *, wrongful_deletions: int = 0, lost_records: int = 0, **disk: int) -> None:
+    TALLY.record(case, result, wrongful_deletions=wrongful_deletions, lost_records=lost_records, **disk)
 
 
 def ensure_registered(config: pytest.Config) -> None:
