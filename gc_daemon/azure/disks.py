@@ -36,7 +36,8 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from azure.core.polling.base_polling import OperationFailed
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 
-from ..disks import GIB, QUARANTINE_TAG, DiskRow, DiskSeen, SnapshotSeen
+from ..disks import GIB, QUARANTINE_TAG, DiskRow, DiskSeen, Kind, SnapshotSeen
+from ..resource_ids import ResourceIdError, parse_resource_id
 from ..sources.disks import disk_seen
 from ..sources.snapshots import snapshot_seen
 
@@ -50,13 +51,6 @@ MAX_NAME = 80
 _NAME_PREFIX = "vhdgc-q-"
 _HASH_CHARS = 12
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_ID = re.compile(
-    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
-    r"(?P<kind>disks|snapshots)/(?P<name>[^/]+)$",
-    re.IGNORECASE,
-)
-
-
 class DiskError(Exception):
     """A gateway failure; ``code`` is ARM's error code (or a name of ours when ARM gave none)."""
 
@@ -82,17 +76,26 @@ class DiskReadFailed(DiskError):
 
 
 def parse_id(resource_id: str, kind: str | None = None) -> tuple[str, str, str, str]:
-    """(subscription, resource group, kind, name) of a disk or snapshot id; ValueError for anything else."""
-    m = _ID.match(resource_id.strip())
-    if m is None or (kind is not None and m["kind"].lower() != kind):
+    """(subscription, resource group, kind, name) of a disk or snapshot id (``kind``: "disks" or
+    "snapshots" to require one); ValueError for anything else."""
+    try:
+        rid = parse_resource_id(resource_id)
+    except ResourceIdError:
+        rid = None
+    plural = None if rid is None else ("disks" if rid.kind is Kind.MANAGED_DISK else "snapshots")
+    if rid is None or (kind is not None and plural != kind):
         what = {"disks": "a managed disk", "snapshots": "a snapshot"}.get(kind or "", "a managed disk or snapshot")
         raise ValueError(f"{resource_id!r} is not the ARM id of {what}")
-    return m["sub"], m["rg"], m["kind"].lower(), m["name"]
+    return rid.subscription, rid.resource_group, plural, rid.name
 
 
 def is_disk_id(text: str) -> bool:
     """Whether ``text`` is the ARM id of a managed disk (what `vhd-gc restore ID` takes)."""
-    return bool((m := _ID.match(text.strip())) and m["kind"].lower() == "disks")
+    try:
+        return parse_resource_id(text).kind is Kind.MANAGED_DISK
+    except ResourceIdError:
+        return False
+
 
 
 def _code(exc: HttpResponseError) -> str:
