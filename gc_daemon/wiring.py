@@ -105,13 +105,14 @@ def storage_transport():
 
 
 def read_transport(config: Config):
-    """The transport of the lean read path (listings, page ranges): urllib3 directly, or requests
-    when proxy variables are set (requests reads them; the urllib3 transport does not)."""
+    """The transport of the lean read path (listings, page ranges): urllib3 directly, which honours
+    the proxy variables itself (``NO_PROXY`` alone keeps every host direct), or requests when the
+    environment names a proxy urllib3 does not speak (SOCKS)."""
     from azure.core.pipeline.transport import RequestsTransport
 
-    from .azure.blobrest import Urllib3Transport
+    from .azure.blobrest import Urllib3Transport, proxy_schemes_supported
 
-    if any(k.lower() in _PROXY_VARS for k in os.environ):
+    if not proxy_schemes_supported():
         return RequestsTransport(use_env_settings=True)
     return Urllib3Transport(verify=ca_bundle(), maxsize=2 * config.azure.max_concurrency)
 
