@@ -117,6 +117,14 @@ def read_transport(config: Config):
     return Urllib3Transport(verify=ca_bundle(), maxsize=2 * config.azure.max_concurrency)
 
 
+def arm_budget(config: Config):
+    """The process's ARM read budget (gc_daemon.azure.arm_budget), with the configured reserve: every
+    ARM client built here records ARM's remaining reads in it and paces its reads by it."""
+    from .azure.arm_budget import process_budget
+
+    return process_budget(config.azure.arm_reads_reserve)
+
+
 def ca_bundle() -> str | bool:
     """Custom CA bundles come from the standard REQUESTS_CA_BUNDLE, passed explicitly."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or True
@@ -145,6 +153,7 @@ class DiscoveredAccounts:
             retry_total=config.azure.retry_total,
             timeout=config.azure.timeout.total_seconds(),
             max_pages=config.azure.max_list_pages,
+            budget=arm_budget(config),
         )
         self._cache: dict[tuple[str, str], object] = {}
 
@@ -241,6 +250,7 @@ def build_references(config: Config, credential=None):
         timeout=config.azure.timeout.total_seconds(),
         max_workers=config.azure.max_concurrency,
         max_pages=config.azure.max_list_pages,
+        arm_budget=arm_budget(config),
     )
 
 
