@@ -12,6 +12,7 @@ In-process::
 As its own process::
 
     python -m sandbox.arm --port 0 --cert-dir DIR --estate estate.json [--page-size N]
+        [--read-budget N --read-refill R]
 
 prints ``READY https://127.0.0.1:PORT CERT_PATH`` once listening and serves until SIGTERM. Another
 process steers it through ``/_control/...`` (see :class:`_Handler`).
@@ -1590,6 +1591,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert-dir", required=True, help="directory for the self-signed certificate")
     parser.add_argument("--estate", help="JSON file holding the initial estate")
     parser.add_argument("--page-size", type=int, default=2)
+    parser.add_argument("--read-budget", type=int, default=arm_throttle.DEFAULT_SIZE,
+                        help="reads per subscription before 429 (ARM's bucket: 250)")
+    parser.add_argument("--read-refill", type=float, default=arm_throttle.DEFAULT_REFILL,
+                        help="reads given back per second (ARM: 25; 0: a plain countdown)")
     args = parser.parse_args(argv)
 
     estate = None
@@ -1600,6 +1605,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     standin = ArmStandIn(estate, page_size=args.page_size, cert_dir=args.cert_dir, port=args.port)
+    standin.read_budget = arm_throttle.ReadBudget(args.read_budget, args.read_refill)
     standin.start()
     try:
         print(f"READY {standin.url} {standin.cert_path}", flush=True)

@@ -206,3 +206,44 @@ def test_only_subscription_scoped_requests_are_counted():
     assert subscription_of(f"https://management.azure.com/subscriptions/{S1}") == S1
     assert subscription_of("https://management.azure.com/subscriptions?api-version=2022-12-01") is None
     assert subscription_of("https://management.azure.com/providers/Microsoft.Compute?api-version=1") is None
+
+
+def test_the_stand_in_as_a_process_takes_its_budget_from_flags_and_control(tmp_path):
+    import json
+    import os
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.arm", "--port", "0", "--cert-dir", str(tmp_path / "cert"),
+         "--read-budget", "2", "--read-refill", "0"],
+        cwd=root, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        line = proc.stdout.readline().split()
+        assert line[0] == "READY", line
+        url, ctx = line[1], ssl.create_default_context(cafile=line[2])
+
+        def get(path: str, method: str = "GET", payload=None) -> tuple[int, str | None]:
+            data = json.dumps(payload).encode() if payload is not None else None
+            req = urllib.request.Request(url + path, data=data, method=method, headers={"Authorization": "Bearer t"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+                    return resp.status, resp.headers.get(READS_HEADER)
+            except urllib.error.HTTPError as err:
+                return err.code, err.headers.get(READS_HEADER)
+
+        vms = f"/subscriptions/{S1}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01"
+        get("/_control/estate", "PUT", sb.empty_estate(S1))
+        assert [get(vms) for _ in range(3)] == [(200, "1"), (200, "0"), (429, "0")]
+        get("/_control/read_budget", "PUT", {"size": 10})
+        assert get(vms) == (200, "9")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
