@@ -186,6 +186,10 @@ class AzureConfig(_Strict):
     lro_poll_interval: Duration = timedelta(seconds=5)
     """How often a long-running ARM operation is polled when ARM's reply names no `Retry-After` (when it names
     one, ARM's wait wins)."""
+    arm_reads_reserve: Annotated[int, Field(ge=0, le=12_000)] = 100
+    """ARM's reads left in a subscription (its `x-ms-ratelimit-remaining-subscription-reads`, exported as
+    `vhdgc_arm_reads_remaining`) under which reads slow down before ARM would throttle them: each waits in
+    proportion to how far under, up to 1 s at none left. 0 never waits."""
 
     _check_arm = field_validator("arm_endpoint")(_http_url)
 

@@ -284,12 +284,38 @@ class StateCollector(Collector):
         yield from disk_families(totals, quarantine, deleted, self.config.prices.currency)
 
 
-class Metrics:
-    """The registry of one process: state-derived families plus this process's own."""
+class ArmBudgetCollector(Collector):
+    """``vhdgc_arm_reads_remaining{subscription}``: what ARM's latest answer in each subscription said
+    of the reads left (gc_daemon.azure.arm_budget). A subscription not read yet has no series."""
 
-    def __init__(self, store, config: Config) -> None:
+    def __init__(self, budget) -> None:
+        self.budget = budget
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        g = GaugeMetricFamily(
+            "vhdgc_arm_reads_remaining",
+            "Reads ARM allows before throttling, from its latest answer in the subscription "
+            "(x-ms-ratelimit-remaining-subscription-reads)",
+            labels=["subscription"],
+        )
+        for subscription, remaining in sorted(self.budget.remaining().items()):
+            g.add_metric([subscription], remaining)
+        yield g
+
+
+class Metrics:
+    """The registry of one process: state-derived families plus this process's own. ``arm_budget``:
+    the ARM read budget whose counts are exported (the process's by default)."""
+
+    def __init__(self, store, config: Config, arm_budget=None) -> None:
+        from .azure.arm_budget import process_budget
+
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StateCollector(store, config))
+        self.registry.register(ArmBudgetCollector(arm_budget if arm_budget is not None else process_budget()))
         from prometheus_client import PlatformCollector, ProcessCollector
 
         ProcessCollector(registry=self.registry)

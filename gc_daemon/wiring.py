@@ -105,15 +105,24 @@ def storage_transport():
 
 
 def read_transport(config: Config):
-    """The transport of the lean read path (listings, page ranges): urllib3 directly, or requests
-    when proxy variables are set (requests reads them; the urllib3 transport does not)."""
+    """The transport of the lean read path (listings, page ranges): urllib3 directly, which honours
+    the proxy variables itself (``NO_PROXY`` alone keeps every host direct), or requests when the
+    environment names a proxy urllib3 does not speak (SOCKS)."""
     from azure.core.pipeline.transport import RequestsTransport
 
-    from .azure.blobrest import Urllib3Transport
+    from .azure.blobrest import Urllib3Transport, proxy_schemes_supported
 
-    if any(k.lower() in _PROXY_VARS for k in os.environ):
+    if not proxy_schemes_supported():
         return RequestsTransport(use_env_settings=True)
     return Urllib3Transport(verify=ca_bundle(), maxsize=2 * config.azure.max_concurrency)
+
+
+def arm_budget(config: Config):
+    """The process's ARM read budget (gc_daemon.azure.arm_budget), with the configured reserve: every
+    ARM client built here records ARM's remaining reads in it and paces its reads by it."""
+    from .azure.arm_budget import process_budget
+
+    return process_budget(config.azure.arm_reads_reserve)
 
 
 def ca_bundle() -> str | bool:
@@ -144,6 +153,7 @@ class DiscoveredAccounts:
             retry_total=config.azure.retry_total,
             timeout=config.azure.timeout.total_seconds(),
             max_pages=config.azure.max_list_pages,
+            budget=arm_budget(config),
         )
         self._cache: dict[tuple[str, str], object] = {}
 
@@ -240,6 +250,7 @@ def build_references(config: Config, credential=None):
         timeout=config.azure.timeout.total_seconds(),
         max_workers=config.azure.max_concurrency,
         max_pages=config.azure.max_list_pages,
+        arm_budget=arm_budget(config),
     )
 
 

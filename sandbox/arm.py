@@ -12,6 +12,7 @@ In-process::
 As its own process::
 
     python -m sandbox.arm --port 0 --cert-dir DIR --estate estate.json [--page-size N]
+        [--read-budget N --read-refill R]
 
 prints ``READY https://127.0.0.1:PORT CERT_PATH`` once listening and serves until SIGTERM. Another
 process steers it through ``/_control/...`` (see :class:`_Handler`).
@@ -1003,7 +1004,8 @@ class _Handler(BaseHTTPRequestHandler):
       ``POST /_control/faults`` (JSON list of :class:`Fault` dicts, replaces), ``DELETE /_control/faults``,
       ``GET /_control/requests`` (``[[method, path+query], ...]``), ``DELETE /_control/requests``,
       ``PUT /_control/permissions`` (what the identity holds: see :meth:`ArmStandIn.set_permissions`),
-      ``DELETE /_control/permissions`` (back to :data:`DEFAULT_PERMISSIONS`).
+      ``DELETE /_control/permissions`` (back to :data:`DEFAULT_PERMISSIONS`),
+      ``PUT /_control/read_budget`` (``{"size": N, "refill": R}``: ARM's read limit, sandbox.arm_throttle).
     """
 
     # Headers and body go out in separate writes: with Nagle on, each response waits ~40 ms for the
@@ -1032,7 +1034,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("x-ms-request-id", str(uuid.uuid4()))
-        for k, v in (headers or {}).items():
+        for k, v in {**getattr(self, "_ratelimit", {}), **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
@@ -1066,6 +1068,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         split = urlsplit(self.path)
         path = split.path
+        self._ratelimit: dict[str, str] = {}  # ARM's remaining-reads header, on every answer to a read
         if path.startswith("/_control/"):
             self._control(path)
             return
@@ -1076,6 +1079,8 @@ class _Handler(BaseHTTPRequestHandler):
         hook = standin._match_hook(self.command, path)
         if hook is not None and hook.run(self.command, self.path):
             self.close_connection = True  # dropped: not served, no reply
+            return
+        if self._take_read(path):
             return
         fault = standin._match_fault(self.command, path, "$skiptoken" in query)
         if fault is not None and fault.kind == "delay":
@@ -1128,6 +1133,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(status, raw, extra_headers)
+
+    def _take_read(self, path: str) -> bool:
+        """A read scoped to a subscription takes a token of its read budget (sandbox.arm_throttle);
+        True when it was answered 429 for want of one."""
+        subscription = arm_throttle.subscription_of(path) if self.command in ("GET", "HEAD") else None
+        if subscription is None:
+            return False
+        remaining, retry_after = self.standin.read_budget.take(subscription)
+        self._ratelimit = {arm_throttle.READS_HEADER: str(remaining)}
+        if retry_after is None:
+            return False
+        self._send_error(ArmError(
+            429, "SubscriptionRequestsThrottled",
+            f"Number of 'read' requests for subscription '{subscription}' actor 'vhd-gc' exceeded. Please try "
+            f"again after '{retry_after}' seconds after additional tokens are available. "
+            "Refer to https://aka.ms/arm-throttling",
+            {"Retry-After": str(retry_after)},
+        ))
+        return True
 
     def _serve_arm(self, path: str, query: dict[str, list[str]]) -> tuple[Any, ...]:
         """``(status, payload)`` or ``(status, payload, headers)``; a ``None`` payload sends no body."""
@@ -1352,6 +1376,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == ("DELETE", "/_control/requests"):
                 standin.clear_requests()
                 self._send_json(200, {"ok": True})
+            elif route == ("PUT", "/_control/read_budget"):
+                # {"size": N, "refill": R}: ARM's read bucket per subscription (sandbox.arm_throttle).
+                standin.read_budget.configure((payload or {}).get("size"), (payload or {}).get("refill"))
+                self._send_json(200, {"ok": True})
             elif route[1].startswith("/_control/lro") or route[1].startswith("/_control/operations"):
                 self._send_json(200, standin.disk_rp.control(self.command, route[1], payload))
             else:
@@ -1417,6 +1445,7 @@ class ArmStandIn:
         self._permissions: dict[str | None, list[dict[str, Any]]] = {None: copy.deepcopy(DEFAULT_PERMISSIONS)}
         self._user_agents: list[str | None] = []
         self.disk_rp = arm_disks.DiskRP(self)  # long-running operations of disks and snapshots
+        self.read_budget = arm_throttle.ReadBudget()  # ARM's subscription read limit and its header
         self._server: _TlsThreadingServer | None = None
         self._thread: threading.Thread | None = None
         self.cert_path: str | None = None
@@ -1629,18 +1658,21 @@ class ArmStandIn:
         return self.disk_rp.settle()
 
     def reset(self, estate: dict[str, Any] | None = None) -> None:
-        """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log."""
+        """Back to a clean slate: the given (or an empty) estate, no faults, an empty request log, a full
+        read budget."""
         self.set_estate(estate)
         self.clear_faults()
         self.clear_hooks()
         self.clear_requests()
         self.reset_permissions()
         self.disk_rp.reset()
+        self.read_budget.reset()
 
 
 # Disks, snapshots, their long-running operations, resource groups and locks (issue 13). Imported
 # here, after every name it takes from this module is defined.
 from sandbox import arm_disks  # noqa: E402
+from sandbox import arm_throttle  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # python -m sandbox.arm
@@ -1653,6 +1685,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert-dir", required=True, help="directory for the self-signed certificate")
     parser.add_argument("--estate", help="JSON file holding the initial estate")
     parser.add_argument("--page-size", type=int, default=2)
+    parser.add_argument("--read-budget", type=int, default=arm_throttle.DEFAULT_SIZE,
+                        help="reads per subscription before 429 (ARM's bucket: 250)")
+    parser.add_argument("--read-refill", type=float, default=arm_throttle.DEFAULT_REFILL,
+                        help="reads given back per second (ARM: 25; 0: a plain countdown)")
     args = parser.parse_args(argv)
 
     estate = None
@@ -1663,6 +1699,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     standin = ArmStandIn(estate, page_size=args.page_size, cert_dir=args.cert_dir, port=args.port)
+    standin.read_budget = arm_throttle.ReadBudget(args.read_budget, args.read_refill)
     standin.start()
     try:
         print(f"READY {standin.url} {standin.cert_path}", flush=True)

@@ -87,38 +87,70 @@ class _Urllib3Response(HttpResponse):
         return self._body
 
 
+_DIRECT = ""  # the route of a host reached without a proxy
+
+
+def proxy_schemes_supported() -> bool:
+    """Whether every proxy the environment names is one :class:`Urllib3Transport` can speak to: an
+    ``http://`` or ``https://`` proxy (or one without a scheme, taken as ``http://`` as requests does).
+    A SOCKS proxy (``ALL_PROXY=socks5://...``) is not: the caller uses requests for it."""
+    import urllib.request
+
+    for name, url in urllib.request.getproxies().items():
+        if name == "no" or not url:
+            continue
+        scheme = urlsplit(url).scheme.lower() if "://" in url else "http"
+        if scheme not in ("http", "https"):
+            return False
+    return True
+
+
 class Urllib3Transport(HttpTransport):
     """An azure-core transport straight over urllib3 (what requests itself sends with), for the
     read path's small GETs: requests' per-call session machinery costs as much Python as the rest of
     the call. TLS verification is fixed at construction (``verify``: True for certifi's bundle, a
     CA bundle path, or False); connection failures become ServiceRequestError and failures after
     sending ServiceResponseError, so azure-core's RetryPolicy treats them as it does for requests.
-    Proxy settings from the environment are not read here: with proxy variables set, the storage
-    adapter uses RequestsTransport instead."""
+
+    Proxies are honoured as requests honours them (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``, lower or upper case; with requests' own functions, so ``NO_PROXY`` entries, ``*``
+    and CIDR ranges mean what they mean there). The route (direct, or the proxy's URL) is decided
+    once per scheme and host, from the environment at that first request, and kept: requests
+    decides on every call, which costs what the call costs. A host routed direct uses one
+    PoolManager; each proxy one pooled ProxyManager (HTTPS through the proxy with CONNECT, the TLS
+    session still verified end to end; plain HTTP forwarded in absolute form). Credentials in the
+    proxy's URL (``http://user:pass@proxy:3128``) go in ``Proxy-Authorization``. SOCKS proxies are
+    not spoken here (see :func:`proxy_schemes_supported`)."""
 
     def __init__(self, *, verify: str | bool = True, maxsize: int = 16) -> None:
         self.verify = verify
         self.maxsize = maxsize
         self._pool: urllib3.PoolManager | None = None
+        self._proxies: dict[str, urllib3.ProxyManager] = {}
+        self._routes: dict[tuple[str, str], str] = {}  # (scheme, netloc) -> proxy URL, or _DIRECT
         self._lock = threading.Lock()
+
+    def _tls(self) -> dict[str, Any]:
+        if self.verify is False:
+            return {"cert_reqs": "CERT_NONE"}
+        import certifi
+
+        bundle = self.verify if isinstance(self.verify, str) else certifi.where()
+        return {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
 
     def open(self) -> None:
         with self._lock:
             if self._pool is None:
-                if self.verify is False:
-                    tls: dict[str, Any] = {"cert_reqs": "CERT_NONE"}
-                else:
-                    import certifi
-
-                    bundle = self.verify if isinstance(self.verify, str) else certifi.where()
-                    tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
-                self._pool = urllib3.PoolManager(num_pools=4, maxsize=self.maxsize, **tls)
+                self._pool = urllib3.PoolManager(num_pools=4, maxsize=self.maxsize, **self._tls())
 
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.clear()
+            proxies, self._proxies = list(self._proxies.values()), {}
+            self._routes = {}
+        for manager in (pool, *proxies):
+            if manager is not None:
+                manager.clear()
 
     def __enter__(self) -> Urllib3Transport:
         self.open()
@@ -127,18 +159,52 @@ class Urllib3Transport(HttpTransport):
     def __exit__(self, *args: Any) -> None:
         self.close()
 
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy URL requests to ``url`` go through, or None when they go direct. Decided from
+        the environment at the first request to that scheme and host, then kept."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), parts.netloc.lower())
+        route = self._routes.get(key)
+        if route is None:
+            from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
+
+            # What requests does for a session with trust_env: the environment's proxies unless the
+            # host is bypassed (NO_PROXY), then the most specific one for the URL.
+            chosen = select_proxy(url, get_environ_proxies(url))
+            route = prepend_scheme_if_needed(chosen, "http") if chosen else _DIRECT
+            self._routes[key] = route  # a race only computes the same answer twice
+        return route or None
+
+    def _manager(self, url: str) -> urllib3.PoolManager:
+        proxy = self.proxy_for(url)
+        if proxy is None:
+            if self._pool is None:
+                self.open()
+            assert self._pool is not None
+            return self._pool
+        manager = self._proxies.get(proxy)
+        if manager is None:
+            with self._lock:
+                manager = self._proxies.get(proxy)
+                if manager is None:
+                    from requests.utils import get_auth_from_url
+
+                    user, password = get_auth_from_url(proxy)
+                    headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+                    manager = self._proxies[proxy] = urllib3.ProxyManager(
+                        proxy, num_pools=4, maxsize=self.maxsize, proxy_headers=headers, **self._tls()
+                    )
+        return manager
+
     def send(self, request: Any, **kwargs: Any) -> HttpResponse:
-        if self._pool is None:
-            self.open()
-        assert self._pool is not None
         timeout = urllib3.Timeout(connect=kwargs.get("connection_timeout", 10), read=kwargs.get("read_timeout", 60))
         try:
-            response = self._pool.request(
+            response = self._manager(request.url).request(
                 request.method, request.url, headers=dict(request.headers), body=request.content or None,
                 timeout=timeout, retries=False, redirect=False,
             )
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
-                urllib3.exceptions.SSLError) as exc:
+                urllib3.exceptions.SSLError, urllib3.exceptions.ProxyError) as exc:
             raise ServiceRequestError(exc, error=exc) from exc
         except urllib3.exceptions.HTTPError as exc:  # read timeout, connection reset, bad answer
             raise ServiceResponseError(exc, error=exc) from exc

@@ -41,8 +41,10 @@ class AccountDiscovery:
         retry_total: int = 4,
         timeout: float = 60,
         max_pages: int = 10_000,
+        budget: Any = None,
     ) -> None:
         self._credential = credential
+        self._budget = budget  # ARM's read budget (gc_daemon.azure.arm_budget); None: the process's
         self._arm_endpoint = arm_endpoint.rstrip("/")
         self._subscriptions = list(subscriptions)
         self._verify = connection_verify
@@ -56,7 +58,8 @@ class AccountDiscovery:
         if client is None:
             from azure.mgmt.storage import StorageManagementClient
 
-            kwargs = arm_client_kwargs(self._arm_endpoint, self._verify, self._retry_total, self._timeout)
+            kwargs = arm_client_kwargs(self._arm_endpoint, self._verify, self._retry_total, self._timeout,
+                                       budget=self._budget)
             client = self._clients[subscription] = StorageManagementClient(self._credential, subscription, **kwargs)
         return client
 

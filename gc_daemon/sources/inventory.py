@@ -11,6 +11,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 
 from gc_daemon import USER_AGENT
+from gc_daemon.azure.arm_budget import ArmBudgetPolicy, ArmReadBudget, process_budget
 
 from .sdk_models import guard_model_setup
 
@@ -38,9 +39,12 @@ def arm_client_kwargs(
     retry_total: int,
     timeout: float,
     retry_backoff: float = 0.8,
+    budget: ArmReadBudget | None = None,
 ) -> dict[str, Any]:
     """azure-core settings for an ARM management client (compute, storage). The host pin keeps the
-    bearer token on the ARM endpoint's host, whatever a nextLink or a redirect says."""
+    bearer token on the ARM endpoint's host, whatever a nextLink or a redirect says; the budget
+    policy reads ARM's remaining-reads count and paces reads by it (``budget``, else the process's:
+    gc_daemon.azure.arm_budget)."""
     kwargs: dict[str, Any] = {
         "base_url": arm_endpoint,
         "credential_scopes": [arm_endpoint + "/.default"],
@@ -49,7 +53,7 @@ def arm_client_kwargs(
         "retry_backoff_max": max(retry_backoff * 16, 1.0),
         "connection_timeout": timeout,
         "read_timeout": timeout,
-        "per_retry_policies": [HostPinPolicy(arm_endpoint)],
+        "per_retry_policies": [HostPinPolicy(arm_endpoint), ArmBudgetPolicy(budget or process_budget())],
         # "vhd-gc/<version> azsdk-python-mgmt-compute/... Python/...": the SDK prepends it. arm_list's
         # REST reads go through the same client pipeline, so they carry it too.
         "user_agent": USER_AGENT,
@@ -75,6 +79,7 @@ class ReferenceInventory:
         timeout: float = 60,
         max_workers: int = 8,
         max_pages: int = DEFAULT_MAX_PAGES,
+        arm_budget: ArmReadBudget | None = None,
     ) -> None:
         from . import REGISTRY
 
@@ -88,6 +93,7 @@ class ReferenceInventory:
         self._timeout = timeout
         self._max_workers = max(1, max_workers)
         self._max_pages = max_pages
+        self.arm_budget = arm_budget or process_budget()  # ARM's remaining reads, and the pace they ask for
         self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
 
@@ -95,7 +101,8 @@ class ReferenceInventory:
 
     def _kwargs(self) -> dict[str, Any]:
         return arm_client_kwargs(
-            self._arm_endpoint, self._connection_verify, self._retry_total, self._timeout, self._retry_backoff
+            self._arm_endpoint, self._connection_verify, self._retry_total, self._timeout, self._retry_backoff,
+            self.arm_budget,
         )
 
     def _client(self, kind: str, subscription: str) -> Any:
