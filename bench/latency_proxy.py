@@ -154,8 +154,10 @@ class HttpRequestCounter:
 class LatencyProxy:
     """One listener on 127.0.0.1 per upstream, all on one event loop in a thread of their own."""
 
-    def __init__(self, upstreams: dict[str, tuple[str, int]], http: Iterable[str] = (), delay: float = 0.0) -> None:
+    def __init__(self, upstreams: dict[str, tuple[str, int]], http: Iterable[str] = (), delay: float = 0.0,
+                 listen: dict[str, int] | None = None) -> None:
         self.upstreams = dict(upstreams)
+        self.listen = dict(listen or {})  # a fixed port per upstream (default: any free port)
         self.http = set(http)
         self.delay = float(delay)
         self.ports: dict[str, int] = {}
@@ -216,7 +218,8 @@ class LatencyProxy:
         try:
             for name in self.upstreams:
                 server = loop.run_until_complete(
-                    asyncio.start_server(lambda r, w, n=name: self._connection(n, r, w), "127.0.0.1", 0)
+                    asyncio.start_server(lambda r, w, n=name: self._connection(n, r, w), "127.0.0.1",
+                                         self.listen.get(name, 0))
                 )
                 self._servers.append(server)
                 self.ports[name] = server.sockets[0].getsockname()[1]
@@ -306,9 +309,11 @@ class LatencyProxy:
 class ProxyProcess:
     """``python -m bench.latency_proxy`` in a session of its own, steered through its stdin."""
 
-    def __init__(self, upstreams: dict[str, tuple[str, int]], http: Iterable[str] = (), log_path: str | None = None) -> None:
+    def __init__(self, upstreams: dict[str, tuple[str, int]], http: Iterable[str] = (), log_path: str | None = None,
+                 listen: dict[str, int] | None = None) -> None:
         self.upstreams = dict(upstreams)
         self.http = list(http)
+        self.listen = dict(listen or {})
         self.log_path = log_path
         self.proc: subprocess.Popen[str] | None = None
         self.ports: dict[str, int] = {}
@@ -322,6 +327,8 @@ class ProxyProcess:
             cmd += ["--upstream", f"{name}={host}:{port}"]
         for name in self.http:
             cmd += ["--http", name]
+        for name, port in self.listen.items():
+            cmd += ["--listen", f"{name}={port}"]
         stderr = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr, text=True, start_new_session=True)
@@ -388,9 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", type=_address, action="append", required=True, metavar="NAME=HOST:PORT")
     parser.add_argument("--http", action="append", default=[], metavar="NAME",
                         help="count the requests of this upstream (plain HTTP)")
+    parser.add_argument("--listen", action="append", default=[], metavar="NAME=PORT",
+                        help="listen on this port for that upstream (default: any free port)")
     parser.add_argument("--delay", type=float, default=0.0, help="one-way delay in seconds (default 0)")
     args = parser.parse_args(argv)
-    proxy = LatencyProxy(dict(args.upstream), http=args.http, delay=args.delay).start()
+    listen = {n: int(p) for n, _, p in (item.partition("=") for item in args.listen)}
+    proxy = LatencyProxy(dict(args.upstream), http=args.http, delay=args.delay, listen=listen).start()
     try:
         print("READY " + " ".join(f"{n}={p}" for n, p in proxy.ports.items()), flush=True)
         for line in sys.stdin:
