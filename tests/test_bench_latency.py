@@ -156,3 +156,45 @@ def test_the_proxy_process_answers_its_commands(echo: int, tmp_path) -> None:
     finally:
         proxy.stop()
     assert os.path.getsize(tmp_path / "proxy.log") == 0  # nothing went wrong in it
+
+
+def test_the_stand_in_behind_the_proxy_names_the_proxy_in_its_links(tmp_path) -> None:
+    """A list of several pages is followed through the proxy: the nextLink names the address the
+    client called (bench/latency_arm.py), as real ARM's do."""
+    from azure.mgmt.compute import ComputeManagementClient
+
+    from bench.latency_arm import AdvertisedArmStandIn
+    from gc_daemon.azure.credentials import EmulatorCredential
+    from sandbox.azurite import free_port
+
+    port = free_port()
+    advertised = f"https://127.0.0.1:{port}"
+    estate = armlib.build_estate(*(armlib.vm(SUB, "rg", f"vm{i}") for i in range(3)), subscriptions=[SUB])
+    standin = AdvertisedArmStandIn(estate, page_size=1, cert_dir=str(tmp_path), advertised=advertised).start()
+    try:
+        with LatencyProxy({"arm": ("127.0.0.1", standin.port)}, listen={"arm": port}, delay=0.001) as proxy:
+            client = ComputeManagementClient(EmulatorCredential(), SUB, base_url=advertised,
+                                             credential_scopes=[advertised + "/.default"],
+                                             connection_verify=standin.cert_path)
+            with client:
+                assert [v.name for v in client.virtual_machines.list_all()] == ["vm0", "vm1", "vm2"]
+            assert proxy.counts()["connections"] == {"arm": 1}  # all three pages through the proxy
+        assert [path.rsplit("skiptoken=", 1)[-1] if "skiptoken" in path else "" for _, path in standin.requests] == [
+            "", "1", "2"]
+    finally:
+        standin.stop()
+
+
+def test_arm_requests_are_named_by_type_and_operation() -> None:
+    from bench.latency import arm_kind
+
+    s = f"/subscriptions/{SUB}"
+    assert arm_kind("GET", f"{s}/providers/Microsoft.Compute/virtualMachines?api-version=1&%24skiptoken=50") == (
+        "GET Microsoft.Compute/virtualMachines list")
+    assert arm_kind("GET", f"{s}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/"
+                           "virtualMachines?api-version=1") == "GET Microsoft.Compute/virtualMachineScaleSets/virtualMachines list"
+    assert arm_kind("GET", f"{s}/resourceGroups/rg/providers/Microsoft.Compute/disks/d1?api-version=1") == (
+        "GET Microsoft.Compute/disks get")
+    assert arm_kind("GET", f"{s}/resourcegroups?api-version=1") == "GET resourceGroups list"
+    assert arm_kind("GET", f"{s}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/a/providers/"
+                           "Microsoft.Authorization/permissions?api-version=1") == "GET Microsoft.Authorization/permissions list"
