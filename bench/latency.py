@@ -443,8 +443,9 @@ def run(args: argparse.Namespace) -> Section:
                 return seconds, out
 
             def restore(result: Any) -> None:
-                """The blobs the delete pass deleted, made again (directly), and the steady database
-                brought up to date with them, at delay 0, outside every clock."""
+                """The blobs the delete pass deleted, made again (directly), and the steady and template
+                databases brought up to date with them (new ETags: measured there, not in the next timed
+                pass), at delay 0, outside every clock."""
                 execution = result.execution
                 gone = [E.SeededBlob(by_name[t.key.account], t.key.container, t.key.blob)
                         for t in (execution.deleted if execution else [])]
@@ -452,6 +453,7 @@ def run(args: argparse.Namespace) -> Section:
                     E.seed_blobs(gone, desc="re-seeding the deleted blobs")
                 proxy.set_delay(0.0)
                 E.run_pass(steady_cfg)
+                E.run_pass(template_cfg)
 
             for r in range(args.rounds):
                 order = (0.0, one_way) if r % 2 == 0 else (one_way, 0.0)
