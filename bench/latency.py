@@ -344,9 +344,15 @@ class Measured:
         """The last round's counts at this delay."""
         return self.storage[delay][-1], self.arm[delay][-1]
 
-    def steady_counts(self, delay: float) -> bool:
-        return all(c == self.storage[delay][0] for c in self.storage[delay]) and all(
-            c == self.arm[delay][0] for c in self.arm[delay])
+    def varying(self, delay: float) -> str:
+        """The kinds whose counts differ between rounds at this delay: ``kind a/b/c``, one per round."""
+        out = []
+        for rounds in (self.storage[delay], self.arm[delay]):
+            for kind in sorted({k for c in rounds for k in c}):
+                values = [c.get(kind, 0) for c in rounds]
+                if len(set(values)) > 1:
+                    out.append(f"{kind} {'/'.join(map(str, values))}")
+        return "; ".join(out)
 
 
 def run(args: argparse.Namespace) -> Section:
@@ -498,7 +504,7 @@ def _report(section: Section, m: dict[str, Measured], args: argparse.Namespace, 
         storage, arm = x.counts(d)
         section.add(title, f"0 ms {x.t(0.0):.2f} s | {label} {x.t(d):.2f} s | the delay adds {x.t(d) - x.t(0.0):.2f} s | "
                     f"requests: ARM {_total(arm)}, storage {_total(storage)}"
-                    + ("" if x.steady_counts(d) else " (counts differ between rounds: the last round's)"))
+                    + (f" (the last round's; by round: {x.varying(d)})" if x.varying(d) else ""))
     for phase in PHASES:
         section.add(f"  all rounds, {phase} (s)",
                     f"0 ms {' '.join(f'{t:.2f}' for t in m[phase].times[0.0])}; "
