@@ -330,7 +330,6 @@ class Measured:
         self.times: dict[float, list[float]] = {}
         self.storage: dict[float, list[Counter]] = {}
         self.arm: dict[float, list[Counter]] = {}
-        self.notes: list[str] = []
 
     def add(self, delay: float, seconds: float, storage: Counter, arm: Counter) -> None:
         self.times.setdefault(delay, []).append(seconds)
