@@ -156,9 +156,11 @@ def build_compute_estate(referenced: list[str], refs_per_vm: int = 2, accounts: 
 class ArmProcess:
     """``python -m sandbox.arm`` in its own process (so its JSON work does not share our GIL)."""
 
-    def __init__(self, estate: dict[str, Any], page_size: int, workdir: Path) -> None:
+    def __init__(self, estate: dict[str, Any], page_size: int, workdir: Path, module: str = "sandbox.arm",
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.page_size = page_size
+        self.module, self.extra_args = module, tuple(extra_args)  # another launcher of the stand-in
         self.estate_path = workdir / "estate.json"
         self.estate_path.write_text(json.dumps(estate))
         self.proc: subprocess.Popen[str] | None = None
@@ -169,8 +171,8 @@ class ArmProcess:
         cert_dir = self.workdir / "arm-cert"
         cert_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.arm", "--port", "0", "--cert-dir", str(cert_dir),
-             "--estate", str(self.estate_path), "--page-size", str(self.page_size)],
+            [sys.executable, "-m", self.module, "--port", "0", "--cert-dir", str(cert_dir),
+             "--estate", str(self.estate_path), "--page-size", str(self.page_size), *self.extra_args],
             cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=open(self.workdir / "arm.stderr", "w"),
             text=True, start_new_session=True,
         )  # fmt: skip
