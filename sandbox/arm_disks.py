@@ -1,6 +1,6 @@
 """The ARM stand-in's managed disks, snapshots, resource groups and management locks (issue 13).
 
-Wired into :mod:`sandbox.arm` through its routing (``_Handler._serve_arm`` calls :func:`serve` first)
+Wired into :mod:`sandbox.arm` through its routing (``arm_http._Handler._serve_arm`` calls :func:`serve` first)
 and its control surface (``/_control/lro...``, ``/_control/operations...`` go to :meth:`DiskRP.control`).
 The disks and snapshots are the estate's ``disks`` / ``snapshots`` buckets the stand-in already lists
 for import references; this module adds what issue 13 needs of them:
@@ -28,6 +28,8 @@ for import references; this module adds what issue 13 needs of them:
 A lost reply is the ``lost_reply`` fault kind of :class:`sandbox.arm.Fault` (``ArmStandIn.add_fault``,
 ``POST /_control/faults``): the write is done and an operation it starts finishes at once, and the
 client gets no answer. Shapes: sandbox/rest_examples/ (PROVENANCE.md, section "Managed disks ...").
+The builders (:func:`managed_disk`, :func:`incremental_snapshot`, ...) are in sandbox/arm_disk_builders.py,
+importable from here.
 """
 
 from __future__ import annotations
@@ -38,239 +40,25 @@ import re
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable
 from urllib.parse import quote
 
-from sandbox.arm import (
-    COMPUTE,
-    DEFAULT_LOCATION,
-    ArmError,
-    _by_name,
-    _in_rg,
-    _iso,
-    _lookup,
-    compute_id,
-    example,
-    gallery_image_version,
-    image,
-    rg_id,
+from sandbox.arm_disk_builders import (  # noqa: F401 - the builders, importable from here as before
+    LOCK_LEVELS,
+    OWNERSHIP_KEY,
+    _sku,
+    gallery_version_of_disks,
+    image_of_disks,
+    incremental_snapshot,
+    managed_disk,
+    management_lock,
+    resource_group,
 )
+from sandbox.arm_estate import COMPUTE, DEFAULT_LOCATION, ArmError, _by_name, _in_rg, _iso, _lookup, compute_id
 
 # diskState values that mean the disk has an owner, a live export or an upload: ARM refuses the delete.
 BUSY_DISK_STATES = ("Attached", "Reserved", "Frozen", "ActiveSAS", "ActiveSASFrozen", "ActiveUpload")
-LOCK_LEVELS = ("CanNotDelete", "ReadOnly", "NotSpecified")
 LRO_OUTCOMES = ("stuck", "failed")
-OWNERSHIP_KEY = "LastOwnershipUpdateTime"
-
-# --------------------------------------------------------------------------------------------------
-# Builders (from the REST examples in sandbox/rest_examples/)
-# --------------------------------------------------------------------------------------------------
-
-
-def _sku(name: str) -> dict[str, Any]:
-    return {"name": name, "tier": name.split("_")[0] if "_" in name else name}
-
-
-def managed_disk(
-    sub: str,
-    rg: str,
-    name: str,
-    *,
-    disk_state: str = "Unattached",
-    managed_by: str | None = None,
-    managed_by_extended: Iterable[str] = (),
-    max_shares: int | None = None,
-    last_ownership_update_time: datetime | str | None = None,
-    time_created: datetime | str | None = None,
-    tags: dict[str, str] | None = None,
-    sku: str = "Premium_LRS",
-    size_gb: int = 32,
-    zones: Iterable[str] = (),
-    create_option: str = "Empty",
-    source_resource_id: str | None = None,
-    location: str = DEFAULT_LOCATION,
-) -> dict[str, Any]:
-    """A managed disk shaped like DiskRP's Disk_Get example (its odd extras kept: purchasePlan,
-    encryptionSettingsCollection, ...). Unattached with no owner unless told; ``LastOwnershipUpdateTime``
-    only when given (a disk never attached has none)."""
-    item = example("compute-disk__Disk_Get", index=None)
-    rid = compute_id(sub, rg, "disks", name)
-    item["id"] = rid
-    item["name"] = name
-    item["location"] = location
-    item["sku"] = _sku(sku)
-    item.pop("managedBy", None)
-    if managed_by:
-        item["managedBy"] = managed_by
-    extended = list(managed_by_extended)
-    if extended:
-        item["managedByExtended"] = extended
-    if tags is not None:
-        item["tags"] = dict(tags)
-    else:
-        item.pop("tags", None)
-    zone_list = list(zones)
-    if zone_list:
-        item["zones"] = zone_list
-    props = item["properties"]
-    creation: dict[str, Any] = {"createOption": create_option}
-    if source_resource_id:
-        creation["sourceResourceId"] = source_resource_id
-    props["creationData"] = creation
-    props["diskSizeGB"] = size_gb
-    props["diskSizeBytes"] = size_gb * 1024**3
-    props["uniqueId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
-    props["diskState"] = disk_state
-    props["timeCreated"] = _iso(time_created)
-    props.pop(OWNERSHIP_KEY, None)
-    if last_ownership_update_time is not None:
-        props[OWNERSHIP_KEY] = _iso(last_ownership_update_time)
-    if max_shares is not None:
-        props["maxShares"] = max_shares
-    props["provisioningState"] = "Succeeded"
-    return item
-
-
-def incremental_snapshot(
-    sub: str,
-    rg: str,
-    name: str,
-    *,
-    source_disk_id: str,
-    source_unique_id: str | None = None,
-    tags: dict[str, str] | None = None,
-    time_created: datetime | str | None = None,
-    size_gb: int = 32,
-    sku: str = "Standard_ZRS",
-    incremental: bool = True,
-    provisioning_state: str = "Succeeded",
-    location: str = DEFAULT_LOCATION,
-) -> dict[str, Any]:
-    """A snapshot of a disk, shaped like DiskRP's Snapshot_GetIncrementalSnapshot example."""
-    item = example("compute-disk__Snapshot_GetIncrementalSnapshot", index=None)
-    rid = compute_id(sub, rg, "snapshots", name)
-    item["id"] = rid
-    item["name"] = name
-    item["location"] = location
-    item["sku"] = _sku(sku)
-    if tags is not None:
-        item["tags"] = dict(tags)
-    else:
-        item.pop("tags", None)
-    props = item["properties"]
-    props["creationData"] = {
-        "createOption": "Copy",
-        "sourceResourceId": source_disk_id,
-        "sourceUniqueId": source_unique_id or str(uuid.uuid5(uuid.NAMESPACE_URL, source_disk_id)),
-    }
-    props["diskSizeGB"] = size_gb
-    props["diskSizeBytes"] = size_gb * 1024**3
-    props["incremental"] = incremental
-    props["uniqueId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid + "@" + _iso(time_created)))
-    props["timeCreated"] = _iso(time_created)
-    props["provisioningState"] = provisioning_state
-    return item
-
-
-def resource_group(
-    sub: str,
-    name: str,
-    *,
-    managed_by: str | None = None,
-    tags: dict[str, str] | None = None,
-    location: str = DEFAULT_LOCATION,
-) -> dict[str, Any]:
-    """A resource group (CreateResourceGroup example, 200 body) with ``type``; ``managedBy`` when the
-    group belongs to another resource (an AKS cluster's ``MC_*`` group, a managed application)."""
-    item = example("resources__CreateResourceGroup", index=None)
-    item["id"] = rg_id(sub, name)
-    item["name"] = name
-    item["type"] = "Microsoft.Resources/resourceGroups"
-    item["location"] = location
-    if managed_by:
-        item["managedBy"] = managed_by
-    if tags is not None:
-        item["tags"] = dict(tags)
-    return item
-
-
-def management_lock(scope: str, name: str, level: str = "CanNotDelete", *, notes: str | None = None) -> dict[str, Any]:
-    """A management lock at ``scope`` (a subscription, group or resource id), shaped like
-    ManagementLocks_ListAtSubscriptionLevel's item."""
-    if level not in LOCK_LEVELS:
-        raise ValueError(f"unknown lock level {level!r}; expected one of {LOCK_LEVELS}")
-    item = example("resources-locks__ManagementLocks_ListAtSubscriptionLevel")
-    item["id"] = f"{scope.rstrip('/')}/providers/Microsoft.Authorization/locks/{name}"
-    item["name"] = name
-    item["properties"] = {"level": level}
-    if notes is not None:
-        item["properties"]["notes"] = notes
-    return item
-
-
-def image_of_disks(
-    sub: str,
-    rg: str,
-    name: str,
-    *,
-    os_disk: str | None = None,
-    os_snapshot: str | None = None,
-    data: Iterable[tuple[str | None, str | None]] = (),
-    location: str = DEFAULT_LOCATION,
-) -> dict[str, Any]:
-    """A managed image made from managed disks or snapshots: ``storageProfile.osDisk`` and
-    ``dataDisks[]`` carry ``managedDisk.id`` / ``snapshot.id`` as ComputeRP's
-    Image_ListBySubscription example does (sandbox/rest_examples/compute__Image_ListBySubscription.json);
-    ``data`` is one ``(disk id, snapshot id)`` per data disk. Ids are written as given (the example's
-    have no leading ``/``)."""
-    item = image(sub, rg, name, location=location)
-    profile = item["properties"]["storageProfile"]
-    profile["osDisk"].pop("managedDisk", None)
-    if os_disk is not None:
-        profile["osDisk"]["managedDisk"] = {"id": os_disk}
-    if os_snapshot is not None:
-        profile["osDisk"]["snapshot"] = {"id": os_snapshot}
-    for lun, (disk_id, snapshot_id) in enumerate(data):
-        entry: dict[str, Any] = {"lun": lun, "caching": "None", "storageAccountType": "Standard_LRS"}
-        if disk_id is not None:
-            entry["managedDisk"] = {"id": disk_id}
-        if snapshot_id is not None:
-            entry["snapshot"] = {"id": snapshot_id}
-        profile["dataDisks"].append(entry)
-    return item
-
-
-def gallery_version_of_disks(
-    sub: str,
-    rg: str,
-    gallery_name: str,
-    image_name: str,
-    name: str,
-    *,
-    source: str | None = None,
-    os_source: str | None = None,
-    data_sources: Iterable[str] = (),
-    location: str = DEFAULT_LOCATION,
-) -> dict[str, Any]:
-    """A gallery image version made from managed disks or snapshots: ``storageProfile.source.id``
-    (a whole image or VM) or ``osDiskImage.source.id`` and ``dataDiskImages[].source.id``, as GalleryRP's
-    GalleryImageVersion_Get_WithSnapshotsAsSource.json and _Create_WithSnapshotsAsSource.json
-    (specification/compute/resource-manager/Microsoft.Compute/GalleryRP/stable/2025-03-03/examples/
-    galleryExamples/, commit 0c20ffea1c2726ecaee61c69148099d3e1227989) show them."""
-    item = gallery_image_version(sub, rg, gallery_name, image_name, name, location=location)
-    profile = item["properties"]["storageProfile"]
-    profile.pop("source", None)
-    if source is not None:
-        profile["source"] = {"id": source}
-    profile["osDiskImage"] = {"hostCaching": "ReadOnly", "sizeInGB": 10}
-    if os_source is not None:
-        profile["osDiskImage"]["source"] = {"id": os_source}
-    profile["dataDiskImages"] = [
-        {"source": {"id": sid}, "lun": lun, "sizeInGB": 10, "hostCaching": "None"} for lun, sid in enumerate(data_sources)
-    ]
-    return item
-
 
 # --------------------------------------------------------------------------------------------------
 # Long-running operations
@@ -510,7 +298,7 @@ def _buckets_of(estate: dict[str, Any]) -> Iterable[list[Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Serving (called by sandbox.arm._Handler._serve_arm; None: not a route of this module)
+# Serving (called by sandbox.arm_http._Handler._serve_arm; None: not a route of this module)
 # --------------------------------------------------------------------------------------------------
 
 
