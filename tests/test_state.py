@@ -25,7 +25,7 @@ from gc_daemon.domain import BlobKey, Change, Forget, Hold, State, Tracked
 from gc_daemon.passes import Writer
 from gc_daemon.state import db
 from gc_daemon.state.models import tracked_blobs
-from gc_daemon.state import store as store_module
+from gc_daemon.state import blob_rows
 from gc_daemon.state.store import DELETE_FAILED, DELETE_INTENT, DELETED, Store
 from sandbox.postgres import PostgresServer
 
@@ -320,7 +320,7 @@ _ROW_VALUES = st.fixed_dictionaries({
 def test_bulk_apply_equals_row_by_row_writes(store: Store, rows, per_statement: int, monkeypatch) -> None:
     """Whatever the mix of shared, varying and NULL values (SQLite binds a value every row shares
     once), keys written twice included, what is stored is what row-by-row writes in order store."""
-    monkeypatch.setattr(store_module, "SQLITE_MAX_ROWS_PER_STATEMENT", per_statement)
+    monkeypatch.setattr(blob_rows, "SQLITE_MAX_ROWS_PER_STATEMENT", per_statement)
     with store.engine.begin() as conn:
         conn.execute(sa.delete(tracked_blobs))
     written = [tracked(BlobKey("gcacct1", "vhds", f"disk-{i:02d}.vhd"), **values) for i, values in rows]
