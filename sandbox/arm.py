@@ -39,8 +39,9 @@ permissions) and its command line. The rest, a module a job:
   sandbox/arm_vms.py (VMs, scale sets and their instances), arm_images.py (managed images,
   galleries), arm_disk_builders.py (managed disks and snapshots), arm_storage.py (storage
   accounts), arm_services.py (Site Recovery, Image Builder, DevTest Labs: one generic route);
-- sandbox/arm_disks.py: what ARM does with disks and snapshots (writes, long-running operations),
-  resource groups and locks; sandbox/arm_throttle.py: ARM's subscription read limit.
+- sandbox/arm_disks.py: what ARM does with disks and snapshots (writes, long-running operations:
+  their state in sandbox/arm_lro.py), resource groups and locks; sandbox/arm_throttle.py: ARM's
+  subscription read limit.
 """
 
 from __future__ import annotations
