@@ -1,7 +1,8 @@
 """Issue 11, section 3: VHDs that services outside Compute hold, with no lease and no Compute
 reference. Each service is served by the ARM stand-in from Microsoft's published REST API examples
-(sandbox/rest_examples/, provenance in its PROVENANCE.md; the builders in sandbox/arm.py say which
-example each resource starts from and which schema fields they add). Every case runs a delete-mode
+(sandbox/rest_examples/, provenance in its PROVENANCE.md; the builders in sandbox/arm_services.py, and
+arm_images.py for gallery applications, say which example each resource starts from and which schema
+fields they add). Every case runs a delete-mode
 pass with a grace period of 0s and checks ground truth in Azurite: the held VHDs are there, the
 leftover beside them is gone (so the pass really deleted what it should).
 """

@@ -3,7 +3,7 @@ at an exact point of a disk's deletion, then the next pass settles it by looking
 quarantine snapshot, with the audit log complete.
 
 The points are reached by events, never by time: the ARM stand-in holds the request that marks the
-point (a gate: sandbox/arm.py) until the daemon is dead, then drops it (ARM never saw it):
+point (a gate: sandbox/arm_faults.py) until the daemon is dead, then drops it (ARM never saw it):
 
 - between the quarantine snapshot and the delete: the DELETE of the disk is held (the snapshot has
   succeeded, ``quarantined`` and ``delete-intent`` are recorded, ARM has not received the delete);

@@ -1,6 +1,7 @@
 """Reference sources: one module each (what it reads, the permission it needs, how its failure is
 named), registered here in the order their failures are listed. Adding a service is one module
-here, one route in the ARM stand-in (sandbox/arm.py) and one test."""
+here, one route in the ARM stand-in (sandbox/arm_http.py, with the service's builders in a
+resource family's module such as sandbox/arm_services.py) and one test."""
 
 from __future__ import annotations
 
