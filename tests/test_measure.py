@@ -147,3 +147,80 @@ def test_the_default_rate_stays_under_azures_per_account_target():
         BilledBytesConfig(max_requests_per_second=AZURE_ACCOUNT_REQUESTS_PER_SECOND + 1)
     with pytest.raises(ValueError):
         BilledBytesConfig(concurrency_initial=65, max_concurrency=64)
+
+
+# -- the Measurer's budget, on an in-process source (events, no timing) --------------------------
+
+
+class GatedSource:
+    """billed_bytes() of blobs in ``held`` waits until ``release`` is set; every call is recorded."""
+
+    def __init__(self, held: set[str]) -> None:
+        import threading
+
+        self.held = held
+        self.release = threading.Event()
+        self.calls: list[tuple[str, str | None]] = []
+
+    def billed_bytes(self, key, etag=None):
+        self.calls.append((key.blob, etag))
+        if key.blob in self.held:
+            assert self.release.wait(30)
+        return 100 + int(key.blob.split(".")[0])
+
+
+def change(i: int, etag: str = '"e"'):
+    from gc_daemon.domain import BlobKey, Change, State, Tracked
+
+    key = BlobKey("acct", "c", f"{i}.vhd")
+    row = Tracked(key, f"https://acct/c/{i}.vhd", State.CANDIDATE, "PageBlob", 1 << 20, etag, None, None, None, 1)
+    return Change(row, measure=True, event="marked")
+
+
+def test_past_its_deadline_a_batch_is_written_with_its_unmeasured_rows_pending():
+    import time
+
+    from gc_daemon.measure import Measurer
+
+    source = GatedSource(held={"1.vhd"})
+    m = Measurer(8, BilledBytesConfig(concurrency_initial=4, max_concurrency=4))
+    batch = [change(0), change(1), change(2)]
+    m.submit(source, batch)
+    while m.measured < 2:  # the two that are not held answer
+        time.sleep(0.01)
+    (written,) = list(m.drain(deadline=time.monotonic() - 1))  # the budget is spent
+    assert [c.row.billed_bytes for c in written] == [100, None, 102]
+    assert (m.pending, m.pending_by_account) == (1, {"acct": 1})
+    assert sorted(source.calls) == [("0.vhd", '"e"'), ("1.vhd", '"e"'), ("2.vhd", '"e"')]  # bound to the ETag
+    source.release.set()
+    m.close()
+
+
+def test_carried_over_measurements_are_waited_for_and_a_changed_etag_is_measured_again():
+    import threading
+    import time
+
+    from gc_daemon.measure import Measurer
+
+    source = GatedSource(held={"0.vhd"})
+    m = Measurer(8, BilledBytesConfig())
+    m.prefetch(source, [(change(0).row.key, '"e"'), (change(1).row.key, '"old"')])  # left pending earlier
+    m.submit(source, [change(0), change(1)])  # 1.vhd changed since: its ETag is '"e"' now
+    threading.Timer(0.2, source.release.set).start()
+    (written,) = list(m.drain(deadline=time.monotonic() - 1))  # past the deadline, yet 0.vhd is waited for
+    assert [c.row.billed_bytes for c in written] == [100, 101]
+    assert ("1.vhd", '"e"') in source.calls  # measured again, for the ETag it has now
+    assert m.pending == 0
+    m.close()
+
+
+def test_max_per_pass_bounds_the_calls_and_leaves_the_rest_pending():
+    from gc_daemon.measure import Measurer
+
+    source = GatedSource(held=set())
+    m = Measurer(8, BilledBytesConfig(max_per_pass=2))
+    m.submit(source, [change(i) for i in range(5)])
+    (written,) = list(m.drain(deadline=None))
+    assert [c.row.billed_bytes is not None for c in written] == [True, True, False, False, False]
+    assert len(source.calls) == 2 and m.pending == 3
+    m.close()
