@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import structlog
@@ -136,34 +136,115 @@ class RateLimit:
 # -- one account's gate: the controller and the rate, for the pool's threads ----------------------
 
 
-class _Gate:
-    def __init__(self, controller: Aimd, rate: RateLimit) -> None:
-        self.controller = controller
-        self.rate = rate
-        self.inflight = 0
+class _Scheduler:
+    """Calls queued per account, run on a shared set of threads: a thread takes the next call of
+    the next account (round robin) that has room under its controller's limit, so one account at
+    its limit never holds back another's calls, and waits out that account's rate limit."""
+
+    def __init__(self, threads: int, initial: int, rate: float, stopping: threading.Event) -> None:
+        self.max_threads = max(1, threads)
+        self.initial, self.rate, self.stopping = initial, rate, stopping
         self.cond = threading.Condition()
+        self.queues: dict[str, deque] = {}
+        self.order: deque[str] = deque()
+        self.inflight: dict[str, int] = {}
+        self.controllers: dict[str, Aimd] = {}
+        self.rates: dict[str, RateLimit] = {}
+        self.threads: list[threading.Thread] = []
+        self.closed = False
+        self.queued = 0
 
-    def acquire(self, stopping: threading.Event) -> int | None:
+    def submit(self, name: str, fn: Callable[[], int]) -> Future:
+        future: Future = Future()
         with self.cond:
-            while self.inflight >= self.controller.allowed:
-                if stopping.is_set():
-                    return None
-                self.cond.wait(0.2)
-            self.inflight += 1
-            ticket = self.controller.start()
-            delay = self.rate.take()
-        if delay > 0:
-            stopping.wait(delay)
-        return ticket
+            if name not in self.queues:
+                self.queues[name] = deque()
+                self.order.append(name)
+                self.inflight[name] = 0
+                self.controllers[name] = Aimd(initial=min(self.initial, self.max_threads), maximum=self.max_threads)
+                self.rates[name] = RateLimit(self.rate)
+            self.queues[name].append((future, fn))
+            self.queued += 1
+            if len(self.threads) < min(self.max_threads, self.queued):
+                t = threading.Thread(target=self._work, name=f"measure-{len(self.threads)}", daemon=True)
+                self.threads.append(t)
+                t.start()
+            self.cond.notify()
+        return future
 
-    def release(self, ticket: int, latency: float | None, throttled: bool) -> None:
+    def _take(self):
+        """Under the lock: (name, future, fn, ticket, delay) of the next call that may start, or None."""
+        for _ in range(len(self.order)):
+            name = self.order[0]
+            self.order.rotate(-1)
+            q = self.queues[name]
+            while q and q[0][0].cancelled():
+                q.popleft()
+                self.queued -= 1
+            ctl = self.controllers[name]
+            if q and self.inflight[name] < ctl.allowed:
+                future, fn = q.popleft()
+                self.queued -= 1
+                self.inflight[name] += 1
+                return name, future, fn, ctl.start(), self.rates[name].take()
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if self.closed and not self.queued:
+                        return
+                    got = self._take()
+                    if got is not None:
+                        break
+                    if self.closed and not any(self.inflight.values()) and self.stopping.is_set():
+                        return
+                    self.cond.wait(0.2)
+            name, future, fn, ticket, delay = got
+            latency, throttled = None, False
+            try:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                if delay > 0:
+                    self.stopping.wait(delay)
+                if self.stopping.is_set():
+                    future.set_result(None)
+                    continue
+                t0 = time.monotonic()
+                try:
+                    value = fn()
+                    latency = time.monotonic() - t0
+                except _Failed as failed:
+                    throttled = failed.throttled
+                    value = None
+                future.set_result(value)
+            finally:
+                with self.cond:
+                    self.inflight[name] -= 1
+                    if throttled:
+                        self.controllers[name].throttled(ticket)
+                    elif latency is not None:
+                        self.controllers[name].success(ticket, latency)
+                    self.cond.notify_all()
+
+    def shutdown(self, wait: bool) -> None:
         with self.cond:
-            self.inflight -= 1
-            if throttled:
-                self.controller.throttled(ticket)
-            elif latency is not None:
-                self.controller.success(ticket, latency)
+            self.closed = True
+            for q in self.queues.values():  # calls not started are not made
+                for future, _ in q:
+                    future.cancel()
+                q.clear()
+            self.queued = 0
             self.cond.notify_all()
+        if wait:
+            for t in self.threads:
+                t.join()
+
+
+class _Failed(Exception):
+    def __init__(self, throttled: bool) -> None:
+        self.throttled = throttled
 
 
 _TAKES_ETAG: dict[type, bool] = {}
@@ -206,9 +287,7 @@ class Measurer:
         self.rate = settings.max_requests_per_second if settings is not None else 2000.0
         self.max_per_pass = settings.max_per_pass if settings is not None else None
         self.should_stop = should_stop
-        self._pool: ThreadPoolExecutor | None = None
-        self._gates: dict[str, _Gate] = {}
-        self._gates_lock = threading.Lock()
+        self._pool: _Scheduler | None = None
         self._stopping = threading.Event()
         self._pending: deque[tuple[list, list]] = deque()
         self._early: dict[BlobKey, tuple[str | None, Future]] = {}
@@ -253,38 +332,20 @@ class Measurer:
         if self.max_per_pass is not None and self.requests >= self.max_per_pass:
             return None
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="measure")
+            self._pool = _Scheduler(self.concurrency, self.initial, self.rate, self._stopping)
         self.requests += 1
         self.queued += 1
-        return self._pool.submit(self._measure, account, key, etag)
+        return self._pool.submit(key.account, lambda: self._measure(account, key, etag))
 
-    def _gate(self, name: str) -> _Gate:
-        with self._gates_lock:
-            gate = self._gates.get(name)
-            if gate is None:
-                gate = self._gates[name] = _Gate(
-                    Aimd(initial=min(self.initial, self.concurrency), maximum=self.concurrency),
-                    RateLimit(self.rate))
-            return gate
-
-    def _measure(self, account, key: BlobKey, etag: str | None) -> int | None:
-        gate = self._gate(key.account)
-        ticket = gate.acquire(self._stopping)
-        if ticket is None:
-            return None
-        t0 = time.monotonic()
-        latency, throttled = None, False
+    def _measure(self, account, key: BlobKey, etag: str | None) -> int:
         try:
-            value = _call(account, key, etag)
-            latency = time.monotonic() - t0
-            return value
+            return _call(account, key, etag)
         except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
             throttled = is_throttle(exc)
             log.warning("measure_failed", url=f"{key.account}/{key.container}/{key.blob}",
                         error=f"{type(exc).__name__}: {str(exc)[:300]}", throttled=throttled)
-            return None
+            raise _Failed(throttled) from None
         finally:
-            gate.release(ticket, latency, throttled)
             with self._count_lock:
                 self.measured += 1
 
@@ -341,4 +402,4 @@ class Measurer:
         if not wait:
             self._stopping.set()
         if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool.shutdown(wait=wait)

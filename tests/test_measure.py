@@ -224,3 +224,39 @@ def test_max_per_pass_bounds_the_calls_and_leaves_the_rest_pending():
     assert [c.row.billed_bytes is not None for c in written] == [True, True, False, False, False]
     assert len(source.calls) == 2 and m.pending == 3
     m.close()
+
+
+def test_an_account_at_its_limit_does_not_hold_back_another_accounts_calls():
+    import threading
+
+    from gc_daemon.domain import BlobKey, Change, State, Tracked
+    from gc_daemon.measure import Measurer
+
+    class Source:
+        def __init__(self):
+            self.release = threading.Event()
+            self.done: list[str] = []
+
+        def billed_bytes(self, key, etag=None):
+            if key.account == "slow":
+                assert self.release.wait(30)
+            self.done.append(key.account)
+            return 1
+
+    def row(account: str, i: int) -> Change:
+        key = BlobKey(account, "c", f"{i}.vhd")
+        return Change(Tracked(key, f"https://{account}/c/{i}.vhd", State.CANDIDATE, "PageBlob", 1, '"e"', None, None,
+                              None, 1), measure=True)
+
+    source = Source()
+    m = Measurer(8, BilledBytesConfig(concurrency_initial=2, max_concurrency=4))
+    m.submit(source, [row("slow", i) for i in range(10)])  # queued first, and stuck at its limit of 2
+    m.submit(source, [row("fast", i) for i in range(6)])
+    fast_done = threading.Event()
+    fast = [f for _, f in m._pending[1][1]]  # noqa: SLF001 - the futures of the "fast" batch
+    threading.Thread(target=lambda: ([f.result(30) for f in fast], fast_done.set()), daemon=True).start()
+    assert fast_done.wait(30)  # every call of "fast" ran while "slow" held two calls in flight
+    assert source.done.count("fast") == 6 and "slow" not in source.done
+    source.release.set()
+    assert [sum(c.row.billed_bytes for c in b) for b in m.drain(None)] == [10, 6]
+    m.close()
