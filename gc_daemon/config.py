@@ -161,8 +161,8 @@ class AzureConfig(_Strict):
     """Per-request timeout of every Azure call (connection and read; a read timeout is the longest silence
     between bytes). It bounds how long a call in flight can last, so it also bounds how long a stopped pass
     leaves calls behind."""
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # accounts listed at once; page-range calls at once
-    """Accounts listed at once, and page-range (billed bytes) calls at once."""
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8  # accounts listed at once
+    """Accounts listed at once (page-range calls, for billed bytes, have their own bound: `billed_bytes`)."""
     listing_prefetch: Annotated[int, Field(ge=1000, le=10_000_000)] = 10_000  # blobs listed ahead, per account
     """Blobs the listing of one account may read ahead of the decision (memory stays bounded)."""
     # How blob listings and page ranges are read: "lean" sends the SDK's REST calls through its
@@ -299,6 +299,35 @@ class ManagedDisksConfig(_Strict):
     return) in one pass; the disks left over are read at the next pass."""
 
 
+class BilledBytesConfig(_Strict):
+    """Measuring billed bytes (Get Page Ranges, one call a page blob) off the critical path of a pass: a
+    candidate is marked before its bytes are known (`billed_bytes` null, "pending") and measured while the
+    pass lists and decides, or by the next pass."""
+
+    concurrency_initial: Annotated[int, Field(ge=1, le=256)] = 8
+    """Page-range calls in flight per account when a pass starts; it grows while the latency stays flat and
+    halves on 503 ServerBusy, 429 and timeouts."""
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 64
+    """Page-range calls in flight at most (per account, and the measuring threads of a pass)."""
+    max_requests_per_second: Annotated[float, Field(gt=0, le=20_000)] = 2000.0
+    """Page-range calls a second at most, per account; Azure Storage's target for a standard account is
+    20,000 requests a second (for everything the account serves)."""
+    max_wait_share: Annotated[float, Field(ge=0)] | None = 0.25
+    """After its listing and decision, a pass waits for measurements still running at most this share of the
+    time it took so far (or `min_wait`, if longer); the rest is written pending and measured from the start of
+    the next pass, which waits for those in full. Absent (null): wait for every measurement."""
+    min_wait: Duration = timedelta(seconds=1)
+    """The least a pass waits for its measurements after its decision (see `max_wait_share`)."""
+    max_per_pass: Annotated[int, Field(ge=0)] | None = None
+    """At most this many page-range calls in one pass (the rest stay pending); absent: no limit."""
+
+    @model_validator(mode="after")
+    def _initial_under_max(self) -> "BilledBytesConfig":
+        if self.concurrency_initial > self.max_concurrency:
+            raise ValueError("billed_bytes.concurrency_initial must not exceed billed_bytes.max_concurrency")
+        return self
+
+
 class Config(_Strict):
     database_url: str = "sqlite:///vhd-gc.db"
     """The state database, any SQLAlchemy URL: sqlite:///PATH for one process, postgresql+psycopg://... for
@@ -335,6 +364,9 @@ class Config(_Strict):
     """The guard against a pass that would mark an implausible share of the estate at once."""
     managed_disks: ManagedDisksConfig = ManagedDisksConfig()
     """Unattached managed disks and orphaned snapshots: reported by default, deleted only when asked."""
+    billed_bytes: BilledBytesConfig = BilledBytesConfig()
+    """How billed bytes are measured: concurrency that adapts to the service, a per-account request rate, and
+    how long a pass waits for them."""
     azure: AzureConfig
     """Where to read references and collect VHDs, and how to talk to Azure."""
 

@@ -35,6 +35,7 @@ EXAMPLES: dict[str, Any] = {
     "azure.discovery.key_env_prefix": "VHDGC_KEY_",
     "policy.captured_image_max_age": "180d",
     "blast_radius.max_new_bytes": 10995116277760,
+    "billed_bytes.max_per_pass": 5000,
 }
 
 SECTIONS = {
@@ -45,6 +46,7 @@ SECTIONS = {
     "policy": "`policy`: what may be deleted and what is held",
     "blast_radius": "`blast_radius`: the guard against marking too much at once",
     "prices": "`prices`: the cost estimate",
+    "billed_bytes": "`billed_bytes`: measuring what orphans are billed, off the critical path",
 }
 
 HEADER = """\

@@ -291,6 +291,9 @@ class PassStats:
     released: int = 0
     kept: int = 0
     vanished: int = 0
+    # Billed bytes (Get Page Ranges): calls made, and rows written still unmeasured (measured next pass).
+    billed_measured: int = 0
+    billed_pending: int = 0
     new_candidates: int = 0  # blobs this pass made candidates (first sighting of a run)
     new_bytes: int = 0
     # account -> {"blobs": n, "bytes": nominal}: what this pass newly marked there (the guard names it)

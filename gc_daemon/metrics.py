@@ -191,6 +191,20 @@ class StateCollector(Collector):
         g.add_metric([], 1)
         yield g
 
+    @staticmethod
+    def _billed_pending(store, accounts: set[str]):
+        """Orphaned page blobs marked before their billed bytes were measured (the next pass measures
+        them); vhdgc_orphan_billed_bytes and vhdgc_wasted_monthly_cost count them at nominal size."""
+        pending = GaugeMetricFamily(
+            "vhdgc_billed_bytes_pending",
+            "Orphaned page blobs whose billed bytes are not measured yet (counted at nominal size meanwhile)",
+            labels=["account"],
+        )
+        found = {account: n for account, n, _ in store.billed_pending()} if hasattr(store, "billed_pending") else {}
+        for account in sorted(accounts | set(found)):
+            pending.add_metric([account], found.get(account, 0))
+        return pending
+
     def _collect(self):
         store, config = self.store, self.config
         blobs = GaugeMetricFamily("vhdgc_orphan_blobs", "Tracked blobs by account and state", labels=["account", "state"])
@@ -218,6 +232,7 @@ class StateCollector(Collector):
                 )
                 cost.add_metric([account, state], round(monthly, 4))
         yield from (blobs, size, billed, cost)
+        yield self._billed_pending(store, {account for account, *_ in store.counts()})
 
         deleted = CounterMetricFamily("vhdgc_deleted_blobs", "Blobs deleted by vhd-gc", labels=["account"])
         deleted_bytes = CounterMetricFamily("vhdgc_deleted_bytes", "Nominal bytes deleted by vhd-gc", labels=["account"])

@@ -17,9 +17,9 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -32,6 +32,8 @@ from .decide import ReferenceIndex, decide_stream
 from .domain import BlobKey, BlobSeen, Change, Forget, PassStats, ServiceTime, State, Tracked
 from .disk_pass import DiskInventory, OwnershipReadFailed, decide_all, expired_quarantine, read_ownership
 from .execute import Execution, Executor, daemon_actor, resolve_intents
+from .measure import Measurer
+from .measure import PassStopped as MeasureStopped
 from .state.store import UPSERT_BATCH
 
 log = structlog.get_logger("vhd-gc.pass")
@@ -290,8 +292,11 @@ class Collector:
         listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch,
                           should_stop)
         listing.start()
+        # Billed bytes an earlier pass left pending are measured from now, overlapping the reference read.
+        measurer = Measurer(self.config.azure.max_concurrency, self.config.billed_bytes, should_stop)
         reads: list = []
         try:
+            self._prefetch_pending(measurer, accounts)
             refs = self._read_references(accounts, stats, should_stop, reads)
             # before the pass transaction: it writes on its own
             resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
@@ -304,7 +309,6 @@ class Collector:
             holds = self.store.holds()
             policy = self.config.policy_rules
             due: list[Tracked] = []
-            measurer = Measurer(self.config.azure.max_concurrency)
             progress.measuring(measurer)
             progress.phase(f"pass {pass_id}: listing and deciding")
             counting = (State.CANDIDATE, State.DUE)
@@ -360,8 +364,20 @@ class Collector:
                             stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
                                                           "bytes": stats.new_bytes - new_before[1]}
                     progress.phase(f"pass {pass_id}: measuring billed bytes")
-                    for ready in measurer.drain(should_stop):
-                        writer.submit(ready)
+                    # What is not measured within the budget is written pending: the next pass measures it.
+                    budget, waited = self.config.billed_bytes, time.monotonic()
+                    deadline = None if budget.max_wait_share is None else waited + max(
+                        budget.min_wait.total_seconds(), budget.max_wait_share * (waited - t0))
+                    try:
+                        for ready in measurer.drain(deadline):
+                            writer.submit(ready)
+                    except MeasureStopped as exc:
+                        raise PassStopped(str(exc)) from None
+                    stats.billed_measured, stats.billed_pending = measurer.measured, measurer.pending
+                    if measurer.pending:
+                        log.info("billed_bytes_pending", pass_id=pass_id, pending=measurer.pending,
+                                 by_account=measurer.pending_by_account,
+                                 detail="marked before their billed bytes were measured: the next pass measures them")
                     stats.changes += writer.finish()
                     stats.due = len(due)
                     disk = self._disks(tx, reads[0] if reads else None, now, seq, stats, should_stop)
@@ -378,8 +394,18 @@ class Collector:
             finally:
                 measurer.close(wait=not should_stop())
         finally:
+            measurer.close(wait=not should_stop())  # a pass that failed before its decision
             listing.stop(wait=not should_stop())
         return seq, due, refs, holds, accounts, disk
+
+    def _prefetch_pending(self, measurer: "Measurer", accounts: Mapping[str, BlobSource]) -> None:
+        """Start measuring the rows earlier passes left pending, before the reference read ends."""
+        pending = getattr(self.store, "billed_pending_rows", None)
+        if pending is None:
+            return
+        for name, rows in pending(list(accounts)).items():
+            if name in accounts:
+                measurer.prefetch(accounts[name], rows)
 
     def _disks(self, tx, read, now: datetime, seq: int, stats: PassStats, should_stop) -> "DiskPhase":
         """Decide the managed disks and snapshots the reference read listed, inside the pass's
@@ -745,57 +771,3 @@ class Writer:
                 self._written += self._tx.apply(batch)
             except BaseException as exc:  # noqa: BLE001 - raised in the pass by submit() or finish()
                 self._error = exc
-
-
-class Measurer:
-    """Billed bytes of new candidates and changed blobs, measured on a bounded pool while the
-    listing goes on; batches come back for writing in the order they went in, once measured."""
-
-    def __init__(self, concurrency: int) -> None:
-        self.concurrency = max(1, concurrency)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[tuple[list, list]] = deque()
-        self.queued = 0  # blobs handed over for measuring; `measured` of them done (for progress)
-        self.measured = 0
-        self._count_lock = threading.Lock()
-
-    def submit(self, account: BlobSource, batch: list[Change | Forget]) -> None:
-        if not batch:
-            return
-        todo = [c for c in batch if isinstance(c, Change) and c.measure]
-        futures = []
-        if todo:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="measure")
-            parts = min(self.concurrency, len(todo))
-            self.queued += len(todo)
-            futures = [self._pool.submit(self._measure_share, account, todo[i::parts]) for i in range(parts)]
-        self._pending.append((batch, futures))
-
-    def ready(self) -> Iterator[list[Change | Forget]]:
-        while self._pending and all(f.done() for f in self._pending[0][1]):
-            yield self._pending.popleft()[0]
-
-    def drain(self, should_stop: Callable[[], bool] = lambda: False) -> Iterator[list[Change | Forget]]:
-        while self._pending:
-            batch, futures = self._pending.popleft()
-            while wait(futures, timeout=0.5).not_done:
-                if should_stop():  # a measurement in flight is not waited for
-                    raise PassStopped("while measuring billed bytes")
-            for f in futures:
-                f.result()
-            yield batch
-
-    def close(self, wait: bool = True) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-
-
-    def _measure_share(self, account: BlobSource, changes: list[Change]) -> None:
-        for change in changes:
-            try:
-                change.row.billed_bytes = account.billed_bytes(change.row.key)
-            except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
-                log.warning("measure_failed", url=change.row.url, error=_short(exc))
-            with self._count_lock:
-                self.measured += 1

@@ -319,6 +319,20 @@ def _owner_short(owner: str | None) -> str:
     return owner
 
 
+PENDING = "pending"  # the table's mark of billed bytes not measured yet
+
+
+def is_pending(row: Tracked) -> bool:
+    """An orphaned page blob marked before its billed bytes were measured (the next pass measures
+    them): null in JSON, empty in CSV, "pending" in the table."""
+    return row.billed_bytes is None and row.blob_type == "PageBlob" and row.state in (
+        State.CANDIDATE, State.DUE, State.KEPT)
+
+
+def pending_note(n: int) -> str:
+    return f"  ({n} billed pending, counted at nominal size)" if n else ""
+
+
 def gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GIB:.2f}"
 
@@ -427,7 +441,8 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
             left = (row.recoverable_until - now).total_seconds() / 86400
             note = f"restorable {left:.1f}d" if left > 0 else "no longer restorable"
         cost = monthly_cost(row, prices) if prices is not None else None
-        line = [row.state.value, gib(row.size_bytes), gib(row.billed_bytes)]
+        measuring = is_pending(row)
+        line = [row.state.value, gib(row.size_bytes), PENDING if measuring else gib(row.billed_bytes)]
         if prices is not None:
             line.append(_money(cost))
         line += [
@@ -438,11 +453,14 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
             printable(f"{row.key.account}/{row.key.container}/{row.key.blob}"),
         ]
         lines.append(line)
-        t = totals.setdefault(row.state.value, [0, 0, 0, 0.0])
+        t = totals.setdefault(row.state.value, [0, 0, 0, 0.0, 0])
         t[0] += 1
         t[1] += row.size_bytes
-        t[2] += row.billed_bytes or 0
+        t[2] += row.size_bytes if measuring else (row.billed_bytes or 0)  # pending: nominal, an upper bound
+        if cost is None and measuring and prices is not None:  # pending: at nominal size, like the metric
+            cost = blob_monthly_cost(prices, row.size_bytes, row.size_bytes, row.tier)
         t[3] += cost or 0.0
+        t[4] += measuring
     n = len(headers)
     write_table(out, headers, lines, left=(0, n - 2, n - 1))
     out.write("\n")
@@ -456,15 +474,15 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
     out.write("TOTALS\n")
     for state in (s.value for s in State):
         if state in totals:
-            count, size, billed, cost = totals[state]
+            count, size, billed, cost, measuring = totals[state]
             out.write(f"  {state:<10} {count:>7} blobs  {size / GIB:>10.2f} GiB nominal  {billed / GIB:>10.2f} GiB billed"
-                      f"{money(cost)}\n")
+                      f"{money(cost)}{pending_note(measuring)}\n")
     wasted = [totals[s] for s in ("candidate", "due", "kept") if s in totals]
     if wasted:
         out.write(
             f"  {'orphaned':<10} {sum(t[0] for t in wasted):>7} blobs  "
             f"{sum(t[1] for t in wasted) / GIB:>10.2f} GiB nominal  {sum(t[2] for t in wasted) / GIB:>10.2f} GiB billed"
-            f"{money(sum(t[3] for t in wasted))}\n"
+            f"{money(sum(t[3] for t in wasted))}{pending_note(sum(t[4] for t in wasted))}\n"
         )
 
 

@@ -114,7 +114,9 @@ def read_transport(config: Config):
 
     if not proxy_schemes_supported():
         return RequestsTransport(use_env_settings=True)
-    return Urllib3Transport(verify=ca_bundle(), maxsize=2 * config.azure.max_concurrency)
+    # Connections kept per host (an account): its listings and its page-range calls at once.
+    kept = max(2 * config.azure.max_concurrency, config.azure.max_concurrency + config.billed_bytes.max_concurrency)
+    return Urllib3Transport(verify=ca_bundle(), maxsize=kept)
 
 
 def arm_budget(config: Config):

@@ -357,10 +357,13 @@ def test_counts_per_account_and_state(store: Store) -> None:
     with store.transaction() as tx:
         tx.apply(Change(r) for r in rows)
     assert store.counts() == [
-        ("a", "candidate", 2, 300, 10),
+        ("a", "candidate", 2, 300, 210),  # 2.vhd's billed bytes are pending: counted at its nominal size
         ("a", "due", 1, 50, 5),
         ("b", "kept", 1, 7, 7),
     ]
+    assert store.billed_pending() == [("a", 1, 200)]
+    assert store.billed_pending_rows(["a", "b"]) == {"a": [(BlobKey("a", "c", "2.vhd"), '"0x8DC0FFEE"')]}
+    assert store.billed_pending_rows([]) == {}
 
 
 # -- transactions and passes ---------------------------------------------------------------

@@ -331,13 +331,14 @@ class BlobRest:
             "connection_verify": connection_verify,
         }
 
-    def _get(self, url: str) -> bytes:
-        return self._fetch(url)[0]
+    def _get(self, url: str, if_match: str | None = None) -> bytes:
+        return self._fetch(url, if_match)[0]
 
-    def _fetch(self, url: str) -> tuple[bytes, Any, float]:
+    def _fetch(self, url: str, if_match: str | None = None) -> tuple[bytes, Any, float]:
         """The body and headers of a 200 answer, and time.monotonic() when it had arrived."""
         try:
-            response = self._pipeline.run(HttpRequest("GET", url), **self._send_kwargs).http_response
+            request = HttpRequest("GET", url, headers={"If-Match": if_match} if if_match else None)
+            response = self._pipeline.run(request, **self._send_kwargs).http_response
             received = time.monotonic()
             status = response.status_code
             body = response.body()
@@ -400,14 +401,15 @@ class BlobRest:
             if not guard.next(marker):
                 return
 
-    def page_bytes(self, container: str, blob: str) -> int:
-        """The sum of a page blob's written (not cleared) page ranges, over every page of the answer."""
+    def page_bytes(self, container: str, blob: str, etag: str | None = None) -> int:
+        """The sum of a page blob's written (not cleared) page ranges, over every page of the answer;
+        with ``etag``, of that version only (``If-Match``: another one fails ``ConditionNotMet``)."""
         base = f"{self.endpoint}/{quote(container, safe='')}/{quote(blob, safe='~/')}?comp=pagelist"
         total = 0
         marker = ""
         guard = PageGuard(f"page ranges of {container}/{blob!r}", self.max_pages)
         while True:
-            root = _parse(self._get(base + self._page_query(None, marker)), "PageList")
+            root = _parse(self._get(base + self._page_query(None, marker), etag), "PageList")
             marker = ""
             for item in root:
                 tag = item.tag

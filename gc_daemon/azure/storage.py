@@ -422,18 +422,21 @@ class AccountStorage:
             raise _storage_error(exc) from exc
         return self._seen(key.container, _listed(props), snapshot_count, tags)
 
-    def billed_bytes(self, key: BlobKey) -> int:
-        """Bytes a page blob actually stores: the sum of its written page ranges."""
+    def billed_bytes(self, key: BlobKey, etag: str | None = None) -> int:
+        """Bytes a page blob actually stores: the sum of its written page ranges. With ``etag``, of
+        that version only: a blob changed since fails ``ConditionNotMet`` (its measurement is bound
+        to the ETag it was made for)."""
         if self.reader == "lean":
             try:
-                return self.rest.page_bytes(key.container, key.blob)
+                return self.rest.page_bytes(key.container, key.blob, etag)
             except ReadError as exc:
                 raise StorageError(exc.code, exc.message) from exc
         blob_client = self.client.get_blob_client(key.container, key.blob)
         guard = PageGuard(f"page ranges of {key.container}/{key.blob!r}", self.max_list_pages)
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
             return sum(
-                r.end - r.start + 1 for r in _guarded(blob_client.list_page_ranges(), guard) if not r.cleared
+                r.end - r.start + 1 for r in _guarded(blob_client.list_page_ranges(**condition), guard) if not r.cleared
             )
         except AzureError as exc:
             raise _storage_error(exc) from exc

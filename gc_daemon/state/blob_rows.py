@@ -242,6 +242,10 @@ class StoredRow(tuple):
         )
 
 
+# The states whose blobs get their billed bytes measured (decide.decide_blob): orphans, held or not.
+_MEASURED_STATES = (State.CANDIDATE.value, State.DUE.value, State.KEPT.value)
+
+
 class BlobRowQueries:
     """:class:`gc_daemon.state.store.Store`'s reads of tracked blob rows, each on a connection of its own."""
 
@@ -268,7 +272,8 @@ class BlobRowQueries:
             return row_to_tracked(r) if r is not None else None
 
     def counts(self) -> list[tuple[str, str, int, int, int]]:
-        """(account, state, blobs, sum of size_bytes, sum of billed_bytes) per account and state."""
+        """(account, state, blobs, sum of size_bytes, sum of billed_bytes) per account and state (a row
+        still pending, its billed bytes unmeasured, counts its size_bytes)."""
         t = tracked_blobs
         stmt = (
             select(
@@ -276,13 +281,43 @@ class BlobRowQueries:
                 t.c.state,
                 func.count(),
                 func.coalesce(func.sum(t.c.size_bytes), 0),
-                func.coalesce(func.sum(t.c.billed_bytes), 0),
+                # A row whose billed bytes are not measured yet (pending) counts at its nominal size:
+                # an upper bound (written pages never exceed it), never a silent 0.
+                func.coalesce(func.sum(func.coalesce(t.c.billed_bytes, t.c.size_bytes)), 0),
             )
             .group_by(t.c.account, t.c.state)
             .order_by(t.c.account, t.c.state)
         )
         with self.engine.connect() as conn:
             return [(a, s, int(n), int(size), int(billed)) for a, s, n, size, billed in conn.execute(stmt)]
+
+    def billed_pending(self) -> list[tuple[str, int, int]]:
+        """(account, rows, sum of size_bytes) of the orphaned page blobs whose billed bytes are not
+        measured yet (marked before a measurement landed: the next pass measures them)."""
+        t = tracked_blobs
+        stmt = (
+            select(t.c.account, func.count(), func.coalesce(func.sum(t.c.size_bytes), 0))
+            .where(t.c.state.in_(_MEASURED_STATES), t.c.blob_type == "PageBlob", t.c.billed_bytes.is_(None))
+            .group_by(t.c.account)
+            .order_by(t.c.account)
+        )
+        with self.engine.connect() as conn:
+            return [(a, int(n), int(size)) for a, n, size in conn.execute(stmt)]
+
+    def billed_pending_rows(self, accounts: Iterable[str]) -> dict[str, list[tuple[BlobKey, str | None]]]:
+        """account -> [(key, recorded ETag)] of its pending rows (see :meth:`billed_pending`)."""
+        t = tracked_blobs
+        names = list(accounts)
+        if not names:
+            return {}
+        stmt = select(t.c.account, t.c.container, t.c.blob, t.c.etag).where(
+            t.c.account.in_(names), t.c.state.in_(_MEASURED_STATES), t.c.blob_type == "PageBlob",
+            t.c.billed_bytes.is_(None))
+        out: dict[str, list[tuple[BlobKey, str | None]]] = {}
+        with self.engine.connect() as conn:
+            for a, c, b, etag in conn.execute(stmt):
+                out.setdefault(a, []).append((BlobKey(a, c, b), etag))
+        return out
 
     def oldest_orphaned(self, states: Iterable[State]) -> datetime | None:
         stmt = select(func.min(tracked_blobs.c.first_orphaned_at)).where(
@@ -294,7 +329,7 @@ class BlobRowQueries:
     def premium_rows(self, states: Iterable[State]) -> list[tuple[str, str, int, int]]:
         """(account, state, size_bytes, billed_bytes) of premium page blobs (tier P*)."""
         t = tracked_blobs
-        stmt = select(t.c.account, t.c.state, t.c.size_bytes, func.coalesce(t.c.billed_bytes, 0)).where(
+        stmt = select(t.c.account, t.c.state, t.c.size_bytes, func.coalesce(t.c.billed_bytes, t.c.size_bytes)).where(
             t.c.state.in_([s.value for s in states]), t.c.tier.like("P%")
         )
         with self.engine.connect() as conn:
