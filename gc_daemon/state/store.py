@@ -11,6 +11,7 @@ write through ``tx`` only, not through other ``Store`` methods, until it has com
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 import functools
@@ -662,6 +663,9 @@ class Store:
         self.engine = engine
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
+        # SQLite has one writer: the audit writes of this process (the executor's deletions, several
+        # at once) queue here, instead of in SQLite's busy handler, which sleeps. PostgreSQL: none.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     # -- passes --------------------------------------------------------------------------------
 
@@ -885,7 +889,7 @@ class Store:
         ``changes`` are written in the same transaction: an outcome and the row it settles are
         recorded together or not at all (a crash between them would lose a deletion's record).
         """
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             changes = list(changes)
             if changes:
                 StateTx(conn, 0).apply(changes)
@@ -1012,7 +1016,7 @@ class Store:
         written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
         kind = Kind(kind).value
         sub = (subscription or _subscription_of(resource_id)).lower()
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             changes = list(changes)
             if changes:
                 _apply_disks(conn, changes)
