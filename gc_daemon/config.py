@@ -346,6 +346,9 @@ class Config(_Strict):
     """Time between the passes of `vhd-gc run`."""
     max_deletes_per_pass: Annotated[int, Field(ge=0)] = 100
     """At most this many deletions in one pass; the rest stay due for the next."""
+    max_concurrent_deletes: Annotated[int, Field(ge=1, le=64)] = 8
+    """Blob deletions of one pass in flight at once (the re-read, the conditional delete and its audit
+    entries); 1 deletes one after the other. Managed disks are deleted one at a time."""
     metrics_listen: str = "127.0.0.1:9465"
     """host:port of /metrics and /healthz for `vhd-gc run`."""
     shutdown_grace: Duration = timedelta(seconds=45)  # `run`: how long SIGTERM waits for a running pass

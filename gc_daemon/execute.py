@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import os
 import socket
+import threading
 from collections import ChainMap, Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -63,6 +65,13 @@ class Execution:
     deleted_disks: list = field(default_factory=list)
     quarantined: int = 0
     quarantine_expired: int = 0
+
+    def merge(self, other: "Execution") -> None:
+        """Add what another part of the same execution recorded (a blob deleted on a worker)."""
+        self.deleted += other.deleted
+        self.refused.update(other.refused)
+        self.failed += other.failed
+        self.changes += other.changes
 
 
 ACTOR_MAX = 255  # audit_log.actor is a String(255)
@@ -123,10 +132,19 @@ class Executor:
     disks: object | None = None
     disk_policy: object | None = None
     disk_context: object | None = None
+    # Blob deletions in flight at once (``max_concurrent_deletes``); 1: one after the other.
+    concurrency: int = 1
+    # The re-reads of the first due blobs, made while the pass read the references again (Prefetch).
+    prefetched: "Prefetch | None" = None
     _retention: dict = field(default_factory=dict, repr=False)
+    _retention_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def retention_days(self, account: str) -> int | None:
         """Blob soft-delete retention of an account (asked once per executor), None when off/unknown."""
+        with self._retention_lock:
+            return self._retention_days(account)
+
+    def _retention_days(self, account: str) -> int | None:
         if account not in self._retention:
             try:
                 self._retention[account] = soft_delete_days(self.storage[account])
@@ -150,53 +168,104 @@ class Executor:
     ) -> Execution:
         """Delete what is due: blobs (``due``), managed disks and snapshots (``disk_due``, DiskRows)
         and expired quarantine snapshots (``expire``: (SnapshotSeen, disk id) pairs), oldest first,
-        all under one ``max_deletes``. Dry-run deletes nothing, here and only here."""
-        out = Execution()
-        ordered = sorted(
-            [(r.delete_after or now, str(r.key), "blob", r) for r in due]
-            + [(r.delete_after or now, r.id.lower(), "disk", r) for r in disk_due],
-            key=lambda item: (item[0], item[1]),
-        )
-        if self.mode != "delete":
-            out.skipped_dry_run = len(ordered) + len(expire)
-            return out
-        disk_exec = None
-        if (disk_due or expire) and self.disks is not None:
-            from .execute_disks import DiskExecution
+        all under one ``max_deletes``. Dry-run deletes nothing, here and only here.
 
-            disk_exec = DiskExecution(self, self.disks, self.disk_policy, self.disk_context, self.audit,
-                                      disk_holds or {})
-        budget = max(0, self.max_deletes)
-        for _, _, what, row in ordered:
-            if self.should_stop():  # no deletion starts after a stop; they stay due for the next pass
-                out.skipped_stopped += 1
-                continue
-            if budget == 0:
-                out.skipped_over_limit += 1
-                continue
-            if what == "blob":
-                attempted = self._one(row, refs, operator_holds, now, seq, pass_id, out)
-            elif disk_exec is None:
-                out.failed += 1  # no gateway: never deleted (a wiring without Azure Compute)
-                continue
-            else:
-                attempted = disk_exec.one(row, now, seq, pass_id, out)
-            if attempted:
-                budget -= 1
-        for snap, disk_id in expire:
-            if self.should_stop() or budget == 0 or disk_exec is None:
-                out.skipped_over_limit += 1
-                continue
-            if disk_exec.expire(snap, disk_id, now, seq, pass_id, out):
-                budget -= 1
-        return out
+        Blobs are deleted up to ``concurrency`` at once, each on a worker of its own from its re-read
+        to its outcome; disks and snapshots one at a time, here (they wait on long operations). A
+        deletion starts only after ``should_stop`` said no, a worker and a share of the limit were
+        free: the limit counts deletions exactly (a share whose blob turns out not to be deletable,
+        with no delete call made, goes back), and a stop lets the deletions started finish and record."""
+        out = Execution()
+        ordered = deletion_order(due, disk_due, now)
+        try:
+            if self.mode != "delete":
+                out.skipped_dry_run = len(ordered) + len(expire)
+                return out
+            self._execute(ordered, refs, operator_holds, now, seq, pass_id, out, disk_holds, expire)
+            return out
+        finally:
+            if self.prefetched is not None:
+                self.prefetched.close()
+
+    def _execute(self, ordered, refs, operator_holds, now, seq, pass_id, out: Execution, disk_holds, expire) -> None:
+        disk_exec = None
+        if any(what == "disk" for _, _, what, _ in ordered) or expire:
+            if self.disks is not None:
+                from .execute_disks import DiskExecution
+
+                disk_exec = DiskExecution(self, self.disks, self.disk_policy, self.disk_context, self.audit,
+                                          disk_holds or {})
+        slots = _Slots(max(0, self.max_deletes), max(1, self.concurrency))
+        parts: list[tuple[Future, Execution]] = []  # each blob's own record, merged in order at the end
+        pool = ThreadPoolExecutor(max_workers=max(1, self.concurrency), thread_name_prefix="delete") \
+            if any(what == "blob" for _, _, what, _ in ordered) else None
+        try:
+            for _, _, what, row in ordered:
+                taken = slots.take(worker=what == "blob")  # waits for a worker and a share of the limit
+                if slots.error is not None:
+                    break  # a deletion failed in a way that must end the pass (its database): no more start
+                if self.should_stop():  # no deletion starts after a stop; they stay due for the next pass
+                    slots.give_back(taken, attempted=False, worker=what == "blob")
+                    out.skipped_stopped += 1
+                    continue
+                if not taken:
+                    out.skipped_over_limit += 1
+                    continue
+                if what == "blob":
+                    part = Execution()
+                    parts.append((pool.submit(self._blob_task, slots, row, refs, operator_holds, now, seq, pass_id,
+                                              part), part))
+                elif disk_exec is None:
+                    slots.give_back(True, attempted=False, worker=False)
+                    out.failed += 1  # no gateway: never deleted (a wiring without Azure Compute)
+                else:
+                    attempted = False
+                    try:
+                        attempted = disk_exec.one(row, now, seq, pass_id, out)
+                    finally:
+                        slots.give_back(True, attempted=attempted, worker=False)
+            for snap, disk_id in expire:
+                taken = slots.take(worker=False) if slots.error is None else False
+                if self.should_stop() or not taken or disk_exec is None:
+                    slots.give_back(taken, attempted=False, worker=False)
+                    out.skipped_over_limit += 1
+                    continue
+                attempted = False
+                try:
+                    attempted = disk_exec.expire(snap, disk_id, now, seq, pass_id, out)
+                finally:
+                    slots.give_back(True, attempted=attempted, worker=False)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # the deletions started finish and record, whatever happened
+            for _, part in parts:
+                out.merge(part)
+        if slots.error is not None:
+            raise slots.error
+
+    def _blob_task(self, slots: "_Slots", row, refs, operator_holds, now, seq, pass_id, part: Execution) -> None:
+        attempted = True  # an error out of _one (the database failed): counted, never under-counted
+        try:
+            attempted = self._one(row, refs, operator_holds, now, seq, pass_id, part)
+        except BaseException as exc:  # noqa: BLE001 - raised by execute() once the others are done
+            slots.fail(exc)
+        finally:
+            slots.give_back(True, attempted=attempted, worker=True)
+
+    def _fresh(self, gateway: BlobGateway, key: BlobKey) -> BlobSeen | None:
+        """The blob as it is now: its read made while the pass re-read the references, if there is one."""
+        if self.prefetched is not None:
+            found, fresh = self.prefetched.take(key)
+            if found:
+                return fresh
+        return gateway.read_blob(key)
 
     def _one(self, row, refs, operator_holds, now, seq, pass_id, out: Execution) -> bool:
         """Re-verify and delete one blob. Returns whether a delete call was made."""
         key = row.key
         gateway = self.storage[key.account]
         try:
-            fresh = gateway.read_blob(key)
+            fresh = self._fresh(gateway, key)
             held = self.holds.hold(key) if self.holds is not None else None
         except Exception as exc:  # noqa: BLE001 - one blob's trouble never stops the others
             out.failed += 1
@@ -294,6 +363,88 @@ class Executor:
             self._refuse(row, fresh, c, "etag_changed", settlement_reason(settled, after), now, seq,
                          common["pass_id"], out, intent=common["intent_id"])
         return settled
+
+
+def deletion_order(due: Sequence[Tracked], disk_due: Sequence, now: datetime) -> list[tuple]:
+    """The order deletions are tried in: oldest due first, blobs and disks together
+    (``(delete_after, key, "blob" | "disk", row)``)."""
+    return sorted(
+        [(r.delete_after or now, str(r.key), "blob", r) for r in due]
+        + [(r.delete_after or now, r.id.lower(), "disk", r) for r in disk_due],
+        key=lambda item: (item[0], item[1]),
+    )
+
+
+class _Slots:
+    """Who may start a deletion: a free worker (blobs) and a share of the pass limit. A share is
+    taken before a deletion starts and kept when a delete call was made; a deletion that made none
+    gives it back, and the next due one may start. So deletions are counted exactly: never more
+    than the limit, and as many as sequential deletion would make."""
+
+    def __init__(self, limit: int, workers: int) -> None:
+        self.left = limit  # shares not yet spent by a delete call
+        self.taken = 0  # shares held by deletions running now
+        self.free = workers
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def take(self, worker: bool) -> bool:
+        """Wait for a worker (``worker``) and a share; False when the limit is spent (by the
+        deletions done: the ones running may still give theirs back, so this waits for them)."""
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    return False
+                if self.left <= 0:
+                    return False
+                if self.left - self.taken > 0 and (not worker or self.free > 0):
+                    self.taken += 1
+                    self.free -= worker
+                    return True
+                self._cond.wait()  # for a running deletion to end (and spend or give back its share)
+
+    def give_back(self, taken: bool, attempted: bool, worker: bool) -> None:
+        if not taken:
+            return
+        with self._cond:
+            self.taken -= 1
+            self.free += worker
+            if attempted:
+                self.left -= 1
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = exc
+            self._cond.notify_all()
+
+
+class Prefetch:
+    """The re-reads of blobs about to be deleted (properties, snapshots, tags), made on a bounded pool
+    while the pass reads the references again; the executor takes each once, in place of its own
+    read. A read that failed raises in the executor as its own would have."""
+
+    def __init__(self, storage: Mapping[str, BlobGateway], keys: Iterable[BlobKey], concurrency: int) -> None:
+        keys = list(keys)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(keys) or 1)),
+                                        thread_name_prefix="reread")
+        self._futures: dict[BlobKey, Future] = {
+            key: self._pool.submit(storage[key.account].read_blob, key) for key in keys if key.account in storage
+        }
+        self._lock = threading.Lock()
+
+    def take(self, key: BlobKey) -> tuple[bool, BlobSeen | None]:
+        """(True, the blob read) for a key read ahead (raising what its read raised), else (False, None)."""
+        with self._lock:
+            future = self._futures.pop(key, None)
+        if future is None or future.cancelled():
+            return False, None
+        return True, future.result()
+
+    def close(self) -> None:
+        """Drop what was not taken (reads not started are not made; those in flight end on their own)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -144,6 +145,7 @@ class Collector:
     # re-reads and writes. None: disks are decided only on what is recorded (never deleted).
     disks: object | None = None
     current_pass: int | None = field(default=None, init=False)  # the id of the pass running now, if any
+    _prefetched: object | None = field(default=None, init=False, repr=False)  # the pass's blob re-reads (Prefetch)
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
         # A pass allocates millions of small objects and makes no reference cycles: the cyclic
@@ -203,7 +205,10 @@ class Collector:
                 disks=self.disks,
                 disk_policy=self.config.disk_policy,
                 disk_context=DiskContext(disk.inventory.disks, disk.inventory.snapshots),
+                concurrency=self.config.max_concurrent_deletes,
+                prefetched=self._prefetched,
             )
+            self._prefetched = None
             progress.phase(f"pass {pass_id}: {len(due) + len(disk.due)} due ({self.config.mode})")
             # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
             # whose ETag is the one recorded when it was marked, and an unchanged ETag means an
@@ -295,6 +300,7 @@ class Collector:
         # Billed bytes an earlier pass left pending are measured from now, overlapping the reference read.
         measurer = Measurer(self.config.azure.max_concurrency, self.config.billed_bytes, should_stop)
         reads: list = []
+        prefetch = None
         try:
             self._prefetch_pending(measurer, accounts)
             refs = self._read_references(accounts, stats, should_stop, reads)
@@ -383,7 +389,10 @@ class Collector:
                     disk = self._disks(tx, reads[0] if reads else None, now, seq, stats, should_stop)
                     self._check_blast_radius(stats)
                     if (due or disk.due or disk.expire) and self.config.mode == "delete":
-                        # Deleting is the one irreversible step: check against references read just now too.
+                        # Deleting is the one irreversible step: check against references read just now
+                        # too. Meanwhile the blobs to delete first are read again (nothing is deleted
+                        # before this read is complete and the pass recorded).
+                        prefetch = self._reread_blobs(accounts, due, disk.due, now)
                         again: list = []
                         refs = refs.union(self._read_references(accounts, should_stop=should_stop, reads=again))
                         if disk.due and again:  # the disks' holds, locks and references as they are now
@@ -393,9 +402,14 @@ class Collector:
                     tx.complete_pass(pass_id, self.clock(), asdict(stats))
             finally:
                 measurer.close(wait=not should_stop())
+        except BaseException:
+            if prefetch is not None:
+                prefetch.close()
+            raise
         finally:
             measurer.close(wait=not should_stop())  # a pass that failed before its decision
             listing.stop(wait=not should_stop())
+        self._prefetched = prefetch
         return seq, due, refs, holds, accounts, disk
 
     def _prefetch_pending(self, measurer: "Measurer", accounts: Mapping[str, BlobSource]) -> None:
@@ -406,6 +420,15 @@ class Collector:
         for name, rows in pending(list(accounts)).items():
             if name in accounts:
                 measurer.prefetch(accounts[name], rows)
+
+    def _reread_blobs(self, accounts, due, disk_due, now: datetime):
+        """Start reading again the blobs the executor tries first (as many as one pass may delete),
+        on ``max_concurrent_deletes`` workers, so those reads overlap the second reference read."""
+        from .execute import Prefetch, deletion_order
+
+        first = [row.key for _, _, what, row in deletion_order(due, disk_due, now)[:self.config.max_deletes_per_pass]
+                 if what == "blob"]
+        return Prefetch(accounts, first, self.config.max_concurrent_deletes) if first else None
 
     def _disks(self, tx, read, now: datetime, seq: int, stats: PassStats, should_stop) -> "DiskPhase":
         """Decide the managed disks and snapshots the reference read listed, inside the pass's
@@ -597,7 +620,9 @@ class Listing:
         self.accounts = accounts
         self.should_stop = should_stop
         self.concurrency = max(1, concurrency)
+        self.prefetch = prefetch
         self.queues = {name: queue.Queue(maxsize=max(2, prefetch // self.CHUNK)) for name in accounts}
+        self._fetching = threading.BoundedSemaphore(self.concurrency)  # listing reads in flight, all accounts
         self._stop = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[str, object] = {}
@@ -628,6 +653,8 @@ class Listing:
             kwargs = {}
             if getattr(account, "reports_service_time", False):
                 kwargs["on_service_time"] = lambda st: self._put(q, st)  # the first item of the queue
+            if getattr(account, "lists_containers_at_once", False):
+                kwargs["fan_out"] = self._fan_out  # its containers listed at once, within the bound
             for blob in account.list_blobs(**kwargs):
                 chunk.append(blob)
                 if len(chunk) >= self.CHUNK:
@@ -639,6 +666,56 @@ class Listing:
             self._put(q, _END)
         except BaseException as exc:  # noqa: BLE001 - handed to the decision, which fails the pass
             self._put(q, _Failed(exc))
+
+    def _fan_out(self, names: list[str], list_one: Callable[[str], Iterable[BlobSeen]]) -> Iterator[BlobSeen]:
+        """The blobs of an account's containers, listed at once (each on a thread of this account,
+        into a queue of its own) and handed on in container order: the same blobs in the same order
+        as one listing after the other. The account's ``list_blobs(fan_out=...)`` calls it with its
+        containers. The listing requests of all accounts in flight stay within ``concurrency``: a
+        thread holds a share while it reads a chunk (its pages come in then), never while it waits
+        to hand one on. A container whose listing fails fails the account's listing."""
+        if not names:
+            return
+        size = max(2, self.prefetch // self.CHUNK // min(len(names), self.concurrency))
+        parts = [queue.Queue(maxsize=size) for _ in names]
+        pool = ThreadPoolExecutor(max_workers=min(len(names), self.concurrency), thread_name_prefix="list-container")
+        try:
+            for name, part in zip(names, parts):  # in order, as they are handed on: the first is never starved
+                pool.submit(self._list_container, list_one, name, part)
+            for part in parts:
+                while True:
+                    item = self._get(part)
+                    if item is None or item is _END:  # stopped, or this container is done
+                        break
+                    if isinstance(item, _Failed):
+                        raise item.exc
+                    yield from item
+                if item is None:
+                    return
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _list_container(self, list_one: Callable[[str], Iterable[BlobSeen]], name: str, q: queue.Queue) -> None:
+        try:
+            blobs = iter(list_one(name))
+            while not self._stop.is_set():
+                with self._fetching:  # a share of the bound while reading
+                    chunk = list(islice(blobs, self.CHUNK))
+                if chunk and not self._put(q, chunk):
+                    return
+                if len(chunk) < self.CHUNK:
+                    break
+            self._put(q, _END)
+        except BaseException as exc:  # noqa: BLE001 - handed on in order: it fails the account's listing
+            self._put(q, _Failed(exc))
+
+    def _get(self, q: queue.Queue):
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
 
     def _next(self, name: str):
         """The next item of an account's queue: a ServiceTime, a (chunk, vhds) pair, _END or _Failed."""

@@ -36,7 +36,9 @@ def _keep(gc, url: str, reason: str) -> subprocess.CompletedProcess:
 def test_a_hold_taken_between_two_deletions_of_a_pass_stops_the_later_ones(gc):
     names = ["a.vhd", "b.vhd", "c.vhd", "d.vhd"]  # deleted in this order: all due at the same instant
     urls = {n: gc.page("left", n) for n in names}
-    gc.configure(mode="delete", grace_period="0s", min_sightings=1)
+    # One deletion after the other (a hold "between two deletions" needs an order of them; the
+    # concurrent executor's case is tests/test_concurrent_deletes.py's).
+    gc.configure(mode="delete", grace_period="0s", min_sightings=1, max_concurrent_deletes=1)
     collector = build_collector(load_config(gc.config_path))
     kept: list[subprocess.CompletedProcess] = []
     gone_when_kept: list[str] = []

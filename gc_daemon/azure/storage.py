@@ -221,6 +221,8 @@ class AccountStorage:
 
     # list_blobs() takes on_service_time: the pass measures ages against the service's time.
     reports_service_time = True
+    # list_blobs() takes fan_out: the pass lists the containers of the account at once.
+    lists_containers_at_once = True
 
     def __init__(
         self,
@@ -336,8 +338,12 @@ class AccountStorage:
         results_per_page: int | None = None,
         *,
         on_service_time: Callable[[ServiceTime], None] | None = None,
+        fan_out: Callable[[list[str], Callable[[str], Iterator[BlobSeen]]], Iterator[BlobSeen]] | None = None,
     ) -> Iterator[BlobSeen]:
         """Every base blob of every container, streamed. Errors propagate as :class:`StorageError`.
+
+        ``fan_out(names, list_one)``, when given, lists the containers (``list_one(name)`` each) and
+        yields their blobs in container order: the pass's Listing lists them at once that way.
 
         ``on_service_time`` is called once, before the first blob, with the service's time from the
         ``Date`` header of the listing's first answer (the container list): a Date that is not an
@@ -345,19 +351,64 @@ class AccountStorage:
         A NextMarker that repeats one the same listing gave, or a listing longer than
         ``max_list_pages`` pages, fails it (``ListingLoop``, ``ListingTooLong``)."""
         per_page = results_per_page or self.results_per_page
+        containers = self.containers(per_page, on_service_time=on_service_time)
+        if fan_out is not None:
+            yield from fan_out(list(containers), lambda name: self.container_blobs(name, per_page))
+            return
+        for container in containers:
+            yield from self.container_blobs(container, per_page)
+
+    def containers(
+        self,
+        results_per_page: int | None = None,
+        *,
+        on_service_time: Callable[[ServiceTime], None] | None = None,
+    ) -> Iterator[str]:
+        """The name of every container (the first half of :meth:`list_blobs`: ``on_service_time``
+        as there). The pass lists the containers of one account concurrently with these two."""
+        per_page = results_per_page or self.results_per_page
         try:
             if self.reader == "lean":
-                yield from self._list_blobs_lean(per_page, on_service_time)
-            else:
-                yield from self._list_blobs_sdk(per_page, on_service_time)
+                yield from self.rest.list_containers(per_page, on_service_time)
+                return
+            yield from self._containers_sdk(per_page, on_service_time)
         except ReadError as exc:
             raise StorageError(exc.code, exc.message) from exc
+        except AzureError as exc:
+            raise _storage_error(exc) from exc
 
-    def _list_blobs_sdk(
+    def container_blobs(self, container: str, results_per_page: int | None = None) -> Iterator[BlobSeen]:
+        """Every base blob of one container, streamed in the service's order (the second half of
+        :meth:`list_blobs`). Errors propagate as :class:`StorageError`."""
+        per_page = results_per_page or self.results_per_page
+        try:
+            if self.reader == "lean":
+                rest = self.rest
+                for item, snapshot_count in fold_snapshots(rest.list_blobs(container, per_page)):
+                    tags = item.tags
+                    if tags is None and item.tag_count:
+                        tags = self._tags(container, item.name)
+                    yield self._seen(container, item, snapshot_count, tags)
+                return
+            container_client = self.client.get_container_client(container)
+            page_kwargs: dict[str, Any] = {"results_per_page": per_page} if per_page else {}
+            items = _guarded(container_client.list_blobs(include=_LIST_INCLUDE, **page_kwargs),
+                             PageGuard(f"container {container!r}", self.max_list_pages))
+            for item, snapshot_count in fold_snapshots(items):
+                tags = item.tags
+                if tags is None and item.tag_count:
+                    # The listing did not carry the tags (Azurite 3.37 does; this is the net).
+                    tags = container_client.get_blob_client(item.name).get_blob_tags()
+                yield self._seen(container, _listed(item), snapshot_count, tags)
+        except ReadError as exc:
+            raise StorageError(exc.code, exc.message) from exc
+        except AzureError as exc:
+            raise _storage_error(exc) from exc
+
+    def _containers_sdk(
         self, per_page: int | None, on_service_time: Callable[[ServiceTime], None] | None
-    ) -> Iterator[BlobSeen]:
-        page_kwargs: dict[str, Any] = {"results_per_page": per_page} if per_page else {}
-        container_kwargs = dict(page_kwargs)
+    ) -> Iterator[str]:
+        container_kwargs: dict[str, Any] = {"results_per_page": per_page} if per_page else {}
         report: Callable[[], None] | None = None
         if on_service_time is not None:
             first: list[tuple[str | None, float]] = []
@@ -371,32 +422,9 @@ class AccountStorage:
 
             report = once_listed
             container_kwargs["raw_response_hook"] = hook  # a per-call option of the storage pipeline
-        max_pages = self.max_list_pages
-        try:
-            containers = self.client.list_containers(**container_kwargs)
-            for container in _guarded(containers, PageGuard("the container list", max_pages), report):
-                container_client = self.client.get_container_client(container.name)
-                items = _guarded(container_client.list_blobs(include=_LIST_INCLUDE, **page_kwargs),
-                                 PageGuard(f"container {container.name!r}", max_pages))
-                for item, snapshot_count in fold_snapshots(items):
-                    tags = item.tags
-                    if tags is None and item.tag_count:
-                        # The listing did not carry the tags (Azurite 3.37 does; this is the net).
-                        tags = container_client.get_blob_client(item.name).get_blob_tags()
-                    yield self._seen(container.name, _listed(item), snapshot_count, tags)
-        except AzureError as exc:
-            raise _storage_error(exc) from exc
-
-    def _list_blobs_lean(
-        self, per_page: int | None, on_service_time: Callable[[ServiceTime], None] | None
-    ) -> Iterator[BlobSeen]:
-        rest = self.rest
-        for container in rest.list_containers(per_page, on_service_time):
-            for item, snapshot_count in fold_snapshots(rest.list_blobs(container, per_page)):
-                tags = item.tags
-                if tags is None and item.tag_count:
-                    tags = self._tags(container, item.name)
-                yield self._seen(container, item, snapshot_count, tags)
+        containers = self.client.list_containers(**container_kwargs)
+        for container in _guarded(containers, PageGuard("the container list", self.max_list_pages), report):
+            yield container.name
 
     def _tags(self, container: str, blob: str) -> dict[str, str]:
         try:

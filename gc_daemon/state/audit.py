@@ -79,6 +79,7 @@ class AuditLog:
     """:class:`gc_daemon.state.store.Store`'s audit log: entries appended and committed one by one."""
 
     engine: Engine
+    _write_lock: Any  # the Store's: SQLite's one writer
 
     def audit(
         self,
@@ -102,7 +103,7 @@ class AuditLog:
         ``changes`` are written in the same transaction: an outcome and the row it settles are
         recorded together or not at all (a crash between them would lose a deletion's record).
         """
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             changes = list(changes)
             if changes:
                 StateTx(conn, 0).apply(changes)
@@ -229,7 +230,7 @@ class AuditLog:
         written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
         kind = Kind(kind).value
         sub = (subscription or _subscription_of(resource_id)).lower()
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             changes = list(changes)
             if changes:
                 _apply_disks(conn, changes)

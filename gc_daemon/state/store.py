@@ -23,6 +23,7 @@ action names, ...) is importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from sqlalchemy import Engine
@@ -112,3 +113,6 @@ class Store(PassRecords, Transactions, BlobRowQueries, DiskRowQueries, Holds, Au
         self.engine = engine
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
+        # SQLite has one writer: the audit writes of this process (the executor's deletions, several
+        # at once) queue here, instead of in SQLite's busy handler, which sleeps. PostgreSQL: none.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
