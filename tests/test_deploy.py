@@ -65,6 +65,7 @@ KNOWN_METRICS = {
     "vhdgc_quarantine_snapshot_monthly_cost",
     "vhdgc_disk_mode_info",
     "vhdgc_arm_reads_remaining",
+    "vhdgc_billed_bytes_pending",
 }
 METRIC_RE = re.compile(r"vhdgc_[a-z_]+")
 HISTOGRAM_SUFFIX_RE = re.compile(r"_(bucket|sum|count)$")
