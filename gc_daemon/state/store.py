@@ -11,7 +11,8 @@ write through ``tx`` only, not through other ``Store`` methods, until it has com
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-import contextlib
+from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 import functools
@@ -658,14 +659,46 @@ def _is_sqlite_file(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
 
 
+class _GroupCommit:
+    """Writes submitted from several threads, committed together: a caller whose entry is not yet
+    written becomes the writer of everything waiting (one transaction), the others wait for it. A
+    caller returns once its own entry is committed (an intent is durable before its delete); if the
+    transaction fails, every caller of it gets the error (nothing of it was written)."""
+
+    def __init__(self, write: Callable[[list], list]) -> None:
+        self._write = write
+        self._lock = threading.Lock()  # the queue
+        self._writer = threading.Lock()  # one transaction at a time
+        self._pending: list[tuple[Any, Future]] = []
+
+    def submit(self, item: Any) -> Any:
+        done: Future = Future()
+        with self._lock:
+            self._pending.append((item, done))
+        with self._writer:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:  # else a writer before took ours (and whatever else was waiting)
+                try:
+                    results = self._write([i for i, _ in batch])
+                except BaseException as exc:
+                    for _, f in batch:
+                        f.set_exception(exc)
+                else:
+                    for (_, f), result in zip(batch, results):
+                        f.set_result(result)
+        return done.result()
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
-        # SQLite has one writer: the audit writes of this process (the executor's deletions, several
-        # at once) queue here, instead of in SQLite's busy handler, which sleeps. PostgreSQL: none.
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        # The audit writes of this process (the executor's deletions, several at once) are committed
+        # together: one transaction for all that wait (SQLite has one writer, and a commit's fsync is
+        # what a deletion's record costs), each caller back once its entry is committed.
+        self._audits = _GroupCommit(self._write_audits)
 
     # -- passes --------------------------------------------------------------------------------
 
@@ -889,30 +922,32 @@ class Store:
         ``changes`` are written in the same transaction: an outcome and the row it settles are
         recorded together or not at all (a crash between them would lose a deletion's record).
         """
-        with self._write_lock, self.engine.begin() as conn:
-            changes = list(changes)
-            if changes:
-                StateTx(conn, 0).apply(changes)
-            return conn.execute(
-                insert(audit_log)
-                .values(
-                    at=at,
-                    pass_id=pass_id,
-                    intent_id=intent_id,
-                    action=action,
-                    account=key.account,
-                    container=key.container,
-                    blob=key.blob,
-                    url=url,
-                    etag=etag,
-                    size_bytes=size_bytes,
-                    billed_bytes=billed_bytes,
-                    reason=reason,
-                    error_code=error_code,
-                    actor=actor,
-                )
-                .returning(audit_log.c.id)
-            ).scalar_one()
+        return self._audits.submit(("blob", list(changes), dict(
+            at=at,
+            pass_id=pass_id,
+            intent_id=intent_id,
+            action=action,
+            account=key.account,
+            container=key.container,
+            blob=key.blob,
+            url=url,
+            etag=etag,
+            size_bytes=size_bytes,
+            billed_bytes=billed_bytes,
+            reason=reason,
+            error_code=error_code,
+            actor=actor,
+        )))
+
+    def _write_audits(self, batch: list[tuple[str, list, dict[str, Any]]]) -> list[int]:
+        """Append audit entries (each with the row changes it settles) in ONE transaction; their ids."""
+        ids = []
+        with self.engine.begin() as conn:
+            for kind, changes, values in batch:
+                if changes:
+                    StateTx(conn, 0).apply(changes) if kind == "blob" else _apply_disks(conn, changes)
+                ids.append(conn.execute(insert(audit_log).values(**values).returning(audit_log.c.id)).scalar_one())
+        return ids
 
     def audit_log(
         self,
@@ -1016,31 +1051,23 @@ class Store:
         written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
         kind = Kind(kind).value
         sub = (subscription or _subscription_of(resource_id)).lower()
-        with self._write_lock, self.engine.begin() as conn:
-            changes = list(changes)
-            if changes:
-                _apply_disks(conn, changes)
-            return conn.execute(
-                insert(audit_log)
-                .values(
-                    at=at,
-                    pass_id=pass_id,
-                    intent_id=intent_id,
-                    action=action,
-                    kind=kind,
-                    account=sub,
-                    container="",
-                    blob=resource_key(resource_id),
-                    url=resource_id,
-                    etag=etag,
-                    size_bytes=size_bytes,
-                    billed_bytes=billed_bytes,
-                    reason=reason,
-                    error_code=None if error_code is None else error_code[:64],
-                    actor=actor,
-                )
-                .returning(audit_log.c.id)
-            ).scalar_one()
+        return self._audits.submit(("disk", list(changes), dict(
+            at=at,
+            pass_id=pass_id,
+            intent_id=intent_id,
+            action=action,
+            kind=kind,
+            account=sub,
+            container="",
+            blob=resource_key(resource_id),
+            url=resource_id,
+            etag=etag,
+            size_bytes=size_bytes,
+            billed_bytes=billed_bytes,
+            reason=reason,
+            error_code=None if error_code is None else error_code[:64],
+            actor=actor,
+        )))
 
     # -- managed disks and snapshots -------------------------------------------------------------
 
