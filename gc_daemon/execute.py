@@ -1,10 +1,12 @@
 """The executor: the only code that deletes, and the only place that honours dry-run.
 
-For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again, read its
+For each due blob, oldest first and at most ``max_deletes`` a pass: read the blob again (the pass
+reads the first ones while it reads the references a second time: :class:`Prefetch`), read its
 operator hold again from the database, classify it again against the freshest references and holds,
 and delete it only if it is still an orphan, not held, with the ETag recorded when it was marked,
 through a conditional (If-Match) delete that never takes snapshots with it. An audit row is
-committed before the call (intent) and after (outcome).
+committed before the call (intent) and after (outcome). Blobs are deleted ``concurrency`` at once
+(each on a worker from its re-read to its outcome); managed disks one at a time.
 
 A delete whose outcome is unknown (an attempt lost its reply, timed out or got a 5xx, and then the
 delete was refused with 412/404 or never answered) is settled by looking at the blob, exactly as an

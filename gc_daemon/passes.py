@@ -4,8 +4,9 @@ The order is what makes it safe:
 1. read every reference source; any error, or any URI we cannot place, ends the pass as incomplete;
 2. list every account, deciding blob by blob as the listing streams, inside ONE database
    transaction; any listing error rolls it back, so an incomplete pass changes nothing;
-3. in delete mode with blobs due, read the references again: the executor checks against both reads;
-4. commit, then hand the due blobs to the executor (which re-reads each blob before deleting it).
+3. in delete mode with blobs due, read the references again (every source, once more), while the
+   blobs to be deleted first are read again: the executor checks against both reference reads;
+4. commit, then hand the due blobs to the executor (no delete is sent before then).
 """
 
 from __future__ import annotations

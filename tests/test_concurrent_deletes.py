@@ -277,3 +277,34 @@ def test_a_failing_container_listing_fails_the_pass_closed(gc, proxy):
     assert all(gc.exists(c, "left.vhd") for c in ("alpha", "beta", "gamma"))
     assert _deletes(proxy) == []
     assert gc.report() == {}
+
+
+def test_audit_entries_written_at_once_from_many_threads_are_each_committed_with_their_own_id(tmp_path):
+    """The executor's workers write their intents and outcomes at the same moment: they are committed
+    together (one SQLite writer), each caller back with the id of its own entry."""
+    from datetime import UTC, datetime
+
+    from gc_daemon.domain import BlobKey
+    from gc_daemon.state import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    db.upgrade(engine)
+    store = Store(engine)
+    start = threading.Barrier(16)
+    ids: dict[str, int] = {}
+
+    def write(i: int) -> None:
+        key = BlobKey("gcacct1", "left", f"left-{i}.vhd")
+        start.wait(HANG)
+        ids[key.blob] = store.audit(action="delete-intent", key=key, url=f"https://x/left/{key.blob}",
+                                    at=datetime.now(UTC), actor="test", reason=f"entry {i}")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG)
+    assert len(set(ids.values())) == 16
+    for blob, entry_id in ids.items():
+        (record,) = store.audit_log(BlobKey("gcacct1", "left", blob))
+        assert (record.id, record.reason) == (entry_id, f"entry {blob[5:-4]}")

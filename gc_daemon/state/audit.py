@@ -4,7 +4,9 @@ its totals for the metrics: :class:`AuditRecord`, :class:`AuditLog`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,11 +77,42 @@ def _quarantine_of(reason: str | None) -> str | None:
     return rest[0].rstrip(":") if rest else None
 
 
+
+class _GroupCommit:
+    """Writes submitted from several threads, committed together: a caller whose entry is not yet
+    written becomes the writer of everything waiting (one transaction), the others wait for it. A
+    caller returns once its own entry is committed (an intent is durable before its delete); if the
+    transaction fails, every caller of it gets the error (nothing of it was written)."""
+
+    def __init__(self, write: Callable[[list], list]) -> None:
+        self._write = write
+        self._lock = threading.Lock()  # the queue
+        self._writer = threading.Lock()  # one transaction at a time
+        self._pending: list[tuple[Any, Future]] = []
+
+    def submit(self, item: Any) -> Any:
+        done: Future = Future()
+        with self._lock:
+            self._pending.append((item, done))
+        with self._writer:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:  # else a writer before took ours (and whatever else was waiting)
+                try:
+                    results = self._write([i for i, _ in batch])
+                except BaseException as exc:
+                    for _, f in batch:
+                        f.set_exception(exc)
+                else:
+                    for (_, f), result in zip(batch, results):
+                        f.set_result(result)
+        return done.result()
+
 class AuditLog:
     """:class:`gc_daemon.state.store.Store`'s audit log: entries appended and committed one by one."""
 
     engine: Engine
-    _write_lock: Any  # the Store's: SQLite's one writer
+    _audits: "_GroupCommit"  # the Store's: entries written together
 
     def audit(
         self,
@@ -103,30 +136,32 @@ class AuditLog:
         ``changes`` are written in the same transaction: an outcome and the row it settles are
         recorded together or not at all (a crash between them would lose a deletion's record).
         """
-        with self._write_lock, self.engine.begin() as conn:
-            changes = list(changes)
-            if changes:
-                StateTx(conn, 0).apply(changes)
-            return conn.execute(
-                insert(audit_log)
-                .values(
-                    at=at,
-                    pass_id=pass_id,
-                    intent_id=intent_id,
-                    action=action,
-                    account=key.account,
-                    container=key.container,
-                    blob=key.blob,
-                    url=url,
-                    etag=etag,
-                    size_bytes=size_bytes,
-                    billed_bytes=billed_bytes,
-                    reason=reason,
-                    error_code=error_code,
-                    actor=actor,
-                )
-                .returning(audit_log.c.id)
-            ).scalar_one()
+        return self._audits.submit(("blob", list(changes), dict(
+            at=at,
+            pass_id=pass_id,
+            intent_id=intent_id,
+            action=action,
+            account=key.account,
+            container=key.container,
+            blob=key.blob,
+            url=url,
+            etag=etag,
+            size_bytes=size_bytes,
+            billed_bytes=billed_bytes,
+            reason=reason,
+            error_code=error_code,
+            actor=actor,
+        )))
+
+    def _write_audits(self, batch: list[tuple[str, list, dict[str, Any]]]) -> list[int]:
+        """Append audit entries (each with the row changes it settles) in ONE transaction; their ids."""
+        ids = []
+        with self.engine.begin() as conn:
+            for kind, changes, values in batch:
+                if changes:
+                    StateTx(conn, 0).apply(changes) if kind == "blob" else _apply_disks(conn, changes)
+                ids.append(conn.execute(insert(audit_log).values(**values).returning(audit_log.c.id)).scalar_one())
+        return ids
 
     def audit_log(
         self,
@@ -230,31 +265,23 @@ class AuditLog:
         written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
         kind = Kind(kind).value
         sub = (subscription or _subscription_of(resource_id)).lower()
-        with self._write_lock, self.engine.begin() as conn:
-            changes = list(changes)
-            if changes:
-                _apply_disks(conn, changes)
-            return conn.execute(
-                insert(audit_log)
-                .values(
-                    at=at,
-                    pass_id=pass_id,
-                    intent_id=intent_id,
-                    action=action,
-                    kind=kind,
-                    account=sub,
-                    container="",
-                    blob=resource_key(resource_id),
-                    url=resource_id,
-                    etag=etag,
-                    size_bytes=size_bytes,
-                    billed_bytes=billed_bytes,
-                    reason=reason,
-                    error_code=None if error_code is None else error_code[:64],
-                    actor=actor,
-                )
-                .returning(audit_log.c.id)
-            ).scalar_one()
+        return self._audits.submit(("disk", list(changes), dict(
+            at=at,
+            pass_id=pass_id,
+            intent_id=intent_id,
+            action=action,
+            kind=kind,
+            account=sub,
+            container="",
+            blob=resource_key(resource_id),
+            url=resource_id,
+            etag=etag,
+            size_bytes=size_bytes,
+            billed_bytes=billed_bytes,
+            reason=reason,
+            error_code=None if error_code is None else error_code[:64],
+            actor=actor,
+        )))
 
     def audit_totals(self, action: str, by: str = "account") -> list[tuple[str, int, int]]:
         """(label, entries, sum of size_bytes) of one audit action, grouped by a column."""

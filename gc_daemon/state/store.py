@@ -23,7 +23,6 @@ action names, ...) is importable from here.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 from sqlalchemy import Engine
@@ -38,6 +37,7 @@ from gc_daemon.state.audit import (  # noqa: F401 - importable from here
     UNKEEP,
     VHD,
     AuditLog,
+    _GroupCommit,
     AuditRecord,
     _audit_record,
     _quarantine_of,
@@ -113,6 +113,7 @@ class Store(PassRecords, Transactions, BlobRowQueries, DiskRowQueries, Holds, Au
         self.engine = engine
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
-        # SQLite has one writer: the audit writes of this process (the executor's deletions, several
-        # at once) queue here, instead of in SQLite's busy handler, which sleeps. PostgreSQL: none.
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        # The audit writes of this process (the executor's deletions, several at once) are committed
+        # together: one transaction for all that wait (SQLite has one writer, and a commit's fsync is
+        # what a deletion's record costs), each caller back once its entry is committed.
+        self._audits = _GroupCommit(self._write_audits)
