@@ -130,6 +130,37 @@ class DiskPhase:
     expire: list = field(default_factory=list)  # (SnapshotSeen, disk id): quarantine snapshots past their time
 
 
+_COUNTING = (State.CANDIDATE, State.DUE)  # the states a new streak counts in (the blast-radius guard)
+
+
+@dataclass
+class _PassRun:
+    """What one pass's steps hand each other, up to its commit."""
+
+    pass_id: int
+    now: datetime
+    t0: float  # with ``now``: maps a monotonic stamp onto the pass's (injected) clock
+    stats: PassStats
+    should_stop: Callable[[], bool]
+    plog: object  # the pass's logger, bound once: a filtered-out level costs nothing per blob
+    log_changes: bool = field(init=False)  # nor do the fields of its lines
+    accounts: Mapping[str, BlobSource] = field(default_factory=dict)
+    listing: "Listing | None" = None
+    measurer: Measurer | None = None
+    reads: list = field(default_factory=list)  # the first reference read itself (its disks, groups, locks)
+    refs: ReferenceIndex | None = None
+    holds: dict = field(default_factory=dict)
+    policy: object | None = None  # gc_daemon.decide.Policy, built once a pass
+    seq: int | None = None
+    due: list[Tracked] = field(default_factory=list)
+    disk: DiskPhase | None = None
+    prefetch: object | None = None  # the blobs read again before deleting (execute.Prefetch)
+
+    def __post_init__(self) -> None:
+        enabled = getattr(self.plog, "is_enabled_for", None)
+        self.log_changes = enabled is None or enabled(logging.INFO)
+
+
 @dataclass
 class Collector:
     """Everything one pass needs, wired by the CLI or the daemon. Constructing it does no I/O."""
@@ -287,131 +318,172 @@ class Collector:
             raise PassIncomplete(problems, ["storageAccounts"])
 
     def _inventory_and_decide(self, pass_id: int, now: datetime, t0: float, stats: PassStats, should_stop):
-        plog = log.bind(pass_id=pass_id)  # bound once: a filtered-out level costs nothing per blob
-        enabled = getattr(plog, "is_enabled_for", None)
-        log_changes = enabled is None or enabled(logging.INFO)  # nor do the fields of its lines
-        accounts = self._resolve_accounts()
-        progress = self.progress
-        progress.attach(stats, len(accounts))
-        # Listing starts now, concurrently (bounded) and ahead of the decision (bounded): it overlaps
-        # the reference read and the other accounts. Deciding needs every reference first.
-        listing = Listing(accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch,
-                          should_stop)
-        listing.start()
-        # Billed bytes an earlier pass left pending are measured from now, overlapping the reference read.
-        measurer = Measurer(self.config.azure.max_concurrency, self.config.billed_bytes, should_stop)
-        reads: list = []
-        prefetch = None
-        try:
-            self._prefetch_pending(measurer, accounts)
-            refs = self._read_references(accounts, stats, should_stop, reads)
-            # before the pass transaction: it writes on its own
-            resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
-            if self.disks is not None and hasattr(self.store, "unresolved_disk_intents"):
-                from .execute_disks import resolve_disk_intents
+        """The pass up to its commit, as a sequence of steps, each keeping one safety rule:
 
-                resolve_disk_intents(self.store, self.disks, now, actor=daemon_actor(self.config), clock=self.clock)
-            if should_stop():
-                raise PassStopped("before the listing")
-            holds = self.store.holds()
-            policy = self.config.policy_rules
-            due: list[Tracked] = []
-            progress.measuring(measurer)
-            progress.phase(f"pass {pass_id}: listing and deciding")
-            counting = (State.CANDIDATE, State.DUE)
+        1. ``_start_listing``: the listing starts at once, bounded, and only ever runs ahead of the
+           decision; nothing is decided from it before every reference is read.
+        2. ``_read_inputs``: every reference source is read completely (any error, or any account no
+           configured subscription places, ends the pass incomplete); interrupted deletions of
+           earlier passes are resolved (outside the pass transaction: they write on their own); the
+           operator holds are read with the pass.
+        3. Inside ONE transaction (an incomplete, failed or stopped pass rolls all of it back):
+           ``_decide_account`` decides each account's blobs as the listing streams (a listing that
+           fails fails the pass closed); ``_finish_measuring`` measures billed bytes within the
+           budget (the rest is written pending); ``_disks`` decides the managed disks and snapshots;
+           ``_check_blast_radius`` refuses an implausible share of new candidates;
+           ``_reread_before_delete`` (delete mode, something due) reads every reference again, and
+           starts reading again the blobs to delete first; a stop asked for until the commit
+           changes nothing.
+        4. The transaction commits; only then does the caller hand what is due to the executor,
+           which re-verifies each deletion against both reference reads.
+        """
+        run = _PassRun(pass_id, now, t0, stats, should_stop, log.bind(pass_id=pass_id))
+        run.accounts = self._resolve_accounts()
+        self.progress.attach(stats, len(run.accounts))
+        self._start_listing(run)
+        try:
+            self._read_inputs(run)
             try:
                 with self.store.transaction() as tx, Writer(tx) as writer:
-                    seq = tx.seq
-                    for name, account in accounts.items():
-                        batch: list[Change | Forget] = []
-                        tracked = tx.stored_rows(name)
-                        new_before = (stats.new_candidates, stats.new_bytes)
-                        try:
-                            service_now = self._service_now(name, listing.service_time(name), now, t0)
-                            if service_now is not None:  # recorded with the pass: what its blobs were aged at
-                                stats.service_time_by_account[name] = service_now.isoformat()
-                            blobs = listing.blobs(name, stats, should_stop)
-                            for d in decide_stream(blobs, tracked, refs, holds, policy, now, seq,
-                                                   service_now=service_now):
-                                if type(d) is Forget:
-                                    batch.append(d)
-                                    stats.vanished += 1
-                                    continue
-                                change = d.change
-                                if change is not None:
-                                    batch.append(change)
-                                    event = change.event  # counted inline: the progress line reads them live
-                                    if event == "marked" or event == "restarted":
-                                        stats.marked += 1
-                                    elif event == "released":
-                                        stats.released += 1
-                                    elif event == "kept":
-                                        stats.kept += 1
-                                    row = change.row
-                                    if row.streak_start == seq and row.state in counting:
-                                        stats.new_candidates += 1
-                                        stats.new_bytes += row.size_bytes
-                                    if log_changes:
-                                        plog.info(
-                                            "blob_" + event, url=row.url, state=row.state.value,
-                                            hold=row.hold.value if row.hold else None, reason=row.reason,
-                                        )
-                                if d.due is not None:
-                                    due.append(d.due)
-                                if len(batch) >= BATCH:
-                                    measurer.submit(account, batch)
-                                    batch = []
-                                    for ready in measurer.ready():
-                                        writer.submit(ready)
-                        except ListingFailed as failed:  # a listing that fails fails the pass closed
-                            exc = failed.cause
-                            raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
-                        measurer.submit(account, batch)
-                        if stats.new_candidates > new_before[0]:  # per account, for the blast-radius guard
-                            stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
-                                                          "bytes": stats.new_bytes - new_before[1]}
-                    progress.phase(f"pass {pass_id}: measuring billed bytes")
-                    # What is not measured within the budget is written pending: the next pass measures it.
-                    budget, waited = self.config.billed_bytes, time.monotonic()
-                    deadline = None if budget.max_wait_share is None else waited + max(
-                        budget.min_wait.total_seconds(), budget.max_wait_share * (waited - t0))
-                    try:
-                        for ready in measurer.drain(deadline):
-                            writer.submit(ready)
-                    except MeasureStopped as exc:
-                        raise PassStopped(str(exc)) from None
-                    stats.billed_measured, stats.billed_pending = measurer.measured, measurer.pending
-                    if measurer.pending:
-                        log.info("billed_bytes_pending", pass_id=pass_id, pending=measurer.pending,
-                                 by_account=measurer.pending_by_account,
-                                 detail="marked before their billed bytes were measured: the next pass measures them")
-                    stats.changes += writer.finish()
-                    stats.due = len(due)
-                    disk = self._disks(tx, reads[0] if reads else None, now, seq, stats, should_stop)
-                    self._check_blast_radius(stats)
-                    if (due or disk.due or disk.expire) and self.config.mode == "delete":
-                        # Deleting is the one irreversible step: check against references read just now
-                        # too. Meanwhile the blobs to delete first are read again (nothing is deleted
-                        # before this read is complete and the pass recorded).
-                        prefetch = self._reread_blobs(accounts, due, disk.due, now)
-                        again: list = []
-                        refs = refs.union(self._read_references(accounts, should_stop=should_stop, reads=again))
-                        if disk.due and again:  # the disks' holds, locks and references as they are now
-                            disk.inventory = DiskInventory.join(again[0])
-                    if should_stop():  # the last moment a stop can still leave everything as it was
-                        raise PassStopped("before the pass was recorded")
-                    tx.complete_pass(pass_id, self.clock(), asdict(stats))
+                    self._decide_and_record(run, tx, writer)
             finally:
-                measurer.close(wait=not should_stop())
+                run.measurer.close(wait=not should_stop())
         except BaseException:
-            if prefetch is not None:
-                prefetch.close()
+            if run.prefetch is not None:
+                run.prefetch.close()
             raise
         finally:
-            measurer.close(wait=not should_stop())  # a pass that failed before its decision
-            listing.stop(wait=not should_stop())
-        self._prefetched = prefetch
-        return seq, due, refs, holds, accounts, disk
+            run.measurer.close(wait=not should_stop())  # a pass that failed before its decision
+            run.listing.stop(wait=not should_stop())
+        self._prefetched = run.prefetch
+        return run.seq, run.due, run.refs, run.holds, run.accounts, run.disk
+
+    def _start_listing(self, run: "_PassRun") -> None:
+        """Listing starts now, concurrently (bounded) and ahead of the decision (bounded): it overlaps
+        the reference read and the other accounts. Deciding needs every reference first."""
+        run.listing = Listing(run.accounts, self.config.azure.max_concurrency, self.config.azure.listing_prefetch,
+                              run.should_stop)
+        run.listing.start()
+        # Billed bytes an earlier pass left pending are measured from now, overlapping the reference read.
+        run.measurer = Measurer(self.config.azure.max_concurrency, self.config.billed_bytes, run.should_stop)
+
+    def _read_inputs(self, run: "_PassRun") -> None:
+        """The references (complete, or the pass ends), the interrupted deletions resolved, the holds."""
+        accounts, now = run.accounts, run.now
+        self._prefetch_pending(run.measurer, accounts)
+        run.refs = self._read_references(accounts, run.stats, run.should_stop, run.reads)
+        # before the pass transaction: it writes on its own
+        resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
+        if self.disks is not None and hasattr(self.store, "unresolved_disk_intents"):
+            from .execute_disks import resolve_disk_intents
+
+            resolve_disk_intents(self.store, self.disks, now, actor=daemon_actor(self.config), clock=self.clock)
+        if run.should_stop():
+            raise PassStopped("before the listing")
+        run.holds = self.store.holds()
+        run.policy = self.config.policy_rules
+        self.progress.measuring(run.measurer)
+        self.progress.phase(f"pass {run.pass_id}: listing and deciding")
+
+    def _decide_and_record(self, run: "_PassRun", tx, writer: "Writer") -> None:
+        """Everything the pass transaction holds, in order, up to recording the pass complete."""
+        stats, should_stop = run.stats, run.should_stop
+        run.seq = tx.seq
+        for name, account in run.accounts.items():
+            self._decide_account(run, tx, writer, name, account)
+        self._finish_measuring(run, writer)
+        stats.changes += writer.finish()
+        stats.due = len(run.due)
+        run.disk = self._disks(tx, run.reads[0] if run.reads else None, run.now, run.seq, stats, should_stop)
+        self._check_blast_radius(stats)
+        if (run.due or run.disk.due or run.disk.expire) and self.config.mode == "delete":
+            self._reread_before_delete(run)
+        if should_stop():  # the last moment a stop can still leave everything as it was
+            raise PassStopped("before the pass was recorded")
+        tx.complete_pass(run.pass_id, self.clock(), asdict(stats))
+
+    def _decide_account(self, run: "_PassRun", tx, writer: "Writer", name: str, account: BlobSource) -> None:
+        """Decide one account's blobs as its listing streams; its changes go to the measurer, then
+        the writer. A listing that fails fails the pass closed."""
+        stats, seq, plog, log_changes, measurer, due = run.stats, run.seq, run.plog, run.log_changes, run.measurer, run.due
+        counting = _COUNTING
+        batch: list[Change | Forget] = []
+        tracked = tx.stored_rows(name)
+        new_before = (stats.new_candidates, stats.new_bytes)
+        try:
+            service_now = self._service_now(name, run.listing.service_time(name), run.now, run.t0)
+            if service_now is not None:  # recorded with the pass: what its blobs were aged at
+                stats.service_time_by_account[name] = service_now.isoformat()
+            blobs = run.listing.blobs(name, stats, run.should_stop)
+            for d in decide_stream(blobs, tracked, run.refs, run.holds, run.policy, run.now, seq,
+                                   service_now=service_now):
+                if type(d) is Forget:
+                    batch.append(d)
+                    stats.vanished += 1
+                    continue
+                change = d.change
+                if change is not None:
+                    batch.append(change)
+                    event = change.event  # counted inline: the progress line reads them live
+                    if event == "marked" or event == "restarted":
+                        stats.marked += 1
+                    elif event == "released":
+                        stats.released += 1
+                    elif event == "kept":
+                        stats.kept += 1
+                    row = change.row
+                    if row.streak_start == seq and row.state in counting:
+                        stats.new_candidates += 1
+                        stats.new_bytes += row.size_bytes
+                    if log_changes:
+                        plog.info(
+                            "blob_" + event, url=row.url, state=row.state.value,
+                            hold=row.hold.value if row.hold else None, reason=row.reason,
+                        )
+                if d.due is not None:
+                    due.append(d.due)
+                if len(batch) >= BATCH:
+                    measurer.submit(account, batch)
+                    batch = []
+                    for ready in measurer.ready():
+                        writer.submit(ready)
+        except ListingFailed as failed:  # a listing that fails fails the pass closed
+            exc = failed.cause
+            raise PassIncomplete([f"storage/{name}: {_short(exc)}"], [f"storage/{name}"]) from exc
+        measurer.submit(account, batch)
+        if stats.new_candidates > new_before[0]:  # per account, for the blast-radius guard
+            stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
+                                          "bytes": stats.new_bytes - new_before[1]}
+
+    def _finish_measuring(self, run: "_PassRun", writer: "Writer") -> None:
+        """Wait for the billed bytes within the budget; what is not measured by then is written
+        pending: the next pass measures it."""
+        stats, measurer = run.stats, run.measurer
+        self.progress.phase(f"pass {run.pass_id}: measuring billed bytes")
+        budget, waited = self.config.billed_bytes, time.monotonic()
+        deadline = None if budget.max_wait_share is None else waited + max(
+            budget.min_wait.total_seconds(), budget.max_wait_share * (waited - run.t0))
+        try:
+            for ready in measurer.drain(deadline):
+                writer.submit(ready)
+        except MeasureStopped as exc:
+            raise PassStopped(str(exc)) from None
+        stats.billed_measured, stats.billed_pending = measurer.measured, measurer.pending
+        if measurer.pending:
+            log.info("billed_bytes_pending", pass_id=run.pass_id, pending=measurer.pending,
+                     by_account=measurer.pending_by_account,
+                     detail="marked before their billed bytes were measured: the next pass measures them")
+
+    def _reread_before_delete(self, run: "_PassRun") -> None:
+        """Deleting is the one irreversible step: check against references read just now too.
+        Meanwhile the blobs to delete first are read again (nothing is deleted before this read is
+        complete and the pass recorded)."""
+        disk = run.disk
+        run.prefetch = self._reread_blobs(run.accounts, run.due, disk.due, run.now)
+        again: list = []
+        run.refs = run.refs.union(self._read_references(run.accounts, should_stop=run.should_stop, reads=again))
+        if disk.due and again:  # the disks' holds, locks and references as they are now
+            disk.inventory = DiskInventory.join(again[0])
 
     def _prefetch_pending(self, measurer: "Measurer", accounts: Mapping[str, BlobSource]) -> None:
         """Start measuring the rows earlier passes left pending, before the reference read ends."""
