@@ -180,6 +180,18 @@ class Collector:
     _prefetched: object | None = field(default=None, init=False, repr=False)  # the pass's blob re-reads (Prefetch)
 
     def run_pass(self, should_stop: Callable[[], bool] = lambda: False) -> PassResult:
+        """One pass. Its story, in the order the code follows it:
+
+        - ``_run_pass``: a pass a dead process left "running" is abandoned; this one is begun;
+        - ``_inventory_and_decide``: the listing started, every reference read, earlier deletions in
+          doubt resolved, the holds read, then in ONE transaction every blob, disk and snapshot
+          decided, the blast radius checked and, before deleting, the references read again; any
+          error, incomplete source or stop before the commit changes nothing (``PassIncomplete``,
+          ``PassStopped``);
+        - ``_execute``: only after the commit, the executor re-verifies and deletes what is due
+          (conditional, audited before and after, within ``max_deletes_per_pass``);
+        - ``_end``: the outcome recorded and logged with the pass's stats.
+        """
         # A pass allocates millions of small objects and makes no reference cycles: the cyclic
         # collector would only rescan them (a fifth of a large pass). It runs again afterwards.
         collecting = gc.isenabled()
@@ -222,42 +234,7 @@ class Collector:
 
         execution = None
         if due or disk.due or disk.expire:
-            from .execute_disks import DiskContext
-
-            executor = Executor(
-                mode=self.config.mode,
-                max_deletes=self.config.max_deletes_per_pass,
-                storage=accounts,
-                audit=self.store,
-                policy=self.config.policy_rules,
-                holds=self.store,  # read again before each delete: a hold taken during the pass counts
-                should_stop=should_stop,
-                actor=daemon_actor(self.config),
-                clock=self.clock,  # each audit row at the moment of its own event
-                disks=self.disks,
-                disk_policy=self.config.disk_policy,
-                disk_context=DiskContext(disk.inventory.disks, disk.inventory.snapshots),
-                concurrency=self.config.max_concurrent_deletes,
-                prefetched=self._prefetched,
-            )
-            self._prefetched = None
-            progress.phase(f"pass {pass_id}: {len(due) + len(disk.due)} due ({self.config.mode})")
-            # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
-            # whose ETag is the one recorded when it was marked, and an unchanged ETag means an
-            # unchanged last_modified, which this pass (or an earlier one) already found old enough
-            # on the service's time. A local clock behind the service can only refuse more.
-            execution = executor.execute(due, refs, holds, now, seq, pass_id, disk_due=disk.due,
-                                         disk_holds=disk.holds, expire=disk.expire)
-            if execution.changes:
-                with self.store.transaction() as tx:
-                    tx.apply(execution.changes)
-            stats.deleted = len(execution.deleted)
-            stats.disks_deleted = sum(1 for r in execution.deleted_disks if r.kind.value == "managed_disk")
-            stats.snapshots_deleted = len(execution.deleted_disks) - stats.disks_deleted
-            stats.quarantine_snapshots = execution.quarantined
-            stats.quarantine_expired = execution.quarantine_expired
-            stats.refused = sum(execution.refused.values())
-            stats.failed = execution.failed
+            execution = self._execute(pass_id, now, seq, due, refs, holds, accounts, disk, stats, should_stop)
             if execution.skipped_stopped:
                 # The inventory was complete and is committed (its sightings count: the pass keeps
                 # its seq); the deletions not started stay due for the next pass.
@@ -269,6 +246,43 @@ class Collector:
         result = self._end(pass_id, "complete", now, t0, stats, seq=seq)
         result.execution = execution
         return result
+
+    def _execute(self, pass_id: int, now: datetime, seq: int, due: list[Tracked], refs: ReferenceIndex, holds,
+                 accounts: Mapping[str, BlobSource], disk: "DiskPhase", stats: PassStats,
+                 should_stop: Callable[[], bool]) -> Execution:
+        """Hand what is due to the executor, after the pass committed; record its changes in a
+        transaction of their own and count them into ``stats``."""
+        from .execute_disks import DiskContext
+
+        executor = Executor(
+            mode=self.config.mode,
+            max_deletes=self.config.max_deletes_per_pass,
+            storage=accounts,
+            audit=self.store,
+            policy=self.config.policy_rules,
+            holds=self.store,  # read again before each delete: a hold taken during the pass counts
+            should_stop=should_stop,
+            actor=daemon_actor(self.config),
+            clock=self.clock,  # each audit row at the moment of its own event
+            disks=self.disks,
+            disk_policy=self.config.disk_policy,
+            disk_context=DiskContext(disk.inventory.disks, disk.inventory.snapshots),
+            concurrency=self.config.max_concurrent_deletes,
+            prefetched=self._prefetched,
+        )
+        self._prefetched = None
+        self.progress.phase(f"pass {pass_id}: {len(due) + len(disk.due)} due ({self.config.mode})")
+        # The executor re-verifies on the pass clock, not the service's: it deletes only a blob
+        # whose ETag is the one recorded when it was marked, and an unchanged ETag means an
+        # unchanged last_modified, which this pass (or an earlier one) already found old enough
+        # on the service's time. A local clock behind the service can only refuse more.
+        execution = executor.execute(due, refs, holds, now, seq, pass_id, disk_due=disk.due,
+                                     disk_holds=disk.holds, expire=disk.expire)
+        if execution.changes:
+            with self.store.transaction() as tx:
+                tx.apply(execution.changes)
+        _count_execution(stats, execution)
+        return execution
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -322,19 +336,14 @@ class Collector:
 
         1. ``_start_listing``: the listing starts at once, bounded, and only ever runs ahead of the
            decision; nothing is decided from it before every reference is read.
-        2. ``_read_inputs``: every reference source is read completely (any error, or any account no
-           configured subscription places, ends the pass incomplete); interrupted deletions of
-           earlier passes are resolved (outside the pass transaction: they write on their own); the
-           operator holds are read with the pass.
-        3. Inside ONE transaction (an incomplete, failed or stopped pass rolls all of it back):
-           ``_decide_account`` decides each account's blobs as the listing streams (a listing that
-           fails fails the pass closed); ``_finish_measuring`` measures billed bytes within the
-           budget (the rest is written pending); ``_disks`` decides the managed disks and snapshots;
-           ``_check_blast_radius`` refuses an implausible share of new candidates;
-           ``_reread_before_delete`` (delete mode, something due) reads every reference again, and
-           starts reading again the blobs to delete first; a stop asked for until the commit
-           changes nothing.
-        4. The transaction commits; only then does the caller hand what is due to the executor,
+        2. ``_read_references``: every reference source is read completely; any error, or any
+           account no configured subscription places, ends the pass incomplete.
+        3. ``_resolve_intents``: deletions an earlier pass left in doubt are resolved, before the
+           pass transaction (they write on their own).
+        4. ``_read_holds``: the operator holds, read with the pass.
+        5. Inside ONE transaction (``_decide_and_record``): an incomplete, failed or stopped pass
+           rolls all of it back, and a stop asked for until the commit changes nothing.
+        6. The transaction commits; only then does the caller hand what is due to the executor,
            which re-verifies each deletion against both reference reads.
         """
         run = _PassRun(pass_id, now, t0, stats, should_stop, log.bind(pass_id=pass_id))
@@ -342,7 +351,12 @@ class Collector:
         self.progress.attach(stats, len(run.accounts))
         self._start_listing(run)
         try:
-            self._read_inputs(run)
+            self._prefetch_pending(run.measurer, run.accounts)
+            run.refs = self._read_references(run.accounts, stats, should_stop, run.reads)
+            self._resolve_intents(run.accounts, now)  # before the pass transaction: it writes on its own
+            if should_stop():
+                raise PassStopped("before the listing")
+            self._read_holds(run)
             try:
                 with self.store.transaction() as tx, Writer(tx) as writer:
                     self._decide_and_record(run, tx, writer)
@@ -367,40 +381,53 @@ class Collector:
         # Billed bytes an earlier pass left pending are measured from now, overlapping the reference read.
         run.measurer = Measurer(self.config.azure.max_concurrency, self.config.billed_bytes, run.should_stop)
 
-    def _read_inputs(self, run: "_PassRun") -> None:
-        """The references (complete, or the pass ends), the interrupted deletions resolved, the holds."""
-        accounts, now = run.accounts, run.now
-        self._prefetch_pending(run.measurer, accounts)
-        run.refs = self._read_references(accounts, run.stats, run.should_stop, run.reads)
-        # before the pass transaction: it writes on its own
+    def _resolve_intents(self, accounts: Mapping[str, BlobSource], now: datetime) -> None:
+        """Settle the deletions earlier passes began and never recorded the end of (blobs, then
+        disks), each from what the service says now."""
         resolve_intents(self.store, accounts, now, actor=daemon_actor(self.config), clock=self.clock)
         if self.disks is not None and hasattr(self.store, "unresolved_disk_intents"):
             from .execute_disks import resolve_disk_intents
 
             resolve_disk_intents(self.store, self.disks, now, actor=daemon_actor(self.config), clock=self.clock)
-        if run.should_stop():
-            raise PassStopped("before the listing")
+
+    def _read_holds(self, run: "_PassRun") -> None:
+        """The operator holds and the policy the pass decides with."""
         run.holds = self.store.holds()
         run.policy = self.config.policy_rules
         self.progress.measuring(run.measurer)
         self.progress.phase(f"pass {run.pass_id}: listing and deciding")
 
     def _decide_and_record(self, run: "_PassRun", tx, writer: "Writer") -> None:
-        """Everything the pass transaction holds, in order, up to recording the pass complete."""
+        """Everything the pass transaction holds, in order, up to recording the pass complete:
+
+        - ``_decide_blobs``: each account's blobs decided as its listing streams (a listing that
+          fails fails the pass closed), billed bytes measured within the budget (the rest written
+          pending), every change written;
+        - ``_decide_disks``: the managed disks and snapshots the reference read listed;
+        - ``_check_blast_radius``: an implausible share of new candidates changes nothing;
+        - ``_reread_before_delete`` (delete mode, something due): every reference read again, and
+          the blobs to delete first read again, before the pass is recorded;
+        - the pass recorded complete: its sightings count from the commit.
+        """
         stats, should_stop = run.stats, run.should_stop
         run.seq = tx.seq
-        for name, account in run.accounts.items():
-            self._decide_account(run, tx, writer, name, account)
-        self._finish_measuring(run, writer)
-        stats.changes += writer.finish()
-        stats.due = len(run.due)
-        run.disk = self._disks(tx, run.reads[0] if run.reads else None, run.now, run.seq, stats, should_stop)
+        self._decide_blobs(run, tx, writer)
+        run.disk = self._decide_disks(tx, run.reads[0] if run.reads else None, run.now, run.seq, stats, should_stop)
         self._check_blast_radius(stats)
         if (run.due or run.disk.due or run.disk.expire) and self.config.mode == "delete":
             self._reread_before_delete(run)
         if should_stop():  # the last moment a stop can still leave everything as it was
             raise PassStopped("before the pass was recorded")
         tx.complete_pass(run.pass_id, self.clock(), asdict(stats))
+
+    def _decide_blobs(self, run: "_PassRun", tx, writer: "Writer") -> None:
+        """Every account's blobs, in order, then their billed bytes; waits for every write."""
+        stats = run.stats
+        for name, account in run.accounts.items():
+            self._decide_account(run, tx, writer, name, account)
+        self._finish_measuring(run, writer)
+        stats.changes += writer.finish()
+        stats.due = len(run.due)
 
     def _decide_account(self, run: "_PassRun", tx, writer: "Writer", name: str, account: BlobSource) -> None:
         """Decide one account's blobs as its listing streams; its changes go to the measurer, then
@@ -503,7 +530,7 @@ class Collector:
                  if what == "blob"]
         return Prefetch(accounts, first, self.config.max_concurrent_deletes) if first else None
 
-    def _disks(self, tx, read, now: datetime, seq: int, stats: PassStats, should_stop) -> "DiskPhase":
+    def _decide_disks(self, tx, read, now: datetime, seq: int, stats: PassStats, should_stop) -> "DiskPhase":
         """Decide the managed disks and snapshots the reference read listed, inside the pass's
         transaction (an incomplete pass writes none of it)."""
         phase = DiskPhase()
@@ -628,6 +655,17 @@ class Collector:
             event, pass_id=pass_id, seq=seq, seconds=round(time.monotonic() - t0, 3), errors=errors, **fields
         )
         return result
+
+
+def _count_execution(stats: PassStats, execution: Execution) -> None:
+    """What the executor did, into the pass's stats."""
+    stats.deleted = len(execution.deleted)
+    stats.disks_deleted = sum(1 for r in execution.deleted_disks if r.kind.value == "managed_disk")
+    stats.snapshots_deleted = len(execution.deleted_disks) - stats.disks_deleted
+    stats.quarantine_snapshots = execution.quarantined
+    stats.quarantine_expired = execution.quarantine_expired
+    stats.refused = sum(execution.refused.values())
+    stats.failed = execution.failed
 
 
 def held_back(by_account: Mapping[str, Mapping[str, int]]) -> str:
