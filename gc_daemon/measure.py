@@ -364,12 +364,13 @@ class Measurer:
         self.concurrency = settings.max_concurrency if settings is not None else max(1, concurrency)
         self.rate = settings.max_requests_per_second if settings is not None else 2000.0
         self.max_per_pass = settings.max_per_pass if settings is not None else None
-        # New measurements queued and not started, per account, at most one second of the account's
-        # rate: a call queued behind more than that would rarely start before the pass's deadline,
-        # and a first pass over a large estate would otherwise queue one task per candidate. A row
-        # over it is written pending and measured from the start of the next pass (carried-over
-        # rows are not capped: the next pass waits for those in full).
-        self.queue_cap = max(64, int(self.rate))
+        # New measurements queued and not started, per account, at most a quarter second of the
+        # account's rate: enough that the calls never starve while the listing feeds them, and a
+        # short tail for the pass to wait for at its end; without it a first pass over a large estate
+        # would queue one task per candidate. A row over it is written pending and measured from the
+        # start of the next pass (carried-over rows are not capped: the next pass waits for those in
+        # full).
+        self.queue_cap = max(64, int(self.rate / 4))
         self.capped = 0  # rows left pending by queue_cap
         self.should_stop = should_stop
         self._pool: _Scheduler | None = None

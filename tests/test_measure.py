@@ -272,12 +272,12 @@ def test_a_rate_bound_success_never_grows_the_limit_and_lowers_it_towards_the_mi
     assert a.limit > 1
 
 
-def test_new_measurements_queue_at_most_one_second_of_the_accounts_rate_and_the_rest_stay_pending():
+def test_new_measurements_queue_at_most_a_quarter_second_of_the_accounts_rate_and_the_rest_stay_pending():
     from gc_daemon.measure import Measurer
 
     source = GatedSource(held={f"{i}.vhd" for i in range(200)})  # every call waits for `release`
     m = Measurer(8, BilledBytesConfig(concurrency_initial=1, max_concurrency=1, max_requests_per_second=64))
-    assert m.queue_cap == 64  # one second at 64 calls/s (and never fewer than 64)
+    assert m.queue_cap == 64  # never fewer than 64 (a quarter second at 64 calls/s is 16)
     m.submit(source, [change(i) for i in range(200)])
     # Queued: the cap; in flight: at most the one the single thread may have taken already.
     assert 200 - 65 <= m.capped <= 200 - 64
