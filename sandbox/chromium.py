@@ -37,9 +37,11 @@ def _run(args: list[str], url: str, profile: Path) -> subprocess.CompletedProces
     return proc
 
 
-def render(page: Path, *, screenshot: Path | None = None, size: tuple[int, int] = (1280, 1600)) -> tuple[str, list[str]]:
+def render(page: Path, *, screenshot: Path | None = None, size: tuple[int, int] = (1280, 1600),
+           pdf: Path | None = None) -> tuple[str, list[str]]:
     """Load ``page`` (a file) in headless Chromium: (the DOM it rendered, the URLs the page itself
-    requested). With ``screenshot``, a PNG of the window (``size``: width, height) is written there too."""
+    requested). With ``screenshot``, a PNG of the window (``size``: width, height) is written there too;
+    with ``pdf``, the page as printed (print media)."""
     with tempfile.TemporaryDirectory(prefix="vhdgc-chromium-") as tmp:
         netlog = Path(tmp) / "net.json"
         args = [f"--log-net-log={netlog}", f"--window-size={size[0]},{size[1]}", "--dump-dom"]
@@ -50,6 +52,11 @@ def render(page: Path, *, screenshot: Path | None = None, size: tuple[int, int] 
                  page.resolve().as_uri(), Path(tmp) / "profile2")
             if not screenshot.exists():
                 raise RuntimeError("chromium wrote no screenshot")
+        if pdf is not None:
+            _run(["--no-pdf-header-footer", f"--print-to-pdf={pdf.resolve()}"], page.resolve().as_uri(),
+                 Path(tmp) / "profile3")
+            if not pdf.exists():
+                raise RuntimeError("chromium wrote no PDF")
     return dom, requests
 
 

@@ -24,8 +24,8 @@ from sandbox import chromium
 from tests.support import disks as d
 from tests.support.estate import SUB, SUB2
 
-pytestmark = pytest.mark.skipif(chromium.find() is None,
-                                reason="chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+needs_chromium = pytest.mark.skipif(
+    chromium.find() is None, reason="chromium is not installed (Debian package `chromium`; .ci/run installs it)")
 
 GIB = 1024**3
 MiB = 1024 * 1024
@@ -192,6 +192,7 @@ def seed_estate(gc) -> dict[str, str]:
     return urls
 
 
+@needs_chromium
 def test_the_page_renders_the_numbers_of_the_json_report(gc, tmp_path):
     urls = seed_estate(gc)
     as_json = gc.cli("report", "--format", "json")
@@ -209,8 +210,8 @@ def test_the_page_renders_the_numbers_of_the_json_report(gc, tmp_path):
     assert result.out.isascii()
     page = tmp_path / "report.html"
     page.write_text(result.out, encoding="ascii")
-    shot = tmp_path / "report.png"
-    dom, requests = chromium.render(page, screenshot=shot, size=SIZE)
+    shot, printed = tmp_path / "report.png", tmp_path / "report.pdf"
+    dom, requests = chromium.render(page, screenshot=shot, size=SIZE, pdf=printed)
     doc = parse(dom)
 
     # The embedded JSON is the report, exactly; the page's sums are dated by it.
@@ -287,8 +288,10 @@ def test_the_page_renders_the_numbers_of_the_json_report(gc, tmp_path):
     # And it was drawn: a window-sized PNG with more than a blank page in it.
     assert png_size(shot) == SIZE
     assert png_pixels_vary(shot) > 32
+    assert printed.read_bytes().startswith(b"%PDF-")  # and it prints
 
 
+@needs_chromium
 def test_the_network_probe_sees_what_a_page_requests(tmp_path):
     """The control for `requests == []` above: a page that does fetch is seen fetching."""
     page = tmp_path / "fetching.html"
@@ -299,6 +302,7 @@ def test_the_network_probe_sees_what_a_page_requests(tmp_path):
     assert sorted(requests) == ["http://images.example.org/a.png", "https://fonts.example.com/x.css"]
 
 
+@needs_chromium
 def test_the_page_of_an_empty_estate_says_nothing_is_due(gc, tmp_path):
     result = gc.cli("report", "--format", "html")
     assert result.code == 0, result.err
@@ -314,6 +318,7 @@ def test_the_page_of_an_empty_estate_says_nothing_is_due(gc, tmp_path):
     assert requests == []
 
 
+@needs_chromium
 def test_filters_apply_to_the_page_as_to_the_json(gc, tmp_path):
     """`--state` (and every other filter) selects the page's rows exactly as the JSON's."""
     kept = gc.page("vhds", "kept.vhd", metadata={"vhdgc_keep": "x"})
@@ -328,3 +333,57 @@ def test_filters_apply_to_the_page_as_to_the_json(gc, tmp_path):
     assert json.loads(doc.one("script", id="vhdgc-report").text()) == rows
     assert doc.one(id="count-kept").text() == "1" and doc.one(id="count-due").text() == "0"
     assert doc.one(id="due-empty")
+
+
+# -- the page without a browser: names, owners, what it counts ----------------------------------------
+
+
+def _row(**kw):
+    base = {"url": "https://a.blob.core.windows.net/c/x.vhd", "account": "a", "container": "c", "blob": "x.vhd",
+            "state": "candidate", "size_bytes": 4 * GIB, "billed_bytes": GIB, "first_orphaned_at": "2026-11-01T00:00:00Z",
+            "delete_after": "2026-12-10T00:00:00Z", "sightings": 3, "hold": None, "kind": "vhd", "monthly_cost": 0.045}
+    base.update(kw)
+    return base
+
+
+def test_a_name_with_controls_and_non_ascii_stays_text_and_the_json_keeps_it_exact():
+    from gc_daemon.report_html import page
+
+    name = "caf\u00e9 \u202egnp.exe\x1b[31m </script><!-- .vhd"
+    rows = [_row(blob=name, url="https://a.blob.core.windows.net/c/odd.vhd")]
+    text = page(rows, datetime(2026, 12, 4, tzinfo=UTC), "EUR", 9)
+    assert text.isascii()
+    doc = parse(text)
+    assert json.loads(doc.one("script", id="vhdgc-report").text()) == rows  # the exact value
+    shown = doc.one("table", id="due").one("tbody").one("tr")
+    assert cells(shown)[4].text() == "caf\u00e9 \\u202egnp.exe\\x1b[31m </script><!-- .vhd"  # controls visible
+    assert "</script><!--" not in text.split('id="vhdgc-report">', 1)[1].split("</script>", 1)[0]
+
+
+def test_owners_holders_and_notices_show_when_the_rows_carry_them():
+    """Rows gain `owner`, `holder`, `notified_at` and `notice_state` (issue 15); absent: "unknown"."""
+    from gc_daemon.report_html import page
+
+    rows = [_row(url="u1", owner="alice@example.com", holder="/subscriptions/s/resourceGroups/g/providers/"
+                 "Microsoft.Compute/virtualMachines/web-01", notified_at="2026-12-01T10:00:00Z", notice_state="delivered"),
+            _row(url="u2", delete_after="2026-12-11T00:00:00Z", owner=None, holder=None, notice_state="pending"),
+            _row(url="u3", delete_after="2026-12-12T00:00:00Z", last_owner="vm:old-app")]
+    doc = parse(page(rows, datetime(2026, 12, 4, tzinfo=UTC), "USD", 1))
+    got = [[c.text() for c in cells(tr)[9:12]] for tr in doc.one("table", id="due").one("tbody").find("tr")]
+    assert got == [["alice@example.com", "virtualMachines/web-01", "2026-12-01T10:00:00Z"],
+                   ["unknown", "unknown", "not yet"],
+                   ["unknown", "vm:old-app", "unknown"]]
+
+
+def test_the_sums_count_pending_bytes_at_nominal_size_and_unknown_costs_as_nothing():
+    from gc_daemon.report_html import summarize
+
+    rows = [_row(url="u1"), _row(url="u2", billed_bytes=None, monthly_cost=None, state="kept", delete_after=None),
+            _row(url="u3", state="deleted", monthly_cost=1.5), _row(url="u4", state="released", monthly_cost=9.0)]
+    s = summarize(rows, datetime(2026, 12, 4, tzinfo=UTC), "USD", 2)
+    assert s["orphaned"] == {"count": 2, "billed_bytes": 5 * GIB, "monthly_cost": 0.045, "billed_pending": 1,
+                             "cost_unknown": 1}
+    assert (s["saved"]["count"], s["saved"]["monthly_cost"]) == (1, 1.5)
+    assert [g["name"] for g in s["by_state"]] == ["candidate", "kept", "released", "deleted"]
+    assert s["due"] == ["u1"]
+    assert [(g["name"], g["count"]) for g in s["by_age"]] == [("<7d", 0), ("7-30d", 0), ("30-90d", 2), ("90d-1y", 0), (">1y", 0)]
