@@ -63,6 +63,12 @@ class _Port:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> _Port:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def closed_port() -> _Port:
     """A port nothing listens on (connections are refused) until ``.close()``."""
