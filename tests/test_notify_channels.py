@@ -17,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from gc_daemon.notify import channels as ch
 from gc_daemon.notify.model import DeliveryError, Digest, NoticeItem
 from sandbox.receivers import HttpReceiver, SmtpReceiver, closed_port
+from tests.support.forward_proxy import ForwardProxy
 
 NOW = datetime(2026, 12, 4, 5, 0, tzinfo=timezone.utc)
 HOOK_SECRET = "whsec-9f8e7d6c5b4a"
@@ -56,6 +57,17 @@ def digest(items=None, *, key="pass-42:mail:alice@example.com", channel="mail", 
 
 def cfg(**data):
     return ADAPTER.validate_python(data)
+
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from an environment without proxy variables (either case)."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture
@@ -247,6 +259,21 @@ def test_the_webhook_over_https_trusts_its_ca_file_and_nothing_else():
         assert info.value.permanent and "TLS certificate not trusted" in str(info.value)
         assert len(tls.requests) == 1
         assert_no_secret(info.value)
+
+
+def test_the_webhook_goes_through_the_proxy_the_environment_names(monkeypatch):
+    proxy = ForwardProxy()
+    try:
+        with HttpReceiver(secret=HOOK_SECRET, tls=True) as tls:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            webhook(tls, ca_file=tls.ca_file).send(digest())
+            assert proxy.connects == [f"127.0.0.1:{tls.port}"]  # a CONNECT tunnel: TLS end to end
+            assert tls.requests[0].signature_ok is True
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            webhook(tls, ca_file=tls.ca_file).send(digest())
+            assert len(proxy.connects) == 1 and len(tls.requests) == 2
+    finally:
+        proxy.close()
 
 
 # ---------------------------------------------------------------------------------------------------

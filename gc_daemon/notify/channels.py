@@ -22,6 +22,7 @@ import os
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -445,7 +446,8 @@ class _HttpChannel:
         self.name = name
         self._cfg = cfg
         self._env = env
-        self._pool: urllib3.PoolManager | None = None  # made at the first send: no I/O in a constructor
+        self._pools: dict[str | None, urllib3.PoolManager] = {}  # by proxy; made at the first send
+        self._lock = threading.Lock()
 
     # -- what subclasses provide
     def body(self, digest: Digest) -> bytes:
@@ -488,13 +490,32 @@ class _HttpChannel:
         except ValueError as exc:
             raise self._fail(f"the URL in {self._cfg.url_env} {exc}", permanent=True) from None
 
-    def _manager(self) -> urllib3.PoolManager:
-        if self._pool is None:
-            kwargs: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
-            if self._cfg.ca_file:
-                kwargs["ca_certs"] = self._cfg.ca_file
-            self._pool = urllib3.PoolManager(num_pools=2, maxsize=1, retries=False, **kwargs)
-        return self._pool
+    def _manager(self, url: str) -> urllib3.PoolManager:
+        """Direct, or through the proxy the environment names for ``url`` (HTTPS_PROXY, NO_PROXY, ... as
+        requests reads them: corporate networks reach Slack and Teams through one). TLS is verified
+        against ``ca_file``, else certifi's bundle (what requests and the Azure clients trust)."""
+        from requests.utils import get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed, select_proxy
+
+        chosen = select_proxy(url, get_environ_proxies(url))
+        proxy = prepend_scheme_if_needed(chosen, "http") if chosen else None
+        with self._lock:
+            manager = self._pools.get(proxy)
+            if manager is None:
+                import certifi
+
+                tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": self._cfg.ca_file or certifi.where()}
+                if proxy is None:
+                    manager = urllib3.PoolManager(num_pools=2, maxsize=1, retries=False, **tls)
+                else:
+                    if urlsplit(proxy).scheme.lower() not in ("http", "https"):
+                        raise self._fail(f"the proxy for {_safe_endpoint(url)} is not an http(s) proxy",
+                                         permanent=True)
+                    user, password = get_auth_from_url(proxy)
+                    headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+                    manager = urllib3.ProxyManager(proxy, num_pools=2, maxsize=1, retries=False,
+                                                   proxy_headers=headers, **tls)
+                self._pools[proxy] = manager
+        return manager
 
     def send(self, digest: Digest) -> None:
         try:
@@ -512,7 +533,7 @@ class _HttpChannel:
                    **self.headers(digest, body)}
         seconds = self._cfg.timeout.total_seconds()
         try:
-            resp = self._manager().request(
+            resp = self._manager(url).request(
                 "POST", url, body=body, headers=headers, retries=False, redirect=False,
                 timeout=urllib3.Timeout(total=seconds), preload_content=False,
             )
