@@ -6,7 +6,8 @@ fail the way real ones do, so that a test sees the channel's own error handling:
 - :class:`SmtpReceiver`: aiosmtpd, STARTTLS with a self-signed certificate (sandbox.tls), AUTH (only
   after STARTTLS) when users are given; records every step of the conversation (EHLO, STARTTLS, AUTH,
   DATA) with whether TLS was up, and every message. Faults: ``reply_data`` / ``reply_rcpt`` (e.g.
-  ``451 4.3.0 try later``, ``550 5.1.1 no such user``), :meth:`~SmtpReceiver.refuse` (the port closed).
+  ``451 4.3.0 try later``, ``550 5.1.1 no such user``), :meth:`~SmtpReceiver.hold` (DATA's reply waits
+  until :meth:`~SmtpReceiver.release`), :meth:`~SmtpReceiver.refuse` (the port closed).
 - :class:`HttpReceiver`: a threaded http.server that verifies the webhook's HMAC signature itself (not
   with vhd-gc's code: ``HMAC-SHA256(secret, timestamp + "." + body)``) and records every request.
   Faults: :meth:`~HttpReceiver.fail_with` (any status and body), :meth:`~HttpReceiver.hold` (the reply
@@ -17,6 +18,7 @@ No sleeps: :meth:`wait_for` waits on a condition that every recorded request or 
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import hashlib
@@ -106,6 +108,25 @@ class HttpRequest:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    def summary(self) -> str:
+        """A few lines for a person (the demo prints them): what arrived, and whether it verified."""
+        sig = {True: "signature verified", False: "SIGNATURE WRONG", None: "unsigned"}[self.signature_ok]
+        try:
+            doc = self.json()
+        except ValueError:
+            return f"POST {self.path}: {len(self.body)} bytes, not JSON ({sig}), answered {self.status}"
+        lines = [f"POST {self.path} ({sig}, answered {self.status})"]
+        if isinstance(doc, dict) and doc.get("version") == 1:  # the vhd-gc webhook
+            lines.append(f"  key {doc['key']}: {len(doc['items'])} item(s) for {doc['recipient']}")
+            lines += [f"  - {i['name']} ({i['location']}), delete after {i['delete_after']}: {i['keep_command']}"
+                      for i in doc["items"]]
+        elif isinstance(doc, dict) and "blocks" in doc:  # Slack
+            lines.append(f"  Slack: {doc.get('text')!r}, {len(doc['blocks'])} blocks")
+        elif isinstance(doc, dict) and doc.get("type") == "message":  # Teams
+            body = doc["attachments"][0]["content"]["body"]
+            lines.append(f"  Teams: {body[0].get('text')!r}, {len(body)} card elements")
+        return "\n".join(lines)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -283,6 +304,14 @@ class SmtpMessage:
     login: str | None  # who authenticated, if anyone
     message: EmailMessage = field(repr=False)
 
+    def summary(self) -> str:
+        """The headers a person looks at and the text part (the demo prints it)."""
+        m = self.message
+        head = [f"{h}: {m[h]}" for h in ("From", "To", "Subject", "Message-ID") if m[h]]
+        head.append(f"(over {'TLS' if self.tls else 'PLAIN TEXT'}, authenticated as {self.login or 'nobody'})")
+        body = m.get_body(("plain",))
+        return "\n".join(head) + "\n\n" + (body.get_content() if body is not None else "")
+
 
 class _SmtpHandler:
     def __init__(self, receiver: SmtpReceiver) -> None:
@@ -313,6 +342,9 @@ class _SmtpHandler:
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         self.r._event("data", session)
+        held = self.r._held
+        if held is not None:  # wait off the event loop: other connections go on
+            await asyncio.get_running_loop().run_in_executor(None, held.wait, HOLD_LIMIT)
         reply = self.r.reply_data
         if reply:
             return reply
@@ -320,7 +352,7 @@ class _SmtpHandler:
         msg = email.message_from_bytes(data, policy=email.policy.default)
         auth = session.auth_data
         login = auth.login.decode() if isinstance(auth, LoginPassword) else None
-        self.r._message(SmtpMessage(envelope.mail_from, list(envelope.rcpt_tos), data, session.ssl is not None,
+        self.r._message(SmtpMessage(envelope.mail_from, list(envelope.rcpt_tos), data, self.r._is_tls(session),
                                     login, msg))
         return "250 2.0.0 Message accepted"
 
@@ -336,12 +368,15 @@ class _Controller(Controller):
 
 class SmtpReceiver(_Recorder):
     """An SMTP server on 127.0.0.1:PORT. ``starttls``: offer STARTTLS (a fresh self-signed certificate;
-    :attr:`ca_file` is the client's trust) and require it before MAIL. ``users``: login -> password; AUTH
-    is then required, and offered only after STARTTLS."""
+    :attr:`ca_file` is the client's trust) and require it before MAIL; ``implicit_tls``: TLS from the first
+    byte instead (port 465's way). ``users``: login -> password; AUTH is then required, and offered only
+    over TLS."""
 
-    def __init__(self, *, starttls: bool = True, users: dict[str, str] | None = None) -> None:
+    def __init__(self, *, starttls: bool = True, implicit_tls: bool = False,
+                 users: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.starttls = starttls
+        self.starttls = starttls and not implicit_tls
+        self.implicit_tls = implicit_tls
         self.users = dict(users or {})
         self.messages: list[SmtpMessage] = []
         self.events: list[SmtpEvent] = []
@@ -354,9 +389,10 @@ class SmtpReceiver(_Recorder):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._controller: _Controller | None = None
         self._closed: _Port | None = None
+        self._held: threading.Event | None = None
 
     def start(self) -> SmtpReceiver:
-        if self.starttls:
+        if self.starttls or self.implicit_tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="vhdgc-smtp-")
             cert, key = make_self_signed(self._tmp.name)
             self.ca_file = cert
@@ -367,10 +403,15 @@ class SmtpReceiver(_Recorder):
 
     def _serve(self, port: int) -> None:
         kwargs: dict[str, Any] = {}
-        if self._tls is not None:
+        if self.implicit_tls:
+            kwargs.update(ssl_context=self._tls)
+        elif self._tls is not None:
             kwargs.update(tls_context=self._tls, require_starttls=True)
         if self.users:
-            kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=True)
+            # with implicit TLS aiosmtpd sees no STARTTLS and would never offer AUTH; the whole connection
+            # is TLS there, and _authenticate refuses any AUTH that is not over TLS
+            kwargs.update(authenticator=self._authenticate, auth_required=True,
+                          auth_require_tls=not self.implicit_tls)
         controller = _Controller(_SmtpHandler(self), hostname=HOST, port=port, server_hostname="localhost",
                                  **kwargs)
         controller.start()
@@ -378,6 +419,7 @@ class SmtpReceiver(_Recorder):
         self._controller = controller
 
     def stop(self) -> None:
+        self.release()
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
@@ -393,6 +435,16 @@ class SmtpReceiver(_Recorder):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def hold(self) -> None:
+        """Hold the reply to DATA until :meth:`release` (the client's timeout fires first)."""
+        self._held = threading.Event()
+
+    def release(self) -> None:
+        """Let held replies go, and stop holding."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.set()
 
     def refuse(self) -> None:
         """Stop listening: connections are refused (the port stays reserved)."""
@@ -410,7 +462,7 @@ class SmtpReceiver(_Recorder):
 
     # -- inside (called on aiosmtpd's thread)
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        tls = session.ssl is not None
+        tls = self._is_tls(session)
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login, password = auth_data.login.decode(), auth_data.password.decode()
@@ -422,7 +474,10 @@ class SmtpReceiver(_Recorder):
 
     def _event(self, what: str, session, detail: str = "") -> None:
         with self._cond:
-            self.events.append(SmtpEvent(what, session.ssl is not None, detail))
+            self.events.append(SmtpEvent(what, self._is_tls(session), detail))
+
+    def _is_tls(self, session) -> bool:
+        return self.implicit_tls or session.ssl is not None
 
     def _message(self, m: SmtpMessage) -> None:
         with self._cond:

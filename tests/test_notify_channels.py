@@ -430,6 +430,24 @@ def test_no_credentials_go_to_a_relay_without_starttls():
         assert plain.messages[0].tls is False and plain.messages[0].login is None
 
 
+# aiosmtpd warns because, seeing no STARTTLS, it is told not to require TLS for AUTH: the connection is TLS
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_implicit_tls_sends_credentials_from_the_first_byte_on():
+    with SmtpReceiver(implicit_tls=True, users={SMTP_USER: SMTP_PASSWORD}) as tls:
+        mail(tls, ssl=True).send(digest())
+        assert [(e.what, e.tls) for e in tls.events][:2] == [("ehlo", True), ("auth", True)]
+        assert tls.messages[0].login == SMTP_USER
+
+
+def test_the_receivers_summaries_name_what_arrived(http, smtp):
+    webhook(http).send(digest())
+    assert "signature verified" in http.requests[0].summary()
+    assert "vhd-gc keep gcacct1/vhds/vm1-os.vhd" in http.requests[0].summary()
+    mail(smtp).send(digest())
+    text = smtp.messages[0].summary()
+    assert "Subject: vhd-gc: 3 leftovers" in text and "over TLS" in text and "vhd-gc keep --disk" in text
+
+
 # ---------------------------------------------------------------------------------------------------
 # Faults
 
@@ -511,6 +529,15 @@ def test_a_refused_smtp_connection_is_transient(smtp):
     smtp.accept()
     channel.send(digest())
     assert len(smtp.messages) == 1
+
+
+def test_a_slow_relay_is_a_transient_timeout(smtp):
+    smtp.hold()
+    with pytest.raises(DeliveryError) as info:
+        mail(smtp, timeout=timedelta(milliseconds=300)).send(digest())
+    assert not info.value.permanent and "timed out" in str(info.value)
+    assert_no_secret(info.value)
+    smtp.release()
 
 
 @pytest.mark.parametrize("where, reply, permanent", [

@@ -916,8 +916,10 @@ class SmtpChannel:
                              permanent=not 400 <= exc.smtp_code < 500) from None
         except smtplib.SMTPNotSupportedError as exc:
             raise self._fail(f"the relay does not support it: {exc}", permanent=True) from None
-        except smtplib.SMTPServerDisconnected:
-            raise self._fail("the relay closed the connection", permanent=False) from None
+        except smtplib.SMTPServerDisconnected as exc:
+            # smtplib reports a reply that never came (a socket timeout) as a disconnection
+            what = "timed out waiting for the relay" if "timed out" in str(exc) else "the relay closed the connection"
+            raise self._fail(what, permanent=False) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise self._fail(_describe(exc), permanent=_is_cert_failure(exc)) from None
         except Exception as exc:  # never anything but DeliveryError
