@@ -9,6 +9,8 @@ Secrets come only from the environment: the webhook's HMAC key (``secret_env``),
 (``username_env``, ``password_env``), and any URL that is itself a secret (Slack's and Teams' webhook
 URLs are: whoever has one can post) through ``url_env``. No message, log line or error carries a
 URL's path or query, nor a secret.
+
+The formats, the webhook's signature, and which failures are transient: docs/notice-channels.md.
 """
 
 from __future__ import annotations
@@ -195,6 +197,11 @@ ChannelConfig = Annotated[
 
 
 AnyChannelConfig = WebhookChannelConfig | SlackChannelConfig | TeamsChannelConfig | SmtpChannelConfig
+# `type` -> its model (for the docs generator: one table of keys per type)
+CHANNEL_MODELS: dict[str, type[_Strict]] = {
+    "webhook": WebhookChannelConfig, "slack": SlackChannelConfig, "teams": TeamsChannelConfig,
+    "smtp": SmtpChannelConfig,
+}
 
 
 def missing_env(cfg: AnyChannelConfig, env: Mapping[str, str] | None = None) -> list[str]:
@@ -578,7 +585,7 @@ def _item_json(item: NoticeItem) -> dict[str, Any]:
 
 
 def webhook_body(digest: Digest) -> bytes:
-    """The webhook's body: UTF-8 JSON, schema version 1 (docs/notices.md).
+    """The webhook's body: UTF-8 JSON, schema version 1 (docs/notice-channels.md).
 
     ``{"version": 1, "key", "channel", "recipient", "created_at", "items": [{every NoticeItem field}]}``;
     datetimes are ISO 8601 in UTC with a ``Z``; a cost that is not a finite number is ``null``. A new
