@@ -227,6 +227,14 @@ def test_the_webhook_body_is_signed_and_carries_every_item_field(http):
     assert req.body == ch.webhook_body(d)
 
 
+def test_a_cost_that_is_not_a_number_is_null_and_unpriced(http):
+    d = digest([item(1, monthly_cost=float("nan")), item(2, monthly_cost=float("inf"))])
+    webhook(http).send(d)
+    assert [i["monthly_cost"] for i in http.requests[0].json()["items"]] == [None, None]
+    assert {i.cost for i in ch.render_digest(d).items} == {"unpriced"}
+    assert ch.render_digest(d).headline == "vhd-gc: 2 leftovers of yours will be deleted from 2026-12-11"
+
+
 def test_a_receiver_with_another_secret_refuses_the_signature():
     with HttpReceiver(secret="another-secret") as other:
         webhook(other).send(digest())

@@ -410,10 +410,14 @@ def _describe(exc: BaseException) -> str:
         if isinstance(e, ssl.SSLCertVerificationError):
             return f"TLS certificate not trusted ({e.verify_message})"
     for e in chain:
+        # urllib3's NewConnectionError (and NameResolutionError under it) subclass ConnectTimeoutError:
+        # name them before the timeouts
+        if isinstance(e, (urllib3.exceptions.NameResolutionError, socket.gaierror)):
+            return "host name not resolved"
+        if isinstance(e, urllib3.exceptions.NewConnectionError):
+            return "could not connect"
         if isinstance(e, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
             return "timed out"
-        if isinstance(e, urllib3.exceptions.NameResolutionError) or isinstance(e, socket.gaierror):
-            return "host name not resolved"
         if isinstance(e, ConnectionResetError):
             return "connection reset"
         if isinstance(e, ssl.SSLError):
