@@ -265,7 +265,8 @@ def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tupl
     disk_kinds = sorted(wanted - {"vhd"})
     disks = store.disk_rows(selected, disk_kinds, subscriptions or None) if disk_kinds and not accounts else []
     rows = select_rows(chain(rows, disks), sort=sort, limit=limit, prices=config.prices, now=now)
-    render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks))
+    render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks),
+           owners_of=store.owner_records)
 
 
 @cli.command()

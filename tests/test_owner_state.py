@@ -80,7 +80,8 @@ def test_the_pass_transaction_reads_and_writes_owner_records_and_a_rollback_writ
     many = [record(f"gcacct1/vhds/d{i:05d}.vhd") for i in range(2500)]  # more than one batch
     with store.transaction() as tx:
         assert tx.put_owner_records(many, T0) == 2500
-        assert sum(1 for _ in tx.owner_records()) == 2500
+        assert {u for _, u in tx.stored_owner_records()} == {T0}
+        assert sum(1 for _ in tx.stored_owner_records()) == 2500
     assert len(store.all_owner_records()) == 2500
     with pytest.raises(RuntimeError):
         with store.transaction() as tx:

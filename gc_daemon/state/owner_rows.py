@@ -92,12 +92,13 @@ def put_owner_records(conn: Connection, records: Iterable[OwnerRecord], updated_
     return written
 
 
-def iter_owner_records(conn: Connection) -> Iterator[OwnerRecord]:
-    """Every owner record, streamed (not held in memory at once)."""
-    result = conn.execution_options(stream_results=True).execute(select(owner_records))
+def iter_owner_rows(conn: Connection) -> Iterator[tuple[OwnerRecord, datetime | None]]:
+    """Every owner record with its ``updated_at``, streamed (not held in memory at once)."""
+    # Streamed by this statement only (Connection.execution_options would change the whole connection's).
+    result = conn.execute(select(owner_records), execution_options={"stream_results": True, "yield_per": 1000})
     try:
         for r in result:
-            yield row_to_owner(r)
+            yield row_to_owner(r), r.updated_at
     finally:
         result.close()
 
@@ -130,7 +131,7 @@ class OwnerRecordQueries:
     def all_owner_records(self) -> dict[str, OwnerRecord]:
         """Every owner record, by item id."""
         with self.engine.connect() as conn:
-            return {r.item_id: r for r in iter_owner_records(conn)}
+            return {r.item_id: r for r, _ in iter_owner_rows(conn)}
 
     def put_owner_records(self, records: Iterable[OwnerRecord], updated_at: datetime) -> int:
         """Upsert ``records`` in a transaction of their own (tests, tools; a pass writes through its

@@ -36,7 +36,7 @@ from gc_daemon.state.blob_rows import (
     _upsert_params,
 )
 from gc_daemon.state.disk_rows import _apply_disks, row_to_disk
-from gc_daemon.state.owner_rows import iter_owner_records, put_owner_records
+from gc_daemon.state.owner_rows import iter_owner_rows, put_owner_records
 from gc_daemon.state.models import passes, tracked_blobs, tracked_disks
 from gc_daemon.state.pass_records import COMPLETE, _last_complete_seq
 from gc_daemon.state.sql import BATCH_SIZE
@@ -157,9 +157,15 @@ class StateTx:
         returns the rows written."""
         return _apply_disks(self._conn, changes)
 
-    def owner_records(self) -> Iterator[OwnerRecord]:
-        """Every owner record, streamed, as this transaction sees them."""
-        return iter_owner_records(self._conn)
+    def stored_owner_records(self) -> Iterator[tuple[OwnerRecord, datetime | None]]:
+        """Every owner record with its ``updated_at``, streamed, as this transaction sees them."""
+        return iter_owner_rows(self._conn)
+
+    def last_complete_started(self) -> datetime | None:
+        """When the last complete pass before this one started (None: there was none)."""
+        return self._conn.execute(
+            select(passes.c.started_at).where(passes.c.seq.is_not(None)).order_by(passes.c.seq.desc()).limit(1)
+        ).scalar()
 
     def put_owner_records(self, records: Iterable[OwnerRecord], updated_at: datetime) -> int:
         """Upsert owner records (whole rows, by item id); returns the rows written."""
