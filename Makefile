@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: setup demo test test-fast check-migrations dist wheel-check audit-deps bench lint clean
+.PHONY: setup demo report-screenshot test test-fast check-migrations dist wheel-check audit-deps bench lint clean
 
 setup: $(STAMP) $(AZURITE)
 
@@ -23,6 +23,11 @@ $(AZURITE): package.json package-lock.json
 
 demo: setup
 	$(PY) -m sandbox.demo
+
+# docs/report.png: `report --format html` of the demo's estate after its first pass, in headless
+# Chromium (Debian's `chromium` package).
+report-screenshot: setup
+	$(PY) -m sandbox.screenshot docs/report.png
 
 test: setup
 	$(PY) -m pytest

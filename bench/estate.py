@@ -598,16 +598,17 @@ class _EndMarked:
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.inner, attr)
 
-    def read(self):
+    def read(self, *args: Any, **kwargs: Any):
         self.sink.setdefault("start", time.perf_counter())
         try:
-            return self.inner.read()
+            return self.inner.read(*args, **kwargs)
         finally:
             self.sink[self.name] = time.perf_counter()
 
-    def list_blobs(self) -> Iterator[Any]:
+    def list_blobs(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        # The pass passes keywords (on_service_time=...): forward whatever it passes.
         self.sink.setdefault("start", time.perf_counter())
-        yield from self.inner.list_blobs()
+        yield from self.inner.list_blobs(*args, **kwargs)
         self.sink[self.name] = time.perf_counter()
 
 

@@ -229,7 +229,8 @@ def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
 
 @cli.command()
 @click.option(
-    "--format", "fmt", type=click.Choice(["json", "table", "csv"]), default="table", show_default=True
+    "--format", "fmt", type=click.Choice(["json", "table", "csv", "html"]), default="table", show_default=True,
+    help="html: one self-contained page (totals, cost charts, ages, the due list) of the rows json prints."
 )
 @click.option("--state", "states", multiple=True, type=click.Choice(["candidate", "due", "deleted", "kept", "released"]),
               help="Only rows in this state (repeatable).")
@@ -247,7 +248,8 @@ def run(ctx: click.Context, once: bool, dry_run: bool = False) -> None:
 @_guard
 def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tuple[str, ...], sort: str | None,
            limit: int | None, kinds: tuple[str, ...] = (), subscriptions: tuple[str, ...] = ()) -> None:
-    """Every tracked blob, managed disk and snapshot (json, table or csv), with its monthly cost from `prices`."""
+    """Every tracked blob, managed disk and snapshot (json, table, csv or an html page), with its monthly cost
+    from `prices`."""
     from itertools import chain
 
     from .domain import State
@@ -265,6 +267,11 @@ def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tupl
     disk_kinds = sorted(wanted - {"vhd"})
     disks = store.disk_rows(selected, disk_kinds, subscriptions or None) if disk_kinds and not accounts else []
     rows = select_rows(chain(rows, disks), sort=sort, limit=limit, prices=config.prices, now=now)
+    if fmt == "html":
+        from .report_html import render_html
+
+        render_html(rows, seq, now, sys.stdout, prices=config.prices, owners_of=store.owner_records)
+        return
     render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks),
            owners_of=store.owner_records)
 

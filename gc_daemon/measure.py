@@ -23,7 +23,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import structlog
@@ -96,9 +95,15 @@ class Aimd:
         self.started += 1
         return self.started
 
-    def success(self, ticket: int, latency: float) -> None:
+    def success(self, ticket: int, latency: float, rate_bound: bool = False) -> None:
+        """``rate_bound``: the call waited for its account's rate limit. Calls beyond what the rate
+        needs (rate × latency) only wait for tokens, so such a success never grows the limit; it
+        lowers it by one per ``limit`` of them (one per round trip), towards what the rate needs."""
         if self.base_latency is None or latency < self.base_latency:
             self.base_latency = latency
+        if rate_bound:
+            self.limit = max(float(self.minimum), self.limit - 1.0 / max(self.limit, 1.0))
+            return
         if latency > self.base_latency * self.tolerance:
             return  # latency rising: hold
         step = 1.0 if self.slow_start else 1.0 / max(self.limit, 1.0)
@@ -141,7 +146,9 @@ class _Scheduler:
     the next account (round robin) that has room under its controller's limit, so one account at
     its limit never holds back another's calls, and waits out that account's rate limit."""
 
-    def __init__(self, threads: int, initial: int, rate: float, stopping: threading.Event) -> None:
+    def __init__(self, threads: int, initial: int, rate: float, stopping: threading.Event,
+                 run: Callable[["_Task"], int]) -> None:
+        self.run = run
         self.max_threads = max(1, threads)
         self.initial, self.rate, self.stopping = initial, rate, stopping
         self.cond = threading.Condition()
@@ -153,9 +160,11 @@ class _Scheduler:
         self.threads: list[threading.Thread] = []
         self.closed = False
         self.queued = 0
+        # Completions: the pass thread waits on this one, apart from the workers' `cond`.
+        self.done_cond = threading.Condition(threading.Lock())
+        self.waiters = 0
 
-    def submit(self, name: str, fn: Callable[[], int]) -> Future:
-        future: Future = Future()
+    def submit(self, name: str, task: "_Task") -> "_Task":
         with self.cond:
             if name not in self.queues:
                 self.queues[name] = deque()
@@ -163,30 +172,31 @@ class _Scheduler:
                 self.inflight[name] = 0
                 self.controllers[name] = Aimd(initial=min(self.initial, self.max_threads), maximum=self.max_threads)
                 self.rates[name] = RateLimit(self.rate)
-            self.queues[name].append((future, fn))
+            self.queues[name].append(task)
             self.queued += 1
             if len(self.threads) < min(self.max_threads, self.queued):
                 t = threading.Thread(target=self._work, name=f"measure-{len(self.threads)}", daemon=True)
                 self.threads.append(t)
                 t.start()
             self.cond.notify()
-        return future
+        return task
 
     def _take(self):
-        """Under the lock: (name, future, fn, ticket, delay) of the next call that may start, or None."""
+        """Under the lock: (name, task, ticket, delay) of the next call that may start, or None."""
         for _ in range(len(self.order)):
             name = self.order[0]
             self.order.rotate(-1)
             q = self.queues[name]
-            while q and q[0][0].cancelled():
+            while q and q[0].state == _CANCELLED:
                 q.popleft()
                 self.queued -= 1
             ctl = self.controllers[name]
             if q and self.inflight[name] < ctl.allowed:
-                future, fn = q.popleft()
+                task = q.popleft()
+                task.state = _RUNNING  # under `cond`, which cancel() takes too
                 self.queued -= 1
                 self.inflight[name] += 1
-                return name, future, fn, ctl.start(), self.rates[name].take()
+                return name, task, ctl.start(), self.rates[name].take()
         return None
 
     def _work(self) -> None:
@@ -201,47 +211,113 @@ class _Scheduler:
                     if self.closed and not any(self.inflight.values()) and self.stopping.is_set():
                         return
                     self.cond.wait(0.2)
-            name, future, fn, ticket, delay = got
-            latency, throttled = None, False
+            name, task, ticket, delay = got
+            latency, throttled, value = None, False, None
             try:
-                if not future.set_running_or_notify_cancel():
-                    continue
                 if delay > 0:
-                    self.stopping.wait(delay)
-                if self.stopping.is_set():
-                    future.set_result(None)
-                    continue
-                t0 = time.monotonic()
-                try:
-                    value = fn()
-                    latency = time.monotonic() - t0
-                except _Failed as failed:
-                    throttled = failed.throttled
-                    value = None
-                future.set_result(value)
+                    # Short waits (the usual: a token a few ms away) sleep; Event.wait allocates a
+                    # lock per call. A stop is seen after at most 50 ms.
+                    if delay < 0.05:
+                        time.sleep(delay)
+                    else:
+                        self.stopping.wait(delay)
+                if not self.stopping.is_set():
+                    t0 = time.monotonic()
+                    try:
+                        value = self.run(task)
+                        latency = time.monotonic() - t0
+                    except _Failed as failed:
+                        throttled = failed.throttled
             finally:
+                self._finish(task, value)
                 with self.cond:
                     self.inflight[name] -= 1
+                    ctl = self.controllers[name]
+                    before = ctl.allowed
                     if throttled:
-                        self.controllers[name].throttled(ticket)
+                        ctl.throttled(ticket)
                     elif latency is not None:
-                        self.controllers[name].success(ticket, latency)
-                    # One slot freed, and at most one more grown: waking every thread would cost a
-                    # wake-up of each per call (the others poll every 0.2 s anyway).
-                    self.cond.notify(2)
+                        ctl.success(ticket, latency, rate_bound=delay > 0)
+                    # This thread takes the slot it freed itself (it loops to _take). Another is woken
+                    # only for a slot the controller grew, or when the account was at its limit (a call
+                    # of it may be waiting for this slot while this thread serves another account):
+                    # a wake-up per call would cost a context switch per call; idle threads poll every
+                    # 0.2 s anyway.
+                    if ctl.allowed > before or (self.queued and self.inflight[name] + 1 >= before):
+                        self.cond.notify(1)
+
+    def _finish(self, task: "_Task", value: int | None) -> None:
+        with self.done_cond:
+            task.value, task.state = value, _DONE
+            if self.waiters:
+                self.done_cond.notify_all()
+
+    def wait(self, task: "_Task", timeout: float | None) -> bool:
+        """Wait until ``task`` is done or cancelled, at most ``timeout`` seconds; whether it is."""
+        with self.done_cond:
+            if task.state < _DONE:
+                self.waiters += 1
+                try:
+                    self.done_cond.wait_for(lambda: task.state >= _DONE, timeout)
+                finally:
+                    self.waiters -= 1
+            return task.state >= _DONE
+
+    def cancel(self, task: "_Task") -> None:
+        with self.cond:
+            if task.state == _QUEUED:
+                with self.done_cond:
+                    task.state = _CANCELLED
+                    if self.waiters:
+                        self.done_cond.notify_all()
 
     def shutdown(self, wait: bool) -> None:
         with self.cond:
             self.closed = True
             for q in self.queues.values():  # calls not started are not made
-                for future, _ in q:
-                    future.cancel()
+                for task in q:
+                    if task.state == _QUEUED:
+                        task.state = _CANCELLED
                 q.clear()
             self.queued = 0
             self.cond.notify_all()
         if wait:
             for t in self.threads:
                 t.join()
+
+
+_QUEUED, _RUNNING, _DONE, _CANCELLED = 0, 1, 2, 3
+
+
+class _Task:
+    """One page-range call and its result. Not a Future: a first pass over a large estate queues one
+    per candidate (hundreds of thousands), and a Future (its own lock and condition) costs ten
+    times the memory and a lock round per state change; completion is signalled on the scheduler's
+    one ``done_cond``. ``value`` is None when the call failed or was not made."""
+
+    __slots__ = ("account", "key", "etag", "value", "state", "sched")
+
+    def __init__(self, account, key: BlobKey, etag: str | None) -> None:
+        self.account, self.key, self.etag = account, key, etag
+        self.value: int | None = None
+        self.state = _QUEUED
+        self.sched: _Scheduler | None = None
+
+    def done(self) -> bool:
+        return self.state >= _DONE
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def cancel(self) -> None:
+        """Not made if it has not started (a call in flight runs to its end; its result is unused)."""
+        if self.sched is not None and self.state == _QUEUED:
+            self.sched.cancel(self)
+
+    def result(self, timeout: float | None = None) -> int | None:
+        if self.sched is not None and not self.sched.wait(self, timeout):
+            raise TimeoutError("billed-bytes measurement still running")
+        return self.value
 
 
 class _Failed(Exception):
@@ -288,12 +364,20 @@ class Measurer:
         self.concurrency = settings.max_concurrency if settings is not None else max(1, concurrency)
         self.rate = settings.max_requests_per_second if settings is not None else 2000.0
         self.max_per_pass = settings.max_per_pass if settings is not None else None
+        # New measurements queued and not started, per account, at most a quarter second of the
+        # account's rate: enough that the calls never starve while the listing feeds them, and a
+        # short tail for the pass to wait for at its end; without it a first pass over a large estate
+        # would queue one task per candidate. A row over it is written pending and measured from the
+        # start of the next pass (carried-over rows are not capped: the next pass waits for those in
+        # full).
+        self.queue_cap = max(64, int(self.rate / 4))
+        self.capped = 0  # rows left pending by queue_cap
         self.should_stop = should_stop
         self._pool: _Scheduler | None = None
         self._stopping = threading.Event()
         self._pending: deque[tuple[list, list]] = deque()
-        self._early: dict[BlobKey, tuple[str | None, Future]] = {}
-        self._carried: set[int] = set()  # id() of futures carried over from an earlier pass
+        self._early: dict[BlobKey, tuple[str | None, _Task]] = {}
+        self._carried: set[int] = set()  # id() of tasks carried over from an earlier pass
         self.requests = 0  # calls handed to the pool (max_per_pass counts these)
         self.queued = 0  # blobs handed over for measuring; `measured` of them done (for progress)
         self.measured = 0
@@ -327,19 +411,25 @@ class Measurer:
                 continue
             if early is not None:
                 early[1].cancel()  # measured for an ETag the blob no longer has
-            items.append((c, self._start(account, row.key, row.etag)))
+            items.append((c, self._start(account, row.key, row.etag, capped=True)))
         self._pending.append((batch, items))
 
-    def _start(self, account, key: BlobKey, etag: str | None) -> Future | None:
+    def _start(self, account, key: BlobKey, etag: str | None, capped: bool = False) -> _Task | None:
         if self.max_per_pass is not None and self.requests >= self.max_per_pass:
             return None
+        if capped and self._pool is not None and len(self._pool.queues.get(key.account, ())) >= self.queue_cap:
+            self.capped += 1
+            return None
         if self._pool is None:
-            self._pool = _Scheduler(self.concurrency, self.initial, self.rate, self._stopping)
+            self._pool = _Scheduler(self.concurrency, self.initial, self.rate, self._stopping, self._measure)
         self.requests += 1
         self.queued += 1
-        return self._pool.submit(key.account, lambda: self._measure(account, key, etag))
+        task = _Task(account, key, etag)
+        task.sched = self._pool
+        return self._pool.submit(key.account, task)
 
-    def _measure(self, account, key: BlobKey, etag: str | None) -> int:
+    def _measure(self, task: _Task) -> int:
+        account, key, etag = task.account, task.key, task.etag
         try:
             return _call(account, key, etag)
         except Exception as exc:  # noqa: BLE001 - a missing measurement is retried next pass
@@ -356,8 +446,8 @@ class Measurer:
     def _apply(self, items: list) -> None:
         for change, future in items:
             value = None
-            if future is not None and future.done() and not future.cancelled():
-                value = future.result()
+            if future is not None and future.state == _DONE:
+                value = future.value
             if value is not None:
                 change.row.billed_bytes = value
             else:
@@ -390,10 +480,7 @@ class Measurer:
                     left = 0.5 if carried or deadline is None else min(0.5, deadline - time.monotonic())
                     if left <= 0:
                         break
-                    try:
-                        future.exception(timeout=left)
-                    except Exception:  # noqa: BLE001 - timeout or cancelled: looked at again above
-                        pass
+                    future.sched.wait(future, left)
             self._apply(items)
             yield batch
 

@@ -260,3 +260,30 @@ def test_an_account_at_its_limit_does_not_hold_back_another_accounts_calls():
     source.release.set()
     assert [sum(c.row.billed_bytes for c in b) for b in m.drain(None)] == [10, 6]
     m.close()
+
+
+def test_a_rate_bound_success_never_grows_the_limit_and_lowers_it_towards_the_minimum():
+    a = Aimd(initial=8, maximum=64)
+    for ticket in range(1, 200):
+        a.success(ticket, 0.001, rate_bound=True)
+        assert a.allowed <= 8
+    assert a.allowed == 1  # one call at a time is all a rate-bound account with instant calls needs
+    a.success(200, 0.001)  # a call that did not wait for a token grows it again
+    assert a.limit > 1
+
+
+def test_new_measurements_queue_at_most_a_quarter_second_of_the_accounts_rate_and_the_rest_stay_pending():
+    from gc_daemon.measure import Measurer
+
+    source = GatedSource(held={f"{i}.vhd" for i in range(200)})  # every call waits for `release`
+    m = Measurer(8, BilledBytesConfig(concurrency_initial=1, max_concurrency=1, max_requests_per_second=64))
+    assert m.queue_cap == 64  # never fewer than 64 (a quarter second at 64 calls/s is 16)
+    m.submit(source, [change(i) for i in range(200)])
+    # Queued: the cap; in flight: at most the one the single thread may have taken already.
+    assert 200 - 65 <= m.capped <= 200 - 64
+    assert m.requests == 200 - m.capped
+    source.release.set()
+    (written,) = list(m.drain(deadline=None))
+    assert sum(c.row.billed_bytes is not None for c in written) == m.requests
+    assert m.pending == m.capped and len(source.calls) == m.requests
+    m.close()

@@ -92,6 +92,9 @@ def test_the_last_owner_of_a_vhd_stays_when_its_vm_goes_and_report_and_explain_n
     table = gc.cli("report", "--kind", "vhd")
     assert table.code == 0 and "OWNER" in table.out and f"{ALICE} (virtualMachines/app-01)" in table.out
 
+    page = gc.cli("report", "--kind", "vhd", "--format", "html")
+    assert page.code == 0 and f'<td class="owner">{ALICE}</td>' in page.out
+
     explained = gc.cli("explain", url, "--format", "json")
     assert explained.code == 0, explained.err
     owner = explained.json()["owner"]

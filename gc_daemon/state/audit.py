@@ -136,21 +136,10 @@ class AuditLog:
         ``changes`` are written in the same transaction: an outcome and the row it settles are
         recorded together or not at all (a crash between them would lose a deletion's record).
         """
-        return self._audits.submit(("blob", list(changes), dict(
-            at=at,
-            pass_id=pass_id,
-            intent_id=intent_id,
-            action=action,
-            account=key.account,
-            container=key.container,
-            blob=key.blob,
-            url=url,
-            etag=etag,
-            size_bytes=size_bytes,
-            billed_bytes=billed_bytes,
-            reason=reason,
-            error_code=error_code,
-            actor=actor,
+        return self._audits.submit(("blob", list(changes), _entry(
+            at=at, pass_id=pass_id, intent_id=intent_id, action=action, account=key.account,
+            container=key.container, blob=key.blob, url=url, etag=etag, size_bytes=size_bytes,
+            billed_bytes=billed_bytes, reason=reason, error_code=error_code, actor=actor,
         )))
 
     def _write_audits(self, batch: list[tuple[str, list, dict[str, Any]]]) -> list[int]:
@@ -265,22 +254,11 @@ class AuditLog:
         written to ``tracked_disks`` in the same transaction, as :meth:`audit` does for blobs."""
         kind = Kind(kind).value
         sub = (subscription or _subscription_of(resource_id)).lower()
-        return self._audits.submit(("disk", list(changes), dict(
-            at=at,
-            pass_id=pass_id,
-            intent_id=intent_id,
-            action=action,
-            kind=kind,
-            account=sub,
-            container="",
-            blob=resource_key(resource_id),
-            url=resource_id,
-            etag=etag,
-            size_bytes=size_bytes,
-            billed_bytes=billed_bytes,
-            reason=reason,
-            error_code=None if error_code is None else error_code[:64],
-            actor=actor,
+        return self._audits.submit(("disk", list(changes), _entry(
+            at=at, pass_id=pass_id, intent_id=intent_id, action=action, account=sub, container="",
+            blob=resource_key(resource_id), url=resource_id, etag=etag, size_bytes=size_bytes,
+            billed_bytes=billed_bytes, reason=reason,
+            error_code=None if error_code is None else error_code[:64], actor=actor, kind=kind,
         )))
 
     def audit_totals(self, action: str, by: str = "account") -> list[tuple[str, int, int]]:
@@ -307,3 +285,16 @@ class AuditLog:
         )
         with self.engine.connect() as conn:
             return [(sub or "", kind, int(n), int(size)) for sub, kind, n, size in conn.execute(stmt)]
+
+
+def _entry(
+    *, at: datetime, pass_id: int | None, intent_id: int | None, action: str, account: str,
+    container: str, blob: str, url: str, etag: str | None, size_bytes: int | None,
+    billed_bytes: int | None, reason: str | None, error_code: str | None, actor: str, **extra: Any,
+) -> dict[str, Any]:
+    """The values of one ``audit_log`` row, blob or disk alike (``extra``: ``kind`` of a disk entry)."""
+    return dict(
+        at=at, pass_id=pass_id, intent_id=intent_id, action=action, account=account, container=container,
+        blob=blob, url=url, etag=etag, size_bytes=size_bytes, billed_bytes=billed_bytes, reason=reason,
+        error_code=error_code, actor=actor, **extra,
+    )
