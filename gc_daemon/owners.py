@@ -12,11 +12,12 @@ gc_daemon.state) and the store API is ``Store.owner_records(item_ids)``.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -154,18 +155,64 @@ def merge_tags(first: Tags, second: Tags, names: tuple[str, ...]) -> Tags:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What one set of owner tags and group tags says, made once and shared by every holder that
+    carries the same (its owner, its tags as dicts and as the JSON text SQLite stores)."""
+
+    __slots__ = ("owner", "tags_dict", "group_dict", "tags_json", "group_json")
+
+    def __init__(self, tags: Tags, group_tags: Mapping[str, str], names: tuple[str, ...]) -> None:
+        self.owner = owner_of(tags, group_tags, names)
+        self.tags_dict = dict(tags)
+        self.group_dict = dict(group_tags)
+        self.tags_json = json.dumps(self.tags_dict)
+        self.group_json = json.dumps(self.group_dict)
+
+
 class _Held:
     """What one holder (or an item on its own) says of ownership now; one object per holder."""
 
-    holder: str | None
-    tags: Tags
-    group_tags: Mapping[str, str]
-    source: str  # reference (held by ``holder``) | metadata (held by nothing: the item's own tags)
+    __slots__ = ("holder", "tags", "group_tags", "source", "owner", "tags_dict", "group_dict", "tags_json",
+                 "group_json")
+
+    def __init__(self, holder: str | None, tags: Tags, group_tags: Mapping[str, str], source: str,
+                 facts: _Facts) -> None:
+        self.holder = holder
+        self.tags = tags
+        self.group_tags = group_tags
+        self.source = source  # reference (held by ``holder``) | metadata (held by nothing: its own tags)
+        owner = facts.owner
+        if owner is None and source == "metadata" and holder:
+            owner = holder.rsplit("/", 1)[-1]  # the VM the metadata names is all there is
+        self.owner = owner
+        self.tags_dict, self.group_dict = facts.tags_dict, facts.group_dict
+        self.tags_json, self.group_json = facts.tags_json, facts.group_json
 
     @property
     def informative(self) -> bool:
         return bool(self.tags or self.group_tags)
+
+
+_NO_GROUP: Mapping[str, str] = {}  # one object: the facts of holders without group tags are shared
+
+
+class StoredOwner(NamedTuple):
+    """What a pass reads of a stored owner record to tell whether it changed (StateTx.owner_fingerprints):
+    ``tags`` and ``group_tags`` as the driver gives them (SQLite: the JSON text; PostgreSQL: dicts)."""
+
+    item_id: str
+    holder: str | None
+    owner: str | None
+    tags: Any
+    group_tags: Any
+    source: str
+    held: bool  # written by a pass that saw it held, and not marked gone since (last_seen == updated_at)
+
+
+def _same_tags(stored: Any, text: str, value: dict[str, str]) -> bool:
+    if isinstance(stored, str):
+        return stored == text or json.loads(stored) == value
+    return (stored or {}) == value
 
 
 class OwnerPlan:
@@ -182,12 +229,13 @@ class OwnerPlan:
     A record is written when its holder, owner, tags or group tags change, when the reference goes
     (once: ``last_seen`` becomes the last complete pass that saw it held, and the record stays as the
     leftover's last owner) and when it is held again. A held record has ``last_seen == updated_at``;
-    a steady pass over an unchanged estate writes none.
+    a steady pass over an unchanged estate writes none. The stored records are streamed and compared
+    on what is cheap to compare (:class:`StoredOwner`); only the ones to rewrite are read in full.
 
     Without a record from a reference: a blob's ``MicrosoftAzureCompute_*`` metadata (what the pass
     wrote of it into ``last_owner``) gives a ``metadata`` record (the VM it names, that VM's group's
-    tags, the VM's owner tags if it still exists); a disk or snapshot held by nothing gives one from its
-    own owner tags and its group's tags.
+    tags, the VM's owner tags if it still exists, the VM's name as the owner when no tag names one); a
+    disk or snapshot held by nothing gives one from its own owner tags and its group's tags.
     """
 
     def __init__(self, names: tuple[str, ...], refs: Any, read: Any, now: datetime,
@@ -196,27 +244,37 @@ class OwnerPlan:
         self.refs = refs
         self.now = now
         self.last_pass_at = last_pass_at  # the last complete pass before this one: it saw what is held
-        self.evidence = evidence
+        self.evidence = dict(evidence)
         self.holder_tags: Mapping[str, Tags] = getattr(read, "holder_tags", None) or {}
         self.groups: Mapping[str, Any] = getattr(read, "groups", None) or {}
         self.placed: Mapping[str, Any] = getattr(read, "accounts", None) or {}
-        self.disks = getattr(read, "disks", None)
+        self.disks_seen = getattr(read, "disks", None)
         self.snapshots = getattr(read, "snapshots", None) or []
         self._memo: dict[str, _Held] = {}
-        self._tagged_groups = any(getattr(g, "tags", None) for g in self.groups.values())
+        self._facts: dict[tuple, _Facts] = {}
+        self._blobs: dict[BlobKey, _Held] = {}
+        self._disks: dict[str, _Held] | None = None
+        self._revisit: dict[str, _Held | None] = {}  # item id -> what it says now (None: not held now)
 
     # -- what each item says now ------------------------------------------------------------------
 
+    def _held(self, holder: str | None, tags: Tags, group_tags: Mapping[str, str], source: str) -> _Held:
+        key = (tags, id(group_tags))  # a group's tags are one object, shared by its holders
+        facts = self._facts.get(key)
+        if facts is None:
+            facts = self._facts[key] = _Facts(tags, group_tags, self.names)
+        return _Held(holder, tags, group_tags, source, facts)
+
     def _group_tags(self, resource_id: str) -> Mapping[str, str]:
         if not self.groups:
-            return {}
+            return _NO_GROUP
         group = self.groups.get(group_key(resource_id) or "")
-        return getattr(group, "tags", None) or {}
+        return getattr(group, "tags", None) or _NO_GROUP
 
     def held_by(self, holder: str) -> _Held:
         held = self._memo.get(holder)
         if held is None:
-            held = self._memo[holder] = _Held(
+            held = self._memo[holder] = self._held(
                 holder, self.holder_tags.get(holder.lower(), NO_TAGS) if self.holder_tags else NO_TAGS,
                 self._group_tags(holder), "reference")
         return held
@@ -232,60 +290,47 @@ class OwnerPlan:
         holder = getattr(disk, "managed_by", None) or next(iter(getattr(disk, "referenced_by", ()) or ()), None)
         if holder:
             held = self.held_by(holder)
-            return _Held(holder, merge_tags(own, held.tags, self.names), held.group_tags, "reference") if own else held
-        return _Held(None, own, self._group_tags(disk.id), "metadata")
+            if not own:
+                return held
+            return self._held(holder, merge_tags(own, held.tags, self.names), held.group_tags, "reference")
+        return self._held(None, own, self._group_tags(disk.id), "metadata")
 
     def _evidence_now(self, key: BlobKey, text: str) -> _Held | None:
         parsed = parse_owner_evidence(text)
         if parsed is None:
             return None
         vm, rg, _disk = parsed
-        placed = self.placed.get(key.account)
-        sub = getattr(placed, "subscription", None)
+        sub = getattr(self.placed.get(key.account), "subscription", None)
         if sub and rg:
             holder = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"
             tags = self.holder_tags.get(holder.lower(), NO_TAGS) if self.holder_tags else NO_TAGS
-            return _Held(holder, tags, self._group_tags(holder), "metadata")
-        return _Held(vm, NO_TAGS, {}, "metadata")
+            return self._held(holder, tags, self._group_tags(holder), "metadata")
+        return self._held(vm, NO_TAGS, _NO_GROUP, "metadata")
 
-    # -- the records -------------------------------------------------------------------------------
-
-    def _record(self, item_id: str, now: _Held, prev: OwnerRecord | None) -> OwnerRecord:
-        owner = owner_of(now.tags, now.group_tags, self.names)
-        if now.source == "metadata":
-            first = last = None
-            if owner is None and now.holder and not now.holder.startswith("/"):
-                owner = now.holder  # the VM the metadata names is all there is
-            elif owner is None and now.holder:
-                owner = now.holder.rsplit("/", 1)[-1]
-        else:
-            kept = prev is not None and prev.source == "reference" and prev.holder == now.holder
-            first = prev.first_seen if kept and prev.first_seen is not None else self.now
-            last = self.now
-        return OwnerRecord(item_id, now.holder, owner, dict(now.tags), dict(now.group_tags), now.source, first, last)
-
-    def plan(self, stored: Iterable[tuple[OwnerRecord, datetime | None]]) -> list[OwnerRecord]:
-        """The records to write, given every stored record (with its ``updated_at``), streamed."""
-        out: list[OwnerRecord] = []
-        blobs: dict[BlobKey, _Held] = {}
-        if self.holder_tags or self._tagged_groups:
-            raw, held_by = self.refs._raw, self.held_by
+    def _prepare(self) -> None:
+        if self.holder_tags or any(getattr(g, "tags", None) for g in self.groups.values()):
+            raw, held_by, blobs = self.refs._raw, self.held_by, self._blobs
             for key, pos in self.refs._blobs.items():
                 held = held_by(raw[pos if type(pos) is int else pos[0]].holder)
                 if held.informative:
                     blobs[key] = held
-        disks: dict[str, _Held] | None = None
-        if self.disks is not None:
-            disks = {}
-            for d in self.disks:
+        if self.disks_seen is not None:
+            disks = self._disks = {}
+            for d in self.disks_seen:
                 disks[disk_item_id(d.id)] = self._disk_now(d)
-            for s in self.snapshots:
-                disks[disk_item_id(s.id)] = _Held(None, owner_tags_of(getattr(s, "tags", None), self.names),
-                                                  self._group_tags(s.id), "metadata")
-        evidence = dict(self.evidence)
+            for snap in self.snapshots:
+                disks[disk_item_id(snap.id)] = self._held(None, owner_tags_of(getattr(snap, "tags", None), self.names),
+                                                          self._group_tags(snap.id), "metadata")
 
-        for rec, updated_at in stored:
-            item = rec.item_id
+    # -- the records -------------------------------------------------------------------------------
+
+    def scan(self, stored: Iterable[StoredOwner]) -> list[str]:
+        """Compare every stored record (streamed) with what this pass saw; the item ids to read in full
+        and rewrite (changed, gone, held again)."""
+        self._prepare()
+        blobs, disks, evidence, revisit = self._blobs, self._disks, self.evidence, self._revisit
+        for rec in stored:
+            item = rec[0]
             if item.startswith("/"):
                 if disks is None:
                     continue  # the disks were not listed: their records stay as they are
@@ -296,31 +341,60 @@ class OwnerPlan:
                 text = evidence.pop(key, None)
                 if now is None and text is not None:
                     now = self._evidence_now(key, text)
-            held = rec.source == "reference" and rec.last_seen is not None and rec.last_seen == updated_at
-            if now is None or (now.source == "metadata" and rec.source == "reference"):
+            source, held = rec[5], rec[6]
+            if now is None or (now.source == "metadata" and source == "reference"):
                 if held:  # the reference went: the record stays, as the last owner, once marked so
-                    seen = self.last_pass_at
-                    last = seen if seen is not None and rec.last_seen < seen < self.now else rec.last_seen
-                    out.append(OwnerRecord(rec.item_id, rec.holder, rec.owner, rec.tags, rec.group_tags,
-                                           rec.source, rec.first_seen, last))
+                    revisit[item] = None
                 continue
-            new = self._record(item, now, rec)
-            if (new.source == rec.source and new.holder == rec.holder and new.owner == rec.owner
-                    and new.tags == rec.tags and new.group_tags == rec.group_tags
-                    and (held or new.source == "metadata")):
+            if (source == now.source and rec[1] == now.holder and rec[2] == now.owner
+                    and (held or source == "metadata")
+                    and _same_tags(rec[3], now.tags_json, now.tags_dict)
+                    and _same_tags(rec[4], now.group_json, now.group_dict)):
                 continue  # unchanged (and, from a reference, still marked held): no write
-            out.append(new)
+            revisit[item] = now
+        return list(revisit)
 
-        for key, now in blobs.items():
-            out.append(self._record(blob_item_id(key), now, None))
-            evidence.pop(key, None)
-        for key, text in evidence.items():
+    def _record(self, item_id: str, now: _Held, prev: OwnerRecord | None) -> OwnerRecord:
+        if now.source == "metadata":
+            first = last = None
+        else:
+            kept = prev is not None and prev.source == "reference" and prev.holder == now.holder
+            first = prev.first_seen if kept and prev.first_seen is not None else self.now
+            last = self.now
+        return OwnerRecord(item_id, now.holder, now.owner, now.tags_dict, now.group_dict, now.source, first, last)
+
+    def records(self, previous: Mapping[str, OwnerRecord]) -> Iterator[OwnerRecord]:
+        """The records to write (after :meth:`scan`), made as they are written; ``previous``: the full
+        stored records of the ids :meth:`scan` returned."""
+        for item, now in self._revisit.items():
+            rec = previous.get(item)
+            if rec is None:
+                continue
+            if now is None:
+                seen = self.last_pass_at
+                last = seen if seen is not None and rec.last_seen is not None and rec.last_seen < seen < self.now \
+                    else rec.last_seen
+                yield OwnerRecord(rec.item_id, rec.holder, rec.owner, rec.tags, rec.group_tags, rec.source,
+                                  rec.first_seen, last)
+            else:
+                yield self._record(item, now, rec)
+        for key, now in self._blobs.items():
+            self.evidence.pop(key, None)
+            yield self._record(blob_item_id(key), now, None)
+        for key, text in self.evidence.items():
             if key in self.refs._blobs:
                 continue
             now = self._evidence_now(key, text)
             if now is not None:
-                out.append(self._record(blob_item_id(key), now, None))
-        for item, now in (disks or {}).items():
+                yield self._record(blob_item_id(key), now, None)
+        for item, now in (self._disks or {}).items():
             if now.informative:
-                out.append(self._record(item, now, None))
-        return out
+                yield self._record(item, now, None)
+
+    def plan(self, stored: Iterable[tuple[OwnerRecord, datetime | None]]) -> list[OwnerRecord]:
+        """Both steps at once, from full stored records with their ``updated_at`` (tests, small estates)."""
+        stored = list(stored)
+        self.scan(StoredOwner(r.item_id, r.holder, r.owner, r.tags, r.group_tags, r.source,
+                              r.source == "reference" and r.last_seen is not None and r.last_seen == u)
+                  for r, u in stored)
+        return list(self.records({r.item_id: r for r, _ in stored}))

@@ -491,15 +491,20 @@ class Collector:
     def _record_owners(self, run: "_PassRun", tx) -> None:
         """Who owned what (gc_daemon.owners.OwnerPlan): the owner records that changed, from the
         references, tags and listings this pass read anyway, written in the pass's transaction."""
-        if not hasattr(tx, "stored_owner_records"):
+        if not hasattr(tx, "owner_fingerprints"):
             return
         from .owners import OwnerPlan
 
         plan = OwnerPlan(self.config.owners.names, run.refs, run.reads[0] if run.reads else None, run.now,
                          tx.last_complete_started(), run.evidence)
-        records = plan.plan(tx.stored_owner_records())
-        if records:
-            written = tx.put_owner_records(records, run.now)
+        try:
+            revisit = plan.scan(tx.owner_fingerprints())
+        except Exception:  # noqa: BLE001 - who owned what is information: it never fails the collection
+            log.exception("owner_records_failed", pass_id=run.pass_id,
+                          detail="owner records not updated by this pass; the rest of it goes on")
+            return
+        written = tx.put_owner_records(plan.records(tx.owner_records_of(revisit)), run.now)
+        if written:
             log.debug("owner_records_written", pass_id=run.pass_id, rows=written)
 
     def _finish_measuring(self, run: "_PassRun", writer: "Writer") -> None:

@@ -103,6 +103,34 @@ def iter_owner_rows(conn: Connection) -> Iterator[tuple[OwnerRecord, datetime | 
         result.close()
 
 
+_FINGERPRINT_SQL = (
+    "SELECT item_id, holder, owner, tags, group_tags, source, "
+    "(source = 'reference' AND last_seen IS NOT NULL AND last_seen = updated_at) FROM owner_records"
+)
+
+
+def iter_owner_fingerprints(conn: Connection) -> Iterator[Any]:
+    """What a pass compares of every stored record (gc_daemon.owners.StoredOwner's fields, as rows),
+    streamed, without building records: tags as the driver gives them."""
+    result = conn.exec_driver_sql(_FINGERPRINT_SQL, execution_options={"stream_results": True, "yield_per": 1000})
+    try:
+        # SQLite: the driver's own cursor (its tuples, no Row objects); it streams anyway.
+        yield from (result.cursor if conn.dialect.name == "sqlite" else result)
+    finally:
+        result.close()
+
+
+def owner_records_of(conn: Connection, item_ids: Iterable[str]) -> dict[str, OwnerRecord]:
+    """The full stored records of ``item_ids`` (exact ids), by item id."""
+    ids = list(item_ids)
+    out: dict[str, OwnerRecord] = {}
+    t = owner_records
+    for start in range(0, len(ids), _LOOKUP_BATCH):
+        for r in conn.execute(select(t).where(t.c.item_id.in_(ids[start : start + _LOOKUP_BATCH]))):
+            out[r.item_id] = row_to_owner(r)
+    return out
+
+
 class OwnerRecordQueries:
     """:class:`gc_daemon.state.store.Store`'s reads of owner records."""
 

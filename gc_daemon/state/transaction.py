@@ -36,7 +36,7 @@ from gc_daemon.state.blob_rows import (
     _upsert_params,
 )
 from gc_daemon.state.disk_rows import _apply_disks, row_to_disk
-from gc_daemon.state.owner_rows import iter_owner_rows, put_owner_records
+from gc_daemon.state.owner_rows import iter_owner_fingerprints, iter_owner_rows, owner_records_of, put_owner_records
 from gc_daemon.state.models import passes, tracked_blobs, tracked_disks
 from gc_daemon.state.pass_records import COMPLETE, _last_complete_seq
 from gc_daemon.state.sql import BATCH_SIZE
@@ -160,6 +160,14 @@ class StateTx:
     def stored_owner_records(self) -> Iterator[tuple[OwnerRecord, datetime | None]]:
         """Every owner record with its ``updated_at``, streamed, as this transaction sees them."""
         return iter_owner_rows(self._conn)
+
+    def owner_fingerprints(self) -> Iterator[Any]:
+        """What a pass compares of every owner record (gc_daemon.owners.StoredOwner's fields), streamed."""
+        return iter_owner_fingerprints(self._conn)
+
+    def owner_records_of(self, item_ids: Iterable[str]) -> dict[str, OwnerRecord]:
+        """The full owner records of ``item_ids``, by item id."""
+        return owner_records_of(self._conn, item_ids)
 
     def last_complete_started(self) -> datetime | None:
         """When the last complete pass before this one started (None: there was none)."""
