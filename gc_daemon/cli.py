@@ -270,9 +270,10 @@ def report(ctx: click.Context, fmt: str, states: tuple[str, ...], accounts: tupl
     if fmt == "html":
         from .report_html import render_html
 
-        render_html(rows, seq, now, sys.stdout, prices=config.prices)
+        render_html(rows, seq, now, sys.stdout, prices=config.prices, owners_of=store.owner_records)
         return
-    render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks))
+    render(fmt, rows, seq, now, sys.stdout, prices=config.prices, disk_columns=bool(disks),
+           owners_of=store.owner_records)
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from .disk_cost import DiskPricesConfig
+from .owners import OwnersConfig
 from .domain import Policy
 from .urls import default_blob_endpoint, redact_text, redact_url
 
@@ -367,6 +368,8 @@ class Config(_Strict):
     """The guard against a pass that would mark an implausible share of the estate at once."""
     managed_disks: ManagedDisksConfig = ManagedDisksConfig()
     """Unattached managed disks and orphaned snapshots: reported by default, deleted only when asked."""
+    owners: OwnersConfig = OwnersConfig()
+    """Who owned a blob or a disk: which tags of its holder (and of the holder's resource group) name the owner."""
     billed_bytes: BilledBytesConfig = BilledBytesConfig()
     """How billed bytes are measured: concurrency that adapts to the service, a per-account request rate, and
     how long a pass waits for them."""

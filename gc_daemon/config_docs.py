@@ -46,6 +46,7 @@ SECTIONS = {
     "policy": "`policy`: what may be deleted and what is held",
     "blast_radius": "`blast_radius`: the guard against marking too much at once",
     "prices": "`prices`: the cost estimate",
+    "owners": "`owners`: who owned a blob or a disk",
     "billed_bytes": "`billed_bytes`: measuring what orphans are billed, off the critical path",
 }
 

@@ -8,7 +8,23 @@ from datetime import UTC, datetime
 from .config import Config
 from .decide import ReferenceIndex, classify, is_tracked_kind
 from .domain import BlobKey, Verdict
+from .owners import OwnerRecord, blob_item_id, disk_item_id
 from .report import _iso, classification_summary, record
+
+
+def owner_document(rec: OwnerRecord | None) -> dict | None:
+    """What explain says of who owned it: the owner record (gc_daemon.owners), None without one."""
+    if rec is None:
+        return None
+    return {
+        "owner": rec.owner,
+        "holder": rec.holder,
+        "owner_source": rec.source,
+        "tags": dict(rec.tags),
+        "group_tags": dict(rec.group_tags),
+        "first_seen": _iso(rec.first_seen),
+        "last_seen": _iso(rec.last_seen),
+    }
 from .urls import redact_query
 
 
@@ -87,7 +103,9 @@ def explain(config: Config, key: BlobKey) -> dict:
             "created_by": live.created_by,
         }
     row = store.row(key)
-    data["stored"] = record(row, store.last_complete_seq()) if row else None
+    owner = store.owner_records([blob_item_id(key)]).get(blob_item_id(key))
+    data["owner"] = owner_document(owner)
+    data["stored"] = record(row, store.last_complete_seq(), owner=owner) if row else None
     data["history"] = [
         {
             "at": _iso(a.at),
@@ -124,7 +142,9 @@ def explain_disk(config: Config, resource_id: str) -> dict:
     else:
         verdict = row.state.value + (f" (kept: {row.hold.value})" if row.hold else "")
         data.update(verdict=verdict, why=row.reason or "")
-    data["stored"] = disk_record(row, store.last_complete_seq(), config.prices) if row is not None else None
+    owner = store.owner_records([disk_item_id(rid.id)]).get(disk_item_id(rid.id))
+    data["owner"] = owner_document(owner)
+    data["stored"] = disk_record(row, store.last_complete_seq(), config.prices, owner) if row is not None else None
     entries = store.audit_log(resource_id=rid.id)
     # Its quarantine snapshots' entries too: the one recorded on the row, and any vhd-gc set out to
     # make of it (a quarantine that failed leaves no row field, only its entries).

@@ -155,6 +155,7 @@ class _PassRun:
     due: list[Tracked] = field(default_factory=list)
     disk: DiskPhase | None = None
     prefetch: object | None = None  # the blobs read again before deleting (execute.Prefetch)
+    evidence: dict = field(default_factory=dict)  # BlobKey -> last_owner from metadata, of the rows written
 
     def __post_init__(self) -> None:
         enabled = getattr(self.plog, "is_enabled_for", None)
@@ -413,6 +414,7 @@ class Collector:
         run.seq = tx.seq
         self._decide_blobs(run, tx, writer)
         run.disk = self._decide_disks(tx, run.reads[0] if run.reads else None, run.now, run.seq, stats, should_stop)
+        self._record_owners(run, tx)
         self._check_blast_radius(stats)
         if (run.due or run.disk.due or run.disk.expire) and self.config.mode == "delete":
             self._reread_before_delete(run)
@@ -434,6 +436,7 @@ class Collector:
         the writer. A listing that fails fails the pass closed."""
         stats, seq, plog, log_changes, measurer, due = run.stats, run.seq, run.plog, run.log_changes, run.measurer, run.due
         counting = _COUNTING
+        evidence = run.evidence
         batch: list[Change | Forget] = []
         tracked = tx.stored_rows(name)
         new_before = (stats.new_candidates, stats.new_bytes)
@@ -459,6 +462,9 @@ class Collector:
                     elif event == "kept":
                         stats.kept += 1
                     row = change.row
+                    owner = row.last_owner
+                    if owner is not None and owner[:3] == "vm:":  # metadata: for its owner record
+                        evidence[row.key] = owner
                     if row.streak_start == seq and row.state in counting:
                         stats.new_candidates += 1
                         stats.new_bytes += row.size_bytes
@@ -481,6 +487,25 @@ class Collector:
         if stats.new_candidates > new_before[0]:  # per account, for the blast-radius guard
             stats.new_by_account[name] = {"blobs": stats.new_candidates - new_before[0],
                                           "bytes": stats.new_bytes - new_before[1]}
+
+    def _record_owners(self, run: "_PassRun", tx) -> None:
+        """Who owned what (gc_daemon.owners.OwnerPlan): the owner records that changed, from the
+        references, tags and listings this pass read anyway, written in the pass's transaction."""
+        if not hasattr(tx, "owner_fingerprints"):
+            return
+        from .owners import OwnerPlan
+
+        plan = OwnerPlan(self.config.owners.names, run.refs, run.reads[0] if run.reads else None, run.now,
+                         tx.last_complete_started(), run.evidence)
+        try:
+            revisit = plan.scan(tx.owner_fingerprints())
+        except Exception:  # noqa: BLE001 - who owned what is information: it never fails the collection
+            log.exception("owner_records_failed", pass_id=run.pass_id,
+                          detail="owner records not updated by this pass; the rest of it goes on")
+            return
+        written = tx.put_owner_records(plan.records(tx.owner_records_of(revisit)), run.now)
+        if written:
+            log.debug("owner_records_written", pass_id=run.pass_id, rows=written)
 
     def _finish_measuring(self, run: "_PassRun", writer: "Writer") -> None:
         """Wait for the billed bytes within the budget; what is not measured by then is written

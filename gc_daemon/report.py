@@ -20,6 +20,7 @@ from .disk_cost import billed_bytes as disk_billed_bytes
 from .disk_cost import disk_monthly_cost, snapshot_monthly_cost
 from .disks import DiskRow, Kind
 from .domain import Classification, State, Tracked
+from .owners import OwnerRecord, blob_item_id, disk_item_id
 
 GIB = 1024**3
 
@@ -97,6 +98,9 @@ FIELDS = [
     "hold",
     "reason",
     "last_owner",
+    "owner",
+    "holder",
+    "owner_source",
     "blob_type",
     "etag",
     "last_modified",
@@ -130,8 +134,39 @@ def monthly_cost(row: Tracked, prices) -> float | None:
     return None if cost is None else round(cost, 6)
 
 
-def record(row: Tracked, seq: int, prices=None) -> dict:
-    """The report's element for ``row``; with ``prices``, its ``monthly_cost`` too."""
+def owner_fields(owner: "OwnerRecord | None") -> dict:
+    """Who owned it (gc_daemon.owners): ``owner``, ``holder`` and ``owner_source`` ("reference": seen
+    held by a pass; "metadata": from the item's own metadata or tags only), all None without a record."""
+    if owner is None:
+        return {"owner": None, "holder": None, "owner_source": None}
+    return {"owner": owner.owner, "holder": owner.holder, "owner_source": owner.source}
+
+
+def item_id(row: "Tracked | DiskRow") -> str:
+    """The owner record's id of a report row."""
+    return disk_item_id(row.id) if isinstance(row, DiskRow) else blob_item_id(row.key)
+
+
+OWNER_BATCH = 500  # rows whose owner records one lookup reads
+
+
+def with_owners(rows: Iterable, owners_of=None) -> Iterator[tuple]:
+    """``(row, its OwnerRecord or None)``, the records read ``OWNER_BATCH`` rows at a time with
+    ``owners_of`` (``Store.owner_records``; None: no records)."""
+    if owners_of is None:
+        for row in rows:
+            yield row, None
+        return
+    it = iter(rows)
+    while chunk := list(islice(it, OWNER_BATCH)):
+        found = owners_of([item_id(r) for r in chunk])
+        for r in chunk:
+            yield r, found.get(item_id(r))
+
+
+def record(row: Tracked, seq: int, prices=None, owner: "OwnerRecord | None" = None) -> dict:
+    """The report's element for ``row`` (with ``owner``, its owner record); with ``prices``, its
+    ``monthly_cost`` too."""
     data = {
         "url": row.url,
         "account": row.key.account,
@@ -146,6 +181,7 @@ def record(row: Tracked, seq: int, prices=None) -> dict:
         "hold": row.hold.value if row.hold else None,
         "reason": row.reason,
         "last_owner": row.last_owner,
+        **owner_fields(owner),
         "blob_type": row.blob_type,
         "etag": row.etag,
         "last_modified": _iso(row.last_modified),
@@ -183,8 +219,9 @@ def disk_cost(row: DiskRow, prices) -> float | None:
     return None if cost is None else round(cost, 6)
 
 
-def disk_record(row: DiskRow, seq: int, prices=None) -> dict:
-    """The report's element for a managed disk or snapshot; with ``prices``, its ``monthly_cost``."""
+def disk_record(row: DiskRow, seq: int, prices=None, owner: "OwnerRecord | None" = None) -> dict:
+    """The report's element for a managed disk or snapshot (with ``owner``, its owner record); with
+    ``prices``, its ``monthly_cost``."""
     data = {
         "url": row.id,
         "account": None,
@@ -198,6 +235,7 @@ def disk_record(row: DiskRow, seq: int, prices=None) -> dict:
         "sightings": row.sightings(seq),
         "hold": row.hold.value if row.hold else None,
         "reason": row.reason,
+        **owner_fields(owner),
         "deleted_at": _iso(row.deleted_at),
         "kind": row.kind.value,
         "subscription": row.subscription,
@@ -215,8 +253,8 @@ def disk_record(row: DiskRow, seq: int, prices=None) -> dict:
     return data
 
 
-def any_record(row: "Tracked | DiskRow", seq: int, prices=None) -> dict:
-    return disk_record(row, seq, prices) if isinstance(row, DiskRow) else record(row, seq, prices)
+def any_record(row: "Tracked | DiskRow", seq: int, prices=None, owner: "OwnerRecord | None" = None) -> dict:
+    return disk_record(row, seq, prices, owner) if isinstance(row, DiskRow) else record(row, seq, prices, owner)
 
 
 # -- choosing and ordering the rows -------------------------------------------------------------
@@ -275,30 +313,31 @@ def select_rows(rows: Iterable[Tracked], *, sort: str | None, limit: int | None,
     return iter(sorted(rows, key=key))
 
 
-def render_json(rows: Iterable[Tracked], seq: int, out, prices=None) -> None:
+def render_json(rows: Iterable[Tracked], seq: int, out, prices=None, owners_of=None) -> None:
     """A JSON array, written element by element (a large estate never sits in memory twice)."""
     out.write("[")
     first = True
-    for row in rows:
+    for row, owner in with_owners(rows, owners_of):
         out.write("\n  " if first else ",\n  ")
-        out.write(json_text(json.dumps(any_record(row, seq, prices), ensure_ascii=False)))
+        out.write(json_text(json.dumps(any_record(row, seq, prices, owner), ensure_ascii=False)))
         first = False
     out.write("\n]\n" if not first else "]\n")
 
 
-def _csv_record(row, seq: int, prices) -> dict:
-    rec = any_record(row, seq, prices)
+def _csv_record(row, seq: int, prices, owner=None) -> dict:
+    rec = any_record(row, seq, prices, owner)
     if "zones" in rec:
         rec["zones"] = ",".join(rec["zones"])
     return rec
 
 
-def render_csv(rows: Iterable[Tracked], seq: int, out, prices=None, disk_columns: bool = False) -> None:
+def render_csv(rows: Iterable[Tracked], seq: int, out, prices=None, disk_columns: bool = False,
+               owners_of=None) -> None:
     """CSV of the blob fields; with ``disk_columns`` (the report may hold disks), the disk ones too."""
     fields = FIELDS if prices is not None else [f for f in FIELDS if f != "monthly_cost"]
     if disk_columns:
         fields = fields + DISK_FIELDS
-    write_csv(out, fields, (_csv_record(row, seq, prices) for row in rows))
+    write_csv(out, fields, (_csv_record(row, seq, prices, owner) for row, owner in with_owners(rows, owners_of)))
 
 
 def write_csv(out, fields: list[str], records: Iterable[dict]) -> None:
@@ -359,27 +398,44 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
-    """For people: sizes in GiB, ages in days, monthly cost, totals by state at the bottom; the
+def _owner_cell(owner: "OwnerRecord | None") -> str:
+    """The table's OWNER column: the owner, by which holder (kind/name), and "metadata" when the record
+    comes from the item's own metadata or tags only."""
+    if owner is None:
+        return "-"
+    text = owner.owner or "?"
+    if owner.holder:
+        text += f" ({_owner_short(owner.holder)})"
+    if owner.source == "metadata":
+        text += " [metadata]"
+    return text
+
+
+def render_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None, owners_of=None) -> None:
+    """For people: sizes in GiB, ages in days, monthly cost, owner, totals by state at the bottom; the
     managed disks and snapshots in a table of their own after the blobs'."""
     blobs: list[Tracked] = []
     disks: list[DiskRow] = []
-    for row in rows:
+    owners: dict[int, OwnerRecord] = {}
+    for row, owner in with_owners(rows, owners_of):
         (disks if isinstance(row, DiskRow) else blobs).append(row)
+        if owner is not None:
+            owners[id(row)] = owner
     if blobs or not disks:
-        _blob_table(blobs, seq, now, out, prices)
+        _blob_table(blobs, seq, now, out, prices, owners)
     if disks:
         if blobs:
             out.write("\n")
-        _disk_table(disks, seq, now, out, prices)
+        _disk_table(disks, seq, now, out, prices, owners)
 
 
-def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices) -> None:
+def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices, owners=None) -> None:
+    owners = owners or {}
     currency = prices.currency if prices is not None else None
     headers = ["KIND", "STATE", "SIZE GiB", "BILLED GiB"]
     if prices is not None:
         headers.append(f"COST {printable(currency)}/mo")
-    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/DISK STATE", "RESOURCE"]
+    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/DISK STATE", "OWNER", "RESOURCE"]
     lines: list[list[str]] = []
     totals: dict[tuple[str, str], list] = {}
     for row in rows:
@@ -400,7 +456,7 @@ def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices) -> No
             line.append(_money(cost))
         where = "/".join(x for x in (row.subscription, row.resource_group, row.name) if x) or row.id
         line += [days(now, row.first_orphaned_at), due_in, str(row.sightings(seq)), printable(note[:60]),
-                 printable(where)]
+                 printable(_owner_cell(owners.get(id(row)))[:80]), printable(where)]
         lines.append(line)
         t = totals.setdefault((row.kind.value, row.state.value), [0, 0, 0, 0.0])
         t[0] += 1
@@ -408,7 +464,7 @@ def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices) -> No
         t[2] += billed or 0
         t[3] += cost or 0.0
     n = len(headers)
-    write_table(out, headers, lines, left=(0, 1, n - 2, n - 1))
+    write_table(out, headers, lines, left=(0, 1, n - 3, n - 2, n - 1))
     out.write("\n")
 
     def money(total: float) -> str:
@@ -424,12 +480,13 @@ def _disk_table(rows: list[DiskRow], seq: int, now: datetime, out, prices) -> No
                           f"{billed / GIB:>10.2f} GiB billed{money(cost)}\n")
 
 
-def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None) -> None:
+def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None, owners=None) -> None:
+    owners = owners or {}
     currency = prices.currency if prices is not None else None
     headers = ["STATE", "SIZE GiB", "BILLED GiB"]
     if prices is not None:
         headers.append(f"COST {printable(currency)}/mo")
-    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/OWNER", "BLOB"]
+    headers += ["AGE d", "DUE IN d", "SEEN", "HOLD/OWNER", "OWNER", "BLOB"]
     lines: list[list[str]] = []
     totals: dict[str, list] = {}
     for row in rows:
@@ -450,6 +507,7 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
             due_in,
             str(row.sightings(seq)),
             printable(note[:60]),
+            printable(_owner_cell(owners.get(id(row)))[:80]),
             printable(f"{row.key.account}/{row.key.container}/{row.key.blob}"),
         ]
         lines.append(line)
@@ -462,7 +520,7 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
         t[3] += cost or 0.0
         t[4] += measuring
     n = len(headers)
-    write_table(out, headers, lines, left=(0, n - 2, n - 1))
+    write_table(out, headers, lines, left=(0, n - 3, n - 2, n - 1))
     out.write("\n")
     if not totals:
         out.write("nothing tracked yet (run `vhd-gc scan`)\n")
@@ -487,13 +545,14 @@ def _blob_table(rows: Iterable[Tracked], seq: int, now: datetime, out, prices=No
 
 
 def render(fmt: str, rows: Iterable[Tracked], seq: int, now: datetime, out, prices=None,
-           disk_columns: bool = False) -> None:
+           disk_columns: bool = False, owners_of=None) -> None:
+    """``owners_of``: ``Store.owner_records`` (the rows' owners); None: no owner records."""
     if fmt == "json":
-        render_json(rows, seq, out, prices)
+        render_json(rows, seq, out, prices, owners_of)
     elif fmt == "csv":
-        render_csv(rows, seq, out, prices, disk_columns)
+        render_csv(rows, seq, out, prices, disk_columns, owners_of)
     else:
-        render_table(rows, seq, now, out, prices)
+        render_table(rows, seq, now, out, prices, owners_of)
 
 
 def explain_text(data: dict) -> str:
@@ -535,6 +594,8 @@ def explain_text(data: dict) -> str:
         w(f"  - {r['kind']} of {r['holder']}{where}{extra}\n")
     if data.get("operator_hold"):
         w(f"operator hold: {data['operator_hold']}\n")
+    for line in owner_lines(data.get("owner")):
+        w(line + "\n")
     stored = data.get("stored")
     if stored:
         w(
@@ -549,6 +610,28 @@ def explain_text(data: dict) -> str:
         for h in history:
             w(f"  {h['at']} {h['action']} by {h['actor']}: {h.get('reason') or ''} {h.get('error_code') or ''}\n")
     return buf.getvalue()
+
+
+def _tag_text(tags: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in tags.items()) or "none"
+
+
+def owner_lines(owner: dict | None) -> list[str]:
+    """explain's lines on who owned it (``owner``: gc_daemon.explain.owner_document)."""
+    if not owner:
+        return ["owner:    unknown (no owner record: never seen held by a tagged holder, no metadata naming one)"]
+    if owner["owner_source"] == "metadata":
+        how = "from its own metadata or tags only (never seen held)"
+    elif owner["last_seen"] and owner["first_seen"]:
+        how = f"seen held from {owner['first_seen']} to at least {owner['last_seen']}"
+    else:
+        how = "seen held"
+    return [
+        f"owner:    {owner['owner'] or 'unknown (no owner tag)'}",
+        f"          holder {owner['holder'] or '-'}, {how}",
+        f"          owner tags of the holder: {_tag_text(owner['tags'])}; its resource group's tags: "
+        f"{_tag_text(owner['group_tags'])}",
+    ]
 
 
 def classification_summary(c: Classification) -> dict:
@@ -570,6 +653,8 @@ def disk_explain_text(data: dict) -> str:
     w(f"why:      {data['why']}")
     if data.get("operator_hold"):
         w(f"operator hold: {data['operator_hold']}")
+    for line in owner_lines(data.get("owner")):
+        w(line)
     stored = data.get("stored")
     if stored:
         w(f"stored:   state={stored['state']} sightings={stored['sightings']} first_orphaned_at={stored['first_orphaned_at']} "

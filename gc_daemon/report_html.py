@@ -31,7 +31,7 @@ import math
 from collections.abc import Iterable
 from datetime import datetime
 
-from .report import GIB, _owner_short, any_record, printable
+from .report import GIB, _owner_short, any_record, printable, with_owners
 
 ORPHANED = ("candidate", "due", "kept")
 STATES = ("candidate", "due", "kept", "released", "deleted")
@@ -384,7 +384,7 @@ def page(records: list[dict], now: datetime, currency: str | None, seq: int | No
     return doc.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
-def render_html(rows: Iterable, seq: int | None, now: datetime, out, prices=None) -> None:
+def render_html(rows: Iterable, seq: int | None, now: datetime, out, prices=None, owners_of=None) -> None:
     """The page of ``rows`` (blobs and disks, as the report selected and ordered them) on ``out``."""
-    records = [any_record(row, seq, prices) for row in rows]
+    records = [any_record(row, seq, prices, owner) for row, owner in with_owners(rows, owners_of)]
     out.write(page(records, now, prices.currency if prices is not None else None, seq))

@@ -253,6 +253,7 @@ def build_references(config: Config, credential=None):
         max_workers=config.azure.max_concurrency,
         max_pages=config.azure.max_list_pages,
         arm_budget=arm_budget(config),
+        owner_tags=config.owners.tags,
     )
 
 

@@ -133,6 +133,7 @@ def test_report_json_has_the_contracts_disk_keys_beside_unchanged_blob_rows(env:
         "first_orphaned_at": MARKED.isoformat().replace("+00:00", "Z"),
         "delete_after": (MARKED + timedelta(days=7)).isoformat().replace("+00:00", "Z"), "sightings": 1,
         "hold": None, "reason": "orphan: unattached since ...", "deleted_at": None, "kind": "managed_disk",
+        "owner": None, "holder": None, "owner_source": None,  # no owner record
         "subscription": SUB, "resource_group": "RG-One", "sku": "Premium_LRS", "disk_state": "Unattached",
         "quarantine_snapshot": None, "quarantine_until": None, "location": "westeurope", "zones": ["1"],
         "ownership_time": OWNED.isoformat().replace("+00:00", "Z"),

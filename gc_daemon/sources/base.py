@@ -93,6 +93,9 @@ class Found:
     groups: list["GroupSeen"] = field(default_factory=list)
     locks: list["LockAt"] = field(default_factory=list)
     resource_refs: list[tuple[str, str]] = field(default_factory=list)
+    # (holder id, its tags as listed) of the holders this task read that carry tags: the inventory
+    # keeps only their owner tags (gc_daemon.owners), for the owner records (no call of its own).
+    tags: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,10 @@ class ReferenceRead:
     locks: list[LockAt] = field(default_factory=list)
     # Lower-cased disk / snapshot id -> the ids of the managed images and gallery image versions naming it.
     resource_refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Lower-cased holder id -> its owner tags ((name as listed, value), in the order of ``owners.tags``):
+    # only the holders (VMs, scale sets and their instances, images, gallery versions, disks, snapshots)
+    # that carry one; one tuple per holder, shared by all its references.
+    holder_tags: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -483,10 +490,18 @@ def resource_group_of(resource_id: str) -> str:
     return m["rg"]
 
 
+def keep_tags(out: Found, resource: Any) -> None:
+    """Note a listed holder's tags for its owner record (nothing when it has none)."""
+    tags = attr(resource, "tags")
+    if tags:
+        out.tags.append((holder_id(resource), tags))
+
+
 def collect(found: Iterable[Any], extract: Callable[[Any], list[RawReference]]) -> Found:
     out = Found()
     for item in found:
         out.references += extract(item)
+        keep_tags(out, item)
     return out
 
 

@@ -10,6 +10,7 @@ from gc_daemon.disks import DiskSeen
 from gc_daemon.domain import RawReference, RefKind
 
 from .base import (
+    keep_tags,
     Found,
     Read,
     Source,
@@ -92,6 +93,7 @@ def read(client: Any, pages: dict[str, Any], subscription: str = "") -> Found:
     for disk in client.disks.list(**pages):
         out.references += disk_references(disk)
         out.disks.append(disk_seen(subscription, disk))
+        keep_tags(out, disk)
     return out
 
 

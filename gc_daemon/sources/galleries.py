@@ -9,6 +9,7 @@ from typing import Any
 from gc_daemon.domain import RawReference, RefKind
 
 from .base import (
+    keep_tags,
     Found,
     Read,
     Source,
@@ -115,6 +116,7 @@ def read_versions(client: Any, resource_group: str, gallery: str, image: str, pa
     for version in client.gallery_image_versions.list_by_gallery_image(resource_group, gallery, image, **pages):
         out.references += gallery_image_version_references(version)
         out.resource_refs += gallery_image_version_resource_refs(version)
+        keep_tags(out, version)
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from gc_daemon.domain import RawReference, RefKind
 
 from .base import (
+    keep_tags,
     Found,
     Read,
     Source,
@@ -58,6 +59,7 @@ def read(client: Any, pages: dict[str, Any]) -> Found:
     for image in client.images.list(**pages):
         out.references += image_references(image)
         out.resource_refs += image_resource_refs(image)
+        keep_tags(out, image)
     return out
 
 

@@ -13,6 +13,8 @@ from azure.core.credentials import TokenCredential
 from gc_daemon import USER_AGENT
 from gc_daemon.azure.arm_budget import ArmBudgetPolicy, ArmReadBudget, process_budget
 
+from gc_daemon.owners import DEFAULT_OWNER_TAGS, owner_tag_names, owner_tags_of
+
 from .sdk_models import guard_model_setup
 
 from .base import (
@@ -80,6 +82,7 @@ class ReferenceInventory:
         max_workers: int = 8,
         max_pages: int = DEFAULT_MAX_PAGES,
         arm_budget: ArmReadBudget | None = None,
+        owner_tags: Sequence[str] = DEFAULT_OWNER_TAGS,
     ) -> None:
         from . import REGISTRY
 
@@ -93,6 +96,7 @@ class ReferenceInventory:
         self._timeout = timeout
         self._max_workers = max(1, max_workers)
         self._max_pages = max_pages
+        self.owner_tags = owner_tag_names(owner_tags)  # the holders' tags kept: gc_daemon.owners
         self.arm_budget = arm_budget or process_budget()  # ARM's remaining reads, and the pace they ask for
         self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
@@ -203,6 +207,10 @@ class ReferenceInventory:
                     for group in found.groups:
                         result.groups[arm_key(group.id)] = group
                     result.locks += found.locks
+                    for holder, tags in found.tags:
+                        kept = owner_tags_of(tags, self.owner_tags)
+                        if kept:
+                            result.holder_tags[arm_key(holder)] = kept
                     for key, holder in found.resource_refs:
                         refs.setdefault(key, {})[holder] = None
                     for follow_task in found.follow:

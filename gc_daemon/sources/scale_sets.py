@@ -7,6 +7,7 @@ from typing import Any
 from gc_daemon.domain import RawReference, RefKind
 
 from .base import (
+    keep_tags,
     Found,
     IncompleteItem,
     Read,
@@ -72,13 +73,17 @@ def scale_set_vm_references(instance: Any) -> list[RawReference]:
     )
 
 
-def read_scale_sets(client: Any, pages: dict[str, Any]) -> tuple[list[RawReference], list[tuple[str, str]]]:
+def read_scale_sets(
+    client: Any, pages: dict[str, Any], out: Found | None = None
+) -> tuple[list[RawReference], list[tuple[str, str]]]:
     """References held by scale-set models, and the (resource group, name) of every Uniform scale set
-    (the instances of a Flexible one are VMs, read by the VM source)."""
+    (the instances of a Flexible one are VMs, read by the VM source); ``out`` receives their tags."""
     refs: list[RawReference] = []
     uniform: list[tuple[str, str]] = []
     for scale_set in client.virtual_machine_scale_sets.list_all(**pages):
         refs += scale_set_references(scale_set)
+        if out is not None:
+            keep_tags(out, scale_set)
         name = name_of(scale_set)
         if not is_flexible(scale_set):
             uniform.append((resource_group_of(scale_set.id), name))
@@ -91,13 +96,15 @@ def read_instances(client: Any, resource_group: str, scale_set: str, pages: dict
 
 def tasks(ctx: SubscriptionContext) -> list:
     def scale_sets() -> Found:
-        refs, found = read_scale_sets(ctx.compute(), ctx.pages())
+        out = Found()
+        refs, found = read_scale_sets(ctx.compute(), ctx.pages(), out)
         follow = [
             ctx.task(INSTANCES, f"scale set {rg}/{name}",
                      lambda rg=rg, name=name: read_instances(ctx.compute(), rg, name, ctx.pages()))
             for rg, name in found
         ]
-        return Found(references=refs, follow=follow)
+        out.references, out.follow = refs, follow
+        return out
 
     return [ctx.task(SCALE_SETS, "", scale_sets)]
 

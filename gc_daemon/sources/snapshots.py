@@ -9,6 +9,7 @@ from gc_daemon.disks import SnapshotSeen
 from gc_daemon.domain import RawReference, RefKind
 
 from .base import (
+    keep_tags,
     Found,
     Read,
     Source,
@@ -67,6 +68,7 @@ def read(client: Any, pages: dict[str, Any], subscription: str = "") -> Found:
     for snapshot in client.snapshots.list(**pages):
         out.references += snapshot_references(snapshot)
         out.snapshots.append(snapshot_seen(subscription, snapshot))
+        keep_tags(out, snapshot)
     return out
 
 

@@ -1,11 +1,11 @@
 """The state database: what vhd-gc remembers between passes.
 
-Six tables: ``tracked_blobs`` (one row per orphaned blob we follow through its lifecycle),
+Seven tables: ``tracked_blobs`` (one row per orphaned blob we follow through its lifecycle),
 ``passes`` (one row per pass; complete passes get a sequence number that sightings are counted in),
 ``audit_log`` (every deletion decision, intent before the act; ``kind`` says whether about a blob, a
 managed disk or a snapshot), ``operator_holds`` (``vhd-gc keep`` of a blob), ``tracked_disks`` (the
-managed disks and snapshots, as :class:`gc_daemon.disks.DiskRow`) and ``disk_holds`` (``vhd-gc keep``
-of an ARM id).
+managed disks and snapshots, as :class:`gc_daemon.disks.DiskRow`), ``disk_holds`` (``vhd-gc keep``
+of an ARM id) and ``owner_records`` (who owned a blob or a disk: its last holder and owner tags).
 
 The schema is built and changed only by the Alembic migrations under ``migrations/``; these models
 must describe exactly what the migrations create (``gc_daemon.state.db.model_drift`` checks it).
@@ -51,6 +51,7 @@ PASS_OUTCOMES = ("running", "complete", "incomplete", "failed", "stopped")
 TRACKED_STATES = tuple(s.value for s in State)
 DISK_KINDS = ("managed_disk", "snapshot")
 AUDIT_KINDS = ("vhd", *DISK_KINDS)
+OWNER_SOURCES = ("reference", "metadata")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -320,9 +321,42 @@ class DiskHoldRow(Base):
     created_at: Mapped[datetime] = mapped_column(comment="When")
 
 
+class OwnerRecordRow(Base):
+    __tablename__ = "owner_records"
+    __table_args__ = (
+        CheckConstraint(_in("source", OWNER_SOURCES), name="source"),
+        {"comment": "Who owned a blob or a disk: its last holder and that holder's owner tags"},
+    )
+
+    item_id: Mapped[str] = mapped_column(
+        String(1200),
+        primary_key=True,
+        comment="account/container/blob of a blob, the lower-cased ARM id of a disk or snapshot",
+    )
+    holder: Mapped[str | None] = mapped_column(
+        Text, comment="ARM id of the last holder seen (VM, scale set, image, gallery version, disk)"
+    )
+    owner: Mapped[str | None] = mapped_column(
+        Text, comment="The first owner tag's value on the holder, then on its resource group"
+    )
+    tags: Mapped[Any | None] = mapped_column(JSON, comment="The holder's owner tags (an object)")
+    group_tags: Mapped[Any | None] = mapped_column(
+        JSON, comment="The holder's resource group's tags (an object)"
+    )
+    source: Mapped[str] = mapped_column(
+        String(16), comment="reference (seen held by a pass) or metadata (MicrosoftAzureCompute_* only)"
+    )
+    first_seen: Mapped[datetime | None] = mapped_column(comment="First pass that saw it held by this holder")
+    last_seen: Mapped[datetime | None] = mapped_column(
+        comment="Last pass that saw it held (NULL: only from metadata)"
+    )
+    updated_at: Mapped[datetime | None] = mapped_column(comment="When this row was last written")
+
+
 tracked_blobs = TrackedBlob.__table__
 passes = Pass.__table__
 audit_log = AuditEntry.__table__
 operator_holds = OperatorHold.__table__
 tracked_disks = TrackedDisk.__table__
 disk_holds = DiskHoldRow.__table__
+owner_records = OwnerRecordRow.__table__

@@ -13,6 +13,7 @@ The queries live in a module a concern, each giving ``Store`` its methods:
 - gc_daemon/state/transaction.py: :class:`StateTx`, the one transaction of a complete pass;
 - gc_daemon/state/blob_rows.py: tracked blob rows (the pass's hot read and bulk write, the report's reads);
 - gc_daemon/state/disk_rows.py: tracked disks and snapshots;
+- gc_daemon/state/owner_rows.py: who owned a blob or a disk (owner records);
 - gc_daemon/state/holds.py: operator holds on blobs, disks and snapshots;
 - gc_daemon/state/audit.py: the audit log;
 - gc_daemon/state/sql.py: what they share (the dialect's upsert, a key's filter, aware timestamps).
@@ -83,6 +84,7 @@ from gc_daemon.state.disk_rows import (  # noqa: F401
     row_to_disk,
 )
 from gc_daemon.state.holds import Holds
+from gc_daemon.state.owner_rows import OwnerRecordQueries
 from gc_daemon.state.pass_records import (  # noqa: F401
     COMPLETE,
     CONFIRM_PASS,
@@ -106,7 +108,7 @@ from gc_daemon.state.transaction import (  # noqa: F401
 )
 
 
-class Store(PassRecords, Transactions, BlobRowQueries, DiskRowQueries, Holds, AuditLog):
+class Store(PassRecords, Transactions, BlobRowQueries, DiskRowQueries, OwnerRecordQueries, Holds, AuditLog):
     """The state database's queries, a concern a base class (see the module's docstring)."""
 
     def __init__(self, engine: Engine) -> None:

@@ -21,6 +21,7 @@ import structlog
 
 from gc_daemon.disks import DiskChange, DiskForget, DiskRow
 from gc_daemon.domain import BlobKey, Change, Forget, Tracked
+from gc_daemon.owners import OwnerRecord
 from gc_daemon.state.blob_rows import (
     _TRACKED_SQL,
     _UPSERT_SQL,
@@ -35,6 +36,7 @@ from gc_daemon.state.blob_rows import (
     _upsert_params,
 )
 from gc_daemon.state.disk_rows import _apply_disks, row_to_disk
+from gc_daemon.state.owner_rows import iter_owner_fingerprints, iter_owner_rows, owner_records_of, put_owner_records
 from gc_daemon.state.models import passes, tracked_blobs, tracked_disks
 from gc_daemon.state.pass_records import COMPLETE, _last_complete_seq
 from gc_daemon.state.sql import BATCH_SIZE
@@ -154,6 +156,28 @@ class StateTx:
         """Write the disk half of a pass (:func:`gc_daemon.disk_pass.decide_all`'s changes) in order;
         returns the rows written."""
         return _apply_disks(self._conn, changes)
+
+    def stored_owner_records(self) -> Iterator[tuple[OwnerRecord, datetime | None]]:
+        """Every owner record with its ``updated_at``, streamed, as this transaction sees them."""
+        return iter_owner_rows(self._conn)
+
+    def owner_fingerprints(self) -> Iterator[Any]:
+        """What a pass compares of every owner record (gc_daemon.owners.StoredOwner's fields), streamed."""
+        return iter_owner_fingerprints(self._conn)
+
+    def owner_records_of(self, item_ids: Iterable[str]) -> dict[str, OwnerRecord]:
+        """The full owner records of ``item_ids``, by item id."""
+        return owner_records_of(self._conn, item_ids)
+
+    def last_complete_started(self) -> datetime | None:
+        """When the last complete pass before this one started (None: there was none)."""
+        return self._conn.execute(
+            select(passes.c.started_at).where(passes.c.seq.is_not(None)).order_by(passes.c.seq.desc()).limit(1)
+        ).scalar()
+
+    def put_owner_records(self, records: Iterable[OwnerRecord], updated_at: datetime) -> int:
+        """Upsert owner records (whole rows, by item id); returns the rows written."""
+        return put_owner_records(self._conn, records, updated_at)
 
     def complete_pass(self, pass_id: int, finished_at: datetime, stats: dict[str, Any]) -> None:
         """Mark the pass complete with ``self.seq``.
